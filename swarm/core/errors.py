@@ -1,0 +1,115 @@
+"""One exception tree for swarm; every error carries its user-facing message.
+
+    SwarmError                      exit 1, message printed on one line
+    ├── UsageError                  exit 2 (bad option values, malformed refs)
+    ├── AgentNotRunning             no agent on the local socket
+    ├── TrackerError                the tracker refused or failed
+    │   ├── TrackerUnreachable      no HTTP answer at all
+    │   ├── Unauthorized            missing, unknown or revoked token (401)
+    │   ├── Forbidden               valid token, role not allowed (403)
+    │   └── NotFound                no such manifest (404)
+    ├── ImageNotFound               unknown image (tracker or Docker)
+    ├── InvalidInput                a malformed message, manifest or file
+    ├── UntrustedManifest           signature missing, bad or not by a pinned key
+    ├── DigestMismatch              bytes whose sha256 is not the expected one
+    ├── DockerError                 Docker refused or failed
+    │   └── DockerUnreachable       no Docker engine at the given address
+    └── TorrentError                libtorrent reported a failure
+
+Errors from libraries underneath are converted at the boundary
+(`raise SwarmError(...) from exc`) so the CLI maps them in one place.
+"""
+
+from __future__ import annotations
+
+
+class SwarmError(Exception):
+    exit_code = 1
+    #: short machine-readable name, carried over the agent socket
+    kind = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(SwarmError):
+    exit_code = 2
+    kind = "usage"
+
+
+class AgentNotRunning(SwarmError):
+    kind = "agent-not-running"
+
+
+class TrackerError(SwarmError):
+    kind = "tracker"
+    status = 502
+
+
+class TrackerUnreachable(TrackerError):
+    kind = "tracker-unreachable"
+
+
+class Unauthorized(TrackerError):
+    kind = "unauthorized"
+    status = 401
+
+
+class Forbidden(TrackerError):
+    kind = "forbidden"
+    status = 403
+
+
+class NotFound(TrackerError):
+    kind = "not-found"
+    status = 404
+
+
+class ImageNotFound(SwarmError):
+    kind = "image-not-found"
+
+
+class InvalidInput(SwarmError):
+    kind = "invalid-input"
+    status = 400
+
+
+class UntrustedManifest(SwarmError):
+    kind = "untrusted-manifest"
+
+
+class DigestMismatch(SwarmError):
+    kind = "digest-mismatch"
+
+
+class DockerError(SwarmError):
+    kind = "docker"
+
+
+class DockerUnreachable(DockerError):
+    kind = "docker-unreachable"
+
+
+class TorrentError(SwarmError):
+    kind = "torrent"
+
+
+_BY_KIND: dict[str, type[SwarmError]] = {}
+
+
+def _register(cls: type[SwarmError]) -> None:
+    _BY_KIND[cls.kind] = cls
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+_register(SwarmError)
+
+
+def error_from_kind(kind: str, message: str) -> SwarmError:
+    """Rebuild an error sent over a wire as (kind, message)."""
+    return _BY_KIND.get(kind, SwarmError)(message)
