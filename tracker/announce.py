@@ -1,0 +1,158 @@
+"""BitTorrent announce and scrape, as pure functions: query in, bencoded bytes out.
+
+BEP 3 (announce, dict peers), BEP 23 (compact IPv4 `peers`), BEP 7 (compact
+IPv6 `peers6`), BEP 48 (scrape). Swarm torrents are v2-only and announce the
+first 20 bytes of their 32-byte info-hash (`Layer.announce_hash`).
+Errors are a bencoded {"failure reason": ...}, sent with HTTP 200.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+import libtorrent as lt
+
+from swarm.core.errors import InvalidInput
+from tracker.peers import MAX_NUMWANT, Peer, SwarmCounts
+
+EVENTS = ("", "started", "stopped", "completed", "paused")
+
+
+@dataclass(frozen=True)
+class AnnounceRequest:
+    info_hash: bytes     # 20 bytes
+    peer_id: bytes       # 20 bytes
+    port: int
+    uploaded: int
+    downloaded: int
+    left: int
+    event: str           # one of EVENTS ("" for a regular announce)
+    numwant: int
+    compact: bool
+    no_peer_id: bool
+
+
+def _params(raw_query: str) -> dict[str, list[bytes]]:
+    """Percent-decode a raw query into raw bytes values (info_hash and peer_id are binary)."""
+    try:
+        parsed = parse_qs(raw_query, keep_blank_values=True, encoding="latin-1", errors="strict",
+                          max_num_fields=200)
+        return {k: [v.encode("latin-1") for v in vs] for k, vs in parsed.items()}
+    except (ValueError, UnicodeError) as exc:
+        raise InvalidInput("malformed query string") from exc
+
+
+def _one(params: Mapping[str, list[bytes]], name: str, default: bytes | None = None) -> bytes:
+    values = params.get(name)
+    if not values:
+        if default is None:
+            raise InvalidInput(f"missing {name}")
+        return default
+    return values[0]
+
+
+def _int(params: Mapping[str, list[bytes]], name: str, default: int | None = None,
+         maximum: int = 2**63 - 1) -> int:
+    raw = _one(params, name, None if default is None else str(default).encode())
+    if not raw.isdigit() or len(raw) > 20:
+        raise InvalidInput(f"invalid {name}")
+    value = int(raw)
+    if value > maximum:
+        raise InvalidInput(f"invalid {name}")
+    return value
+
+
+def _hash20(raw: bytes, name: str) -> bytes:
+    if len(raw) != 20:
+        raise InvalidInput(f"invalid {name}: expected 20 bytes")
+    return raw
+
+
+def parse_announce(raw_query: str) -> AnnounceRequest:
+    p = _params(raw_query)
+    port = _int(p, "port")
+    if not 1 <= port <= 65535:
+        raise InvalidInput("invalid port")
+    event = _one(p, "event", b"").decode("latin-1")
+    if event not in EVENTS:
+        raise InvalidInput("invalid event")
+    return AnnounceRequest(
+        info_hash=_hash20(_one(p, "info_hash"), "info_hash"),
+        peer_id=_hash20(_one(p, "peer_id"), "peer_id"),
+        port=port,
+        uploaded=_int(p, "uploaded", 0),
+        downloaded=_int(p, "downloaded", 0),
+        left=_int(p, "left"),
+        event=event,
+        numwant=_int(p, "numwant", MAX_NUMWANT),
+        compact=_one(p, "compact", b"0") == b"1",
+        no_peer_id=_one(p, "no_peer_id", b"0") == b"1",
+    )
+
+
+def parse_scrape(raw_query: str) -> list[bytes]:
+    """The info-hashes asked for; at least one (a scrape of everything is not served)."""
+    hashes = [_hash20(h, "info_hash") for h in _params(raw_query).get("info_hash", [])]
+    if not hashes:
+        raise InvalidInput("missing info_hash")
+    return list(dict.fromkeys(hashes))
+
+
+def normalize_ip(remote: str) -> str:
+    """The peer address as announced: IPv4-mapped IPv6 addresses become IPv4."""
+    try:
+        addr = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError as exc:
+        raise InvalidInput("invalid peer address") from exc
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def announce_response(peers: Iterable[Peer], counts: SwarmCounts, interval: int, compact: bool,
+                      no_peer_id: bool = False) -> bytes:
+    out: dict[str, object] = {
+        "interval": interval,
+        "min interval": max(1, interval // 2),
+        "complete": counts.complete,
+        "incomplete": counts.incomplete,
+    }
+    if compact:
+        v4, v6 = bytearray(), bytearray()
+        for peer in peers:
+            addr = ipaddress.ip_address(peer.ip)
+            target = v4 if addr.version == 4 else v6
+            target += addr.packed + peer.port.to_bytes(2, "big")
+        out["peers"] = bytes(v4)
+        if v6:
+            out["peers6"] = bytes(v6)
+    else:
+        out["peers"] = [_peer_dict(p, no_peer_id) for p in peers]
+    return bencode(out)
+
+
+def _peer_dict(peer: Peer, no_peer_id: bool) -> dict[str, object]:
+    d: dict[str, object] = {"ip": peer.ip.encode(), "port": peer.port}
+    if not no_peer_id:
+        d["peer id"] = peer.peer_id
+    return d
+
+
+def scrape_response(files: Mapping[bytes, SwarmCounts]) -> bytes:
+    return bencode({"files": {
+        h: {"complete": c.complete, "downloaded": c.downloaded, "incomplete": c.incomplete}
+        for h, c in files.items()
+    }})
+
+
+def failure(reason: str) -> bytes:
+    return bencode({"failure reason": reason.encode()})
+
+
+def bencode(obj: Any) -> bytes:
+    data: bytes = lt.bencode(obj)
+    return data

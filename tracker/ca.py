@@ -1,0 +1,135 @@
+"""The swarm CA: signs each host's TLS certificate for the SSL torrents.
+
+`<data>/ca.key` (EC P-256, mode 0600) and `<data>/ca.pem` (self-signed, 10
+years) are made on first use, under a file lock so that `serve` and `token
+create` started together agree on one CA.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from swarm.core.certs import ca_fingerprint, load_cert, new_private_key, private_key_pem
+from swarm.core.errors import InvalidInput
+
+CA_KEY = "ca.key"
+CA_CERT = "ca.pem"
+CA_LIFETIME = dt.timedelta(days=3650)
+#: certificates start a minute in the past, for clocks a little behind
+BACKDATE = dt.timedelta(seconds=60)
+MIN_RSA_BITS = 2048
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    pem: str
+    serial: int
+    not_after: int  # unix seconds
+
+
+class CertificateAuthority:
+    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        self._key = key
+        self.cert = cert
+        self.cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        self.fingerprint = ca_fingerprint(self.cert_pem)
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path) -> CertificateAuthority:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(data_dir / "ca.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            key_path, cert_path = data_dir / CA_KEY, data_dir / CA_CERT
+            if not key_path.exists():
+                _create(key_path, cert_path)
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise InvalidInput(f"{key_path} is not an EC private key")
+            return cls(key, load_cert(cert_path.read_bytes()))
+
+    def sign_csr(self, csr_pem: str, name: str, lifetime_s: int) -> IssuedCertificate:
+        """Issue a certificate for the CSR's key: CN=name, SAN DNS "*", server+client auth."""
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem.encode())
+        except ValueError as exc:
+            raise InvalidInput("not a PEM certificate signing request") from exc
+        if not csr.is_signature_valid:
+            raise InvalidInput("the CSR signature does not verify")
+        public = csr.public_key()
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            if not isinstance(public.curve, ec.SECP256R1):
+                raise InvalidInput("the CSR key must be EC P-256 or RSA of 2048 bits or more")
+        elif isinstance(public, rsa.RSAPublicKey):
+            if public.key_size < MIN_RSA_BITS:
+                raise InvalidInput("the CSR key must be EC P-256 or RSA of 2048 bits or more")
+        else:
+            raise InvalidInput("the CSR key must be EC P-256 or RSA of 2048 bits or more")
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        not_after = now + dt.timedelta(seconds=lifetime_s)
+        serial = x509.random_serial_number()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self.cert.subject)
+            .public_key(public)
+            .serial_number(serial)
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("*")]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, content_commitment=False,
+                                         data_encipherment=False, key_agreement=True, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False),
+                           critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                           critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+        return IssuedCertificate(cert.public_bytes(serialization.Encoding.PEM).decode(), serial,
+                                 int(not_after.timestamp()))
+
+
+def _create(key_path: Path, cert_path: Path) -> None:
+    key = new_private_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "swarm CA")])
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + CA_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, content_commitment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    # the certificate first: a key file is the sign that both are complete
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write(key_path, private_key_pem(key), 0o600)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

@@ -1,0 +1,36 @@
+"""Helpers for tests (tracker's and others'): real torrents and signed manifests on the spot."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from swarm.core.digest import sha256_digest
+from swarm.core.manifest import Layer, Manifest
+from swarm.core.signing import SignedManifest, SigningKey
+from swarm.engine.metainfo import inspect_torrent, make_torrent
+
+
+def make_layer(workdir: Path, ca_pem: str, payload: bytes) -> Layer:
+    """A layer whose blob is `payload` itself (compression "none"), written to workdir/<sha256 hex>."""
+    blob_hex = hashlib.sha256(payload).hexdigest()
+    path = workdir / blob_hex
+    path.write_bytes(payload)
+    torrent = make_torrent(path, ca_pem)
+    return Layer(diff_id=sha256_digest(payload), size=len(payload), blob="sha256:" + blob_hex,
+                 blob_size=len(payload), compression="none", info_hash=inspect_torrent(torrent).info_hash,
+                 torrent=torrent)
+
+
+def make_signed_manifest(workdir: Path, ca_pem: str, key: SigningKey, repository: str = "demo/app",
+                         tag: str = "latest", payloads: Sequence[bytes] = (b"layer one\n",)) -> SignedManifest:
+    layers = tuple(make_layer(workdir, ca_pem, p) for p in payloads)
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [la.diff_id for la in layers]}},
+                        sort_keys=True).encode()
+    manifest = Manifest(repository=repository, tag=tag, config=config, layers=layers, key_id=key.key_id,
+                        created=int(time.time()))
+    return key.sign(manifest)
