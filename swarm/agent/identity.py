@@ -1,0 +1,89 @@
+"""The host's TLS identity: a key made here, a certificate from the swarm CA.
+
+The private key never leaves the host: enrollment sends a CSR. The tracker's
+CA is pinned by the fingerprint carried in the join token, so a host talking
+to an impostor tracker stops before sending anything of value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from swarm.agent.paths import AgentPaths, write_atomic, write_private
+from swarm.agent.tracker_client import TrackerClient
+from swarm.core.api import EnrollResponse
+from swarm.core.certs import ca_fingerprint, make_csr, new_private_key, private_key_pem
+from swarm.core.errors import SwarmError, TrackerError, UntrustedManifest
+from swarm.core.tokens import JoinToken
+
+log = logging.getLogger(__name__)
+
+#: renew when this share of the certificate's life has passed
+RENEW_AT = 2 / 3
+
+
+class Identity:
+    def __init__(self, paths: AgentPaths, client: TrackerClient, token: JoinToken) -> None:
+        self._paths = paths
+        self._client = client
+        self._token = token
+        self.name = ""
+        self.role = ""
+        self.ca_pem = ""
+        self.not_after = 0
+        self.issued_at = 0
+        self.last_error = ""
+
+    def _private_key(self) -> ec.EllipticCurvePrivateKey:
+        if self._paths.key.exists():
+            key = serialization.load_pem_private_key(self._paths.key.read_bytes(), password=None)
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                return key
+        key = new_private_key()
+        write_private(self._paths.key, private_key_pem(key))
+        return key
+
+    def _check_ca(self, ca_pem: str) -> None:
+        if not self._token.fingerprint_matches(ca_fingerprint(ca_pem)):
+            raise UntrustedManifest(
+                "the tracker's CA does not match the fingerprint in the join token: refusing to enroll"
+            )
+
+    async def enroll(self) -> EnrollResponse:
+        """Pin the CA, send a CSR, store the certificate. Raises on any failure."""
+        self._check_ca(await self._client.ca_pem())
+        key = await asyncio.to_thread(self._private_key)
+        answer = await self._client.enroll(make_csr(key, "swarm-host"))
+        self._check_ca(answer.ca)
+        write_atomic(self._paths.cert, answer.certificate.encode())
+        write_atomic(self._paths.ca, answer.ca.encode())
+        self.name, self.role, self.ca_pem = answer.name, answer.role, answer.ca
+        self.not_after, self.issued_at = answer.not_after, int(time.time())
+        self.last_error = ""
+        log.info("enrolled as %s (%s); certificate valid until %s", answer.name, answer.role,
+                 time.strftime("%H:%M:%S", time.localtime(answer.not_after)))
+        return answer
+
+    def renew_delay(self) -> float:
+        lifetime = max(1, self.not_after - self.issued_at)
+        return max(1.0, self.issued_at + lifetime * RENEW_AT - time.time())
+
+    async def renew_forever(self, on_renewed: Callable[[], None]) -> None:
+        """Renew before expiry; on failure retry every few seconds (a revoked host never succeeds)."""
+        while True:
+            await asyncio.sleep(self.renew_delay())
+            while True:
+                try:
+                    await self.enroll()
+                    on_renewed()
+                    break
+                except (TrackerError, SwarmError) as exc:
+                    self.last_error = str(exc)
+                    log.warning("certificate renewal failed: %s", exc)
+                    await asyncio.sleep(min(30.0, max(1.0, self.not_after - time.time())))

@@ -1,0 +1,112 @@
+"""The agent's blob cache and its record of verified blobs and known manifests.
+
+A blob counts as verified only after its sha256 matched; the record keeps
+(size, mtime) so a blob changed behind the agent's back is hashed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+from pathlib import Path
+
+from swarm.agent.paths import AgentPaths, write_atomic
+from swarm.core import wire
+from swarm.core.digest import digest_hex, file_digest
+from swarm.core.errors import DigestMismatch, InvalidInput
+from swarm.core.manifest import Manifest
+from swarm.core.signing import SignedManifest
+
+log = logging.getLogger(__name__)
+
+
+class BlobStore:
+    def __init__(self, paths: AgentPaths) -> None:
+        self._paths = paths
+        self._lock = threading.Lock()
+        self._verified: dict[str, tuple[int, int]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        if not self._paths.state.exists():
+            return
+        try:
+            state = wire.unpack_map(self._paths.state.read_bytes())
+            self._verified = {str(k): (int(v[0]), int(v[1])) for k, v in state.get("verified", {}).items()}
+        except (InvalidInput, TypeError, ValueError, IndexError):
+            log.warning("agent state unreadable: every blob will be hashed again")
+
+    def _save(self) -> None:
+        write_atomic(self._paths.state, wire.pack({"verified": {k: list(v) for k, v in self._verified.items()}}))
+
+    def path(self, digest: str) -> Path:
+        return self._paths.blob(digest_hex(digest))
+
+    def _stamp(self, digest: str) -> tuple[int, int] | None:
+        try:
+            st = self.path(digest).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
+    def is_verified(self, digest: str) -> bool:
+        stamp = self._stamp(digest)
+        with self._lock:
+            return stamp is not None and self._verified.get(digest) == stamp
+
+    def mark_verified(self, digest: str) -> None:
+        stamp = self._stamp(digest)
+        if stamp is None:
+            raise DigestMismatch(f"blob {digest} is missing")
+        with self._lock:
+            self._verified[digest] = stamp
+            self._save()
+
+    async def verify(self, digest: str) -> None:
+        """Hash the blob; record it when it matches, delete it when it does not."""
+        actual = await asyncio.to_thread(file_digest, self.path(digest))
+        if actual != digest:
+            self.forget(digest, delete=True)
+            raise DigestMismatch(f"blob {digest[:19]} arrived with sha256 {actual[:19]}: discarded")
+        self.mark_verified(digest)
+
+    def forget(self, digest: str, delete: bool = False) -> None:
+        with self._lock:
+            self._verified.pop(digest, None)
+            self._save()
+        if delete:
+            self.path(digest).unlink(missing_ok=True)
+
+    def usage(self) -> tuple[int, int]:
+        total = count = 0
+        for f in self._paths.blobs.iterdir():
+            if f.is_file() and len(f.name) == 64:
+                total += f.stat().st_size
+                count += 1
+        return total, count
+
+
+class ManifestStore:
+    """Signed manifests this host has pulled or published, one file per tag."""
+
+    def __init__(self, paths: AgentPaths) -> None:
+        self._dir = paths.manifests
+
+    def _file(self, ref: str) -> Path:
+        return self._dir / (hashlib.sha256(ref.encode()).hexdigest()[:32] + ".msgpack")
+
+    def save(self, envelope: SignedManifest) -> None:
+        manifest = Manifest.from_bytes(envelope.manifest)
+        write_atomic(self._file(str(manifest.ref)), envelope.to_bytes())
+
+    def all(self) -> list[tuple[SignedManifest, Manifest]]:
+        out = []
+        for f in sorted(self._dir.glob("*.msgpack")):
+            try:
+                env = SignedManifest.from_bytes(f.read_bytes())
+                out.append((env, env.verify(None)))
+            except Exception as exc:  # a damaged record must not stop the agent
+                log.warning("ignoring unreadable manifest record %s: %s", f.name, exc)
+        return out

@@ -1,0 +1,111 @@
+"""The agent's HTTP client for the tracker API (see swarm/core/api.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import aiohttp
+
+from swarm.core import wire
+from swarm.core.api import MSGPACK, EnrollResponse, ManifestEntry
+from swarm.core.errors import (
+    Forbidden, InvalidInput, NotFound, TrackerError, TrackerUnreachable, Unauthorized,
+)
+from swarm.core.tokens import JoinToken
+
+_BY_STATUS: dict[int, type[TrackerError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound}
+
+
+class TrackerClient:
+    def __init__(self, base_url: str, token: JoinToken, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._ssl = ssl_context
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def announce_url(self) -> str:
+        return f"{self.base_url}/announce/{self._token.secret}"
+
+    async def __aenter__(self) -> TrackerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=90),
+                headers={"Authorization": f"Bearer {self._token.secret}"},
+            )
+        return self._session
+
+    async def _request(self, method: str, path: str, body: bytes | None = None,
+                       params: dict[str, str] | None = None) -> bytes:
+        url = self.base_url + path
+        try:
+            async with self._http().request(
+                method, url, data=body, params=params, ssl=self._ssl if self._ssl else True,
+                headers={"Content-Type": MSGPACK} if body is not None else None,
+            ) as resp:
+                data = await resp.read()
+                if resp.status >= 400:
+                    raise self._error(resp.status, data)
+                return data
+        except aiohttp.ClientConnectorError as exc:
+            raise TrackerUnreachable(f"tracker unreachable at {self.base_url}: {exc.os_error.strerror or exc}") from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise TrackerUnreachable(f"tracker unreachable at {self.base_url}: {exc or type(exc).__name__}") from exc
+
+    def _error(self, status: int, data: bytes) -> TrackerError:
+        try:
+            message = str(wire.unpack_map(data).get("error", ""))
+        except InvalidInput:
+            message = ""
+        cls = _BY_STATUS.get(status, TrackerError)
+        if cls is Unauthorized:
+            message = message or "the tracker refused the join token (unknown or revoked)"
+        return cls(message or f"tracker answered HTTP {status}")
+
+    async def ca_pem(self) -> str:
+        return (await self._request("GET", "/v1/ca")).decode()
+
+    async def enroll(self, csr_pem: str) -> EnrollResponse:
+        data = await self._request("POST", "/v1/enroll", wire.pack({"csr": csr_pem}))
+        return EnrollResponse.from_map(wire.unpack_map(data))
+
+    async def publish(self, envelope: bytes) -> ManifestEntry:
+        return ManifestEntry.from_map(wire.unpack_map(await self._request("POST", "/v1/manifests", envelope)))
+
+    async def manifest(self, ref: str) -> bytes:
+        return await self._request("GET", f"/v1/manifests/{ref}")
+
+    async def manifests(self) -> list[ManifestEntry]:
+        data = wire.unpack_map(await self._request("GET", "/v1/manifests"))
+        return [ManifestEntry.from_map(m) for m in _list(data.get("manifests"))]
+
+    async def watch(self, since: int, timeout: float) -> tuple[int, list[ManifestEntry]]:
+        data = wire.unpack_map(await self._request(
+            "GET", "/v1/watch", params={"since": str(since), "timeout": str(timeout)}))
+        return int(data.get("seq", since)), [ManifestEntry.from_map(m) for m in _list(data.get("manifests"))]
+
+    async def health(self) -> bool:
+        try:
+            await self._request("GET", "/v1/health")
+            return True
+        except TrackerError:
+            return False
+
+
+def _list(v: Any) -> list[dict[str, Any]]:
+    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+        raise InvalidInput("malformed tracker answer")
+    return v

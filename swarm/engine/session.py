@@ -1,0 +1,328 @@
+"""The one owner of the libtorrent session.
+
+Everything that touches libtorrent at run time goes through `Engine`: it
+builds the session with the settings measured in notes/libtorrent.md (TCP
+only, no DHT/LSD/UPnP/NAT-PMP, no queueing, an SSL listen socket only),
+attaches the host certificate to every torrent, turns alerts into events for
+asyncio, and keeps per-peer byte counts that survive disconnects (libtorrent
+forgets a peer's counters when the connection closes, so bytes are counted
+from `block_finished_alert`, which names the sending peer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import libtorrent as lt
+
+from swarm.core.errors import TorrentError, UsageError
+
+log = logging.getLogger(__name__)
+
+#: peer ids look like `-SW0100-host1-....`: the host's name rides in the peer id
+#: (only peers inside the TLS tunnel ever see it) so stats can say who sent what
+PEER_ID_PREFIX = "-SW0100-"
+BLOCK = 16 * 1024
+
+
+def peer_tag(name: str) -> str:
+    """The fingerprint prefix of this host's peer id (at most 18 chars, rest random)."""
+    clean = "".join(c for c in name if c.isalnum() or c in "._")[:9]
+    return f"{PEER_ID_PREFIX}{clean}-"
+
+
+def peer_name(pid: bytes) -> str:
+    """Host name carried by a swarm peer id, or `?` for anything else."""
+    text = pid.decode("latin-1")
+    if not text.startswith(PEER_ID_PREFIX):
+        return "?"
+    rest = text[len(PEER_ID_PREFIX):]
+    return rest.split("-", 1)[0] if "-" in rest else "?"
+
+
+def dh_params_path() -> str:
+    # real DH parameters: an empty one makes libtorrent post an error alert
+    return str(resources.files("swarm.engine").joinpath("dhparams.pem"))
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise UsageError(f"invalid listen address {listen!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class PeerStat:
+    name: str
+    address: str
+    downloaded: int      # payload bytes received from it (whole life of the torrent)
+    uploaded: int        # payload bytes sent to it while connected now
+    connected: bool
+
+
+@dataclass
+class TorrentStatus:
+    info_hash: str
+    name: str
+    state: str
+    progress: float
+    total: int
+    done: int
+    download_rate: int
+    upload_rate: int
+    downloaded: int      # payload received this session
+    uploaded: int        # payload sent this session
+    peers: list[PeerStat]
+    failed_pieces: int
+    error: str
+
+
+@dataclass
+class _Torrent:
+    handle: Any
+    size: int
+    piece_length: int
+    finished: asyncio.Event
+    from_peer: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    failed_pieces: int = 0
+    error: str = ""
+
+
+class Engine:
+    def __init__(
+        self,
+        listen: str,
+        host_name: str,
+        cert_path: Path,
+        key_path: Path,
+        upload_limit: int = 0,
+        download_limit: int = 0,
+    ) -> None:
+        self._listen = parse_listen(listen)
+        self._cert = cert_path
+        self._key = key_path
+        self._tag = peer_tag(host_name)
+        self._limits = (upload_limit, download_limit)
+        self._torrents: dict[bytes, _Torrent] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._session: Any = None
+
+    # -- life cycle ---------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        host, port = self._listen
+        bind = f"[{host}]" if ":" in host else host
+        pack = lt.high_performance_seed()
+        pack.update({
+            "listen_interfaces": f"{bind}:{port}s",
+            "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+            "enable_outgoing_utp": False, "enable_incoming_utp": False,
+            "active_downloads": -1, "active_seeds": -1, "active_limit": -1, "active_checking": -1,
+            "allow_multiple_connections_per_ip": True,
+            "ignore_limits_on_local_network": False,
+            "upload_rate_limit": self._limits[0], "download_rate_limit": self._limits[1],
+            "peer_fingerprint": self._tag,
+            "user_agent": "swarm/0.1",
+            "min_announce_interval": 5,
+            "alert_mask": (lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage
+                           | lt.alert_category.tracker | lt.alert_category.block_progress),
+        })
+        self._session = lt.session(pack)
+        if self.ssl_port == 0:
+            raise UsageError(f"cannot listen for peers on {host}:{port}")
+        self._thread = threading.Thread(target=self._pump, name="libtorrent-alerts", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        if self._session is not None:
+            self._session.pause()
+            self._session = None
+
+    @property
+    def ssl_port(self) -> int:
+        port: int = self._session.ssl_listen_port()
+        return port
+
+    def set_rate_limits(self, upload: int, download: int) -> None:
+        self._limits = (upload, download)
+        self._session.apply_settings({"upload_rate_limit": upload, "download_rate_limit": download})
+
+    # -- torrents -----------------------------------------------------------
+
+    def add(self, metainfo: bytes, save_dir: Path, tracker_url: str, seed: bool) -> bytes:
+        """Start a torrent (idempotent); `seed` means the file is complete and verified."""
+        ti = lt.torrent_info(metainfo)
+        ih: bytes = ti.info_hashes().v2.to_bytes()
+        with self._lock:
+            if ih in self._torrents:
+                return ih
+        atp = lt.add_torrent_params()
+        atp.ti = ti
+        atp.save_path = str(save_dir)
+        atp.trackers = [tracker_url]
+        # a torrent that is not auto-managed must also not start paused
+        atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+        if seed:
+            atp.flags |= lt.torrent_flags.seed_mode
+        assert self._loop is not None
+        entry = _Torrent(handle=None, size=ti.total_size(), piece_length=ti.piece_length(),
+                         finished=asyncio.Event())
+        with self._lock:
+            self._torrents[ih] = entry
+        try:
+            entry.handle = self._session.add_torrent(atp)
+        except RuntimeError as exc:
+            with self._lock:
+                del self._torrents[ih]
+            raise TorrentError(f"cannot add torrent: {exc}") from exc
+        self._apply_cert(entry.handle)
+        return ih
+
+    def remove(self, ih: bytes) -> None:
+        with self._lock:
+            entry = self._torrents.pop(ih, None)
+        if entry is not None:
+            self._session.remove_torrent(entry.handle)
+
+    def has(self, ih: bytes) -> bool:
+        with self._lock:
+            return ih in self._torrents
+
+    async def wait_finished(self, ih: bytes) -> None:
+        entry = self._entry(ih)
+        if entry.handle.status().is_finished:
+            return
+        await entry.finished.wait()
+        if entry.error:
+            raise TorrentError(entry.error)
+
+    def set_certificate(self, cert_path: Path, key_path: Path) -> None:
+        """New connections of every torrent use the renewed certificate."""
+        self._cert, self._key = cert_path, key_path
+        with self._lock:
+            handles = [t.handle for t in self._torrents.values()]
+        for h in handles:
+            self._apply_cert(h)
+
+    def _apply_cert(self, handle: Any) -> None:
+        handle.set_ssl_certificate(str(self._cert), str(self._key), dh_params_path())
+
+    def force_recheck(self, ih: bytes) -> None:
+        entry = self._entry(ih)
+        entry.finished.clear()
+        entry.handle.force_recheck()
+
+    def status(self, ih: bytes) -> TorrentStatus:
+        entry = self._entry(ih)
+        s = entry.handle.status()
+        live: dict[str, PeerStat] = {}
+        for p in entry.handle.get_peer_info():
+            name = peer_name(p.pid.to_bytes())
+            stat = live.setdefault(name, PeerStat(name, f"{p.ip[0]}:{p.ip[1]}", 0, 0, True))
+            stat.uploaded += p.total_upload
+        with self._lock:
+            received = dict(entry.from_peer)
+        for name, n in received.items():
+            live.setdefault(name, PeerStat(name, "", 0, 0, False)).downloaded = n
+        return TorrentStatus(
+            info_hash=ih.hex(), name=s.name, state=_STATES.get(int(s.state), str(s.state)),
+            progress=float(s.progress), total=entry.size, done=int(s.total_wanted_done),
+            download_rate=int(s.download_payload_rate), upload_rate=int(s.upload_payload_rate),
+            downloaded=int(s.total_payload_download), uploaded=int(s.total_payload_upload),
+            peers=sorted(live.values(), key=lambda p: p.name), failed_pieces=entry.failed_pieces,
+            error=entry.error or (s.errc.message() if s.errc.value() else ""),
+        )
+
+    def info_hashes(self) -> list[bytes]:
+        with self._lock:
+            return list(self._torrents)
+
+    def _entry(self, ih: bytes) -> _Torrent:
+        with self._lock:
+            entry = self._torrents.get(ih)
+        if entry is None:
+            raise TorrentError(f"no torrent {ih.hex()[:12]}")
+        return entry
+
+    # -- alerts -------------------------------------------------------------
+
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            session = self._session
+            if session is None:
+                return
+            session.wait_for_alert(250)
+            for alert in session.pop_alerts():
+                try:
+                    self._on_alert(alert)
+                except Exception:  # an alert must never kill the pump
+                    log.exception("alert handling failed")
+
+    def _on_alert(self, alert: Any) -> None:
+        if isinstance(alert, lt.block_finished_alert):
+            entry = self._entry_for(alert)
+            if entry is not None:
+                with self._lock:
+                    entry.from_peer[peer_name(alert.pid.to_bytes())] += self._block_size(entry, alert)
+        elif isinstance(alert, lt.torrent_finished_alert):
+            entry = self._entry_for(alert)
+            if entry is not None:
+                self._signal(entry)
+        elif isinstance(alert, lt.hash_failed_alert):
+            entry = self._entry_for(alert)
+            if entry is not None:
+                entry.failed_pieces += 1
+                log.warning("piece %d of %s failed its hash check", alert.piece_index, entry.handle.status().name)
+        elif isinstance(alert, (lt.file_error_alert, lt.torrent_error_alert)):
+            entry = self._entry_for(alert)
+            message = alert.message()
+            if "DECODER" in message:  # see notes: harmless with some DH setups
+                return
+            log.error("torrent error: %s", message)
+            if entry is not None and isinstance(alert, lt.file_error_alert):
+                entry.error = message
+                self._signal(entry)
+        elif isinstance(alert, lt.tracker_error_alert):
+            log.warning("tracker: %s", _redact(alert.message()))
+
+    def _entry_for(self, alert: Any) -> _Torrent | None:
+        try:
+            ih = alert.handle.info_hashes().v2.to_bytes()
+        except RuntimeError:
+            return None
+        with self._lock:
+            return self._torrents.get(ih)
+
+    def _block_size(self, entry: _Torrent, alert: Any) -> int:
+        start = alert.piece_index * entry.piece_length + alert.block_index * BLOCK
+        return max(0, min(BLOCK, entry.size - start))
+
+    def _signal(self, entry: _Torrent) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(entry.finished.set)
+
+
+def _redact(message: str) -> str:
+    """Tracker URLs carry the token secret in their path."""
+    return re.sub(r"/(announce|scrape)/[0-9a-f]+", r"/\1/<secret>", message)
+
+
+_STATES = {
+    1: "checking", 2: "downloading-metadata", 3: "downloading", 4: "finished", 5: "seeding", 7: "checking-resume",
+}

@@ -1,0 +1,54 @@
+"""Tokens, image references, sizes and rates."""
+
+from __future__ import annotations
+
+import pytest
+
+from swarm.core.errors import UsageError
+from swarm.core.refs import ImageRef, matches
+from swarm.core.tokens import JoinToken, hash_secret
+from swarm.core.units import parse_rate, parse_size
+
+
+def test_token_round_trip_and_repr_hides_secret() -> None:
+    tok = JoinToken.new("ab" * 32)
+    assert JoinToken.parse(str(tok)) == tok
+    assert tok.secret not in repr(tok)
+    assert hash_secret(tok.secret) != tok.secret and len(hash_secret(tok.secret)) == 64
+
+
+@pytest.mark.parametrize("bad", ["", "swarm1.abc.def", "swarm2." + "a" * 40 + "." + "b" * 64,
+                                 "swarm1." + "A" * 40 + "." + "b" * 64])
+def test_malformed_tokens(bad: str) -> None:
+    with pytest.raises(UsageError, match="malformed join token"):
+        JoinToken.parse(bad)
+
+
+def test_image_refs() -> None:
+    assert ImageRef.parse("myapp") == ImageRef("myapp", "latest")
+    assert ImageRef.parse("team/myapp:1.2") == ImageRef("team/myapp", "1.2")
+    assert str(ImageRef.parse("myapp:1")) == "myapp:1"
+    for bad in ("MyApp:1", "myapp:", ":1", "my app", "myapp:bad tag"):
+        with pytest.raises(UsageError):
+            ImageRef.parse(bad)
+
+
+def test_watch_patterns() -> None:
+    assert matches("myapp/*", ImageRef("myapp/web", "1"))
+    assert not matches("myapp/*", ImageRef("other", "1"))
+    assert matches("myapp:prod-*", ImageRef("myapp", "prod-7"))
+    assert not matches("myapp:prod-*", ImageRef("myapp", "dev-7"))
+
+
+def test_sizes_and_rates() -> None:
+    assert parse_size("10GiB") == 10 * 1024**3
+    assert parse_size("500MB") == 500 * 1000**2
+    assert parse_size("0") == 0
+    assert parse_rate("50MB/s") == 50 * 1000**2
+    assert parse_rate("100mbit") == 12_500_000
+    assert parse_rate("0") == 0
+    for bad in ("fast", "10 parsecs", "-1MB"):
+        with pytest.raises(UsageError):
+            parse_rate(bad)
+    with pytest.raises(UsageError):
+        parse_size("lots")
