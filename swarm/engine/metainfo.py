@@ -60,12 +60,15 @@ def inspect_torrent(metainfo: bytes) -> TorrentFacts:
     hashes = ti.info_hashes()
     if hashes.has_v1() or not hashes.has_v2():
         raise InvalidInput("torrent must be v2-only")
-    if ti.num_files() != 1:
+    # libtorrent lists the tail padding of a v2 file as a pad file: count real files only
+    fs = ti.layout()
+    files = [i for i in range(fs.num_files()) if not fs.file_flags(i) & fs.flag_pad_file]
+    if len(files) != 1:
         raise InvalidInput("torrent must hold exactly one file")
     return TorrentFacts(
         info_hash=hashes.v2.to_bytes(),
         name=ti.name(),
-        size=ti.total_size(),
+        size=fs.file_size(files[0]),
         private=ti.priv(),
         root_cert=ti.ssl_cert(),
     )
