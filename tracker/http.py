@@ -61,7 +61,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error(exc.status, exc.reason)
+        response = _error(exc.status, exc.reason)
+        if exc.status == web.HTTPRequestEntityTooLarge.status_code:
+            response.force_close()  # the rest of the body is not worth reading
+        return response
     except Exception:
         log.exception("unexpected error on %s %s", request.method, redact_path(request.path))
         return _error(500, "internal tracker error")
@@ -176,7 +179,7 @@ def make_app(service: TrackerService) -> web.Application:
 async def start_tracker(service: TrackerService, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve `service` on host:port (0: any free port); returns the runner and the bound port."""
     runner = web.AppRunner(make_app(service), access_log_class=RedactingAccessLogger,
-                           shutdown_timeout=SHUTDOWN_TIMEOUT)
+                           shutdown_timeout=SHUTDOWN_TIMEOUT, lingering_time=0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

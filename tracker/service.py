@@ -49,6 +49,8 @@ class TrackerService:
         self._published = asyncio.Event()
         self._closing = False
         self._revoked_seen = -1
+        #: watch calls waiting for a publication right now
+        self.watching = 0
 
     def shutdown(self) -> None:
         """Wake every watcher: they return at once, and new ones do not wait."""
@@ -153,10 +155,13 @@ class TrackerService:
             remaining = deadline - loop.time()
             if entries or remaining <= 0 or self._closing:
                 break
+            self.watching += 1
             try:
                 await asyncio.wait_for(published.wait(), remaining)
             except TimeoutError:
                 pass
+            finally:
+                self.watching -= 1
         self.authenticate(secret)  # revoked while waiting: nothing more
         return self.storage.current_seq(), entries
 
