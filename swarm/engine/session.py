@@ -181,7 +181,8 @@ class Engine:
         if seed:
             atp.flags |= lt.torrent_flags.seed_mode
         assert self._loop is not None
-        entry = _Torrent(handle=None, size=ti.total_size(), piece_length=ti.piece_length(),
+        # file 0 is the blob; v2 pads the tail, and padding is not payload
+        entry = _Torrent(handle=None, size=ti.layout().file_size(0), piece_length=ti.piece_length(),
                          finished=asyncio.Event())
         with self._lock:
             self._torrents[ih] = entry
@@ -205,12 +206,18 @@ class Engine:
             return ih in self._torrents
 
     async def wait_finished(self, ih: bytes) -> None:
+        """Return once every piece is downloaded and passed its hash check."""
         entry = self._entry(ih)
-        if entry.handle.status().is_finished:
-            return
-        await entry.finished.wait()
-        if entry.error:
-            raise TorrentError(entry.error)
+        while not self._complete(entry):
+            await entry.finished.wait()
+            entry.finished.clear()
+            if entry.error:
+                raise TorrentError(entry.error)
+
+    @staticmethod
+    def _complete(entry: _Torrent) -> bool:
+        s = entry.handle.status()
+        return bool(s.state in _DONE_STATES and s.total_wanted_done == s.total_wanted and s.total_wanted > 0)
 
     def set_certificate(self, cert_path: Path, key_path: Path) -> None:
         """New connections of every torrent use the renewed certificate."""
@@ -310,7 +317,7 @@ class Engine:
             return self._torrents.get(ih)
 
     def _block_size(self, entry: _Torrent, alert: Any) -> int:
-        start = alert.piece_index * entry.piece_length + alert.block_index * BLOCK
+        start = int(alert.piece_index) * entry.piece_length + int(alert.block_index) * BLOCK
         return max(0, min(BLOCK, entry.size - start))
 
     def _signal(self, entry: _Torrent) -> None:
@@ -323,6 +330,7 @@ def _redact(message: str) -> str:
     return re.sub(r"/(announce|scrape)/[0-9a-f]+", r"/\1/<secret>", message)
 
 
+_DONE_STATES = (lt.torrent_status.states.finished, lt.torrent_status.states.seeding)
 _STATES = {
     1: "checking", 2: "downloading-metadata", 3: "downloading", 4: "finished", 5: "seeding", 7: "checking-resume",
 }

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Tracker + builder + two hosts on this machine, each with its own dockerd:
+# an image generated on the spot is seeded and pulled on both hosts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec python3 scripts/demo.py "$@"
