@@ -92,6 +92,7 @@ class _Torrent:
     size: int
     piece_length: int
     finished: asyncio.Event
+    flushed: asyncio.Event
     from_peer: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     failed_pieces: int = 0
     error: str = ""
@@ -137,6 +138,7 @@ class Engine:
             "peer_fingerprint": self._tag,
             "user_agent": "swarm/0.1",
             "min_announce_interval": 5,
+            "stop_tracker_timeout": 2,
             "alert_mask": (lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage
                            | lt.alert_category.tracker | lt.alert_category.block_progress),
         })
@@ -183,7 +185,7 @@ class Engine:
         assert self._loop is not None
         # file 0 is the blob; v2 pads the tail, and padding is not payload
         entry = _Torrent(handle=None, size=ti.layout().file_size(0), piece_length=ti.piece_length(),
-                         finished=asyncio.Event())
+                         finished=asyncio.Event(), flushed=asyncio.Event())
         with self._lock:
             self._torrents[ih] = entry
         try:
@@ -213,6 +215,11 @@ class Engine:
             entry.finished.clear()
             if entry.error:
                 raise TorrentError(entry.error)
+        # pieces are hashed in memory before the disk thread writes them:
+        # "finished" does not mean the file holds the bytes yet
+        entry.flushed.clear()
+        entry.handle.flush_cache()
+        await entry.flushed.wait()
 
     @staticmethod
     def _complete(entry: _Torrent) -> bool:
@@ -291,6 +298,10 @@ class Engine:
             entry = self._entry_for(alert)
             if entry is not None:
                 self._signal(entry)
+        elif isinstance(alert, lt.cache_flushed_alert):
+            entry = self._entry_for(alert)
+            if entry is not None and self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(entry.flushed.set)
         elif isinstance(alert, lt.hash_failed_alert):
             entry = self._entry_for(alert)
             if entry is not None:
