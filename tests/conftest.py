@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.dockerd import Dockerd, DockerdError, cannot_start_reason
+from tests.support.dockerd import Dockerd, DockerdError, cannot_start_reason, stop_all
 
 
 @dataclass
@@ -78,5 +78,4 @@ def dockerd_factory() -> Iterator[Callable[..., Dockerd]]:
         return d
 
     yield make
-    for d in reversed(started):
-        d.stop()
+    stop_all(started)

@@ -10,7 +10,13 @@ Each dict is one layer (`COPY layerN/ /`); with `with_busybox` a first layer
 holds a static busybox (/usr/bin/busybox from Debian's busybox-static) as
 /bin/busybox with /bin/sh, /bin/cat, /bin/echo, /bin/ls, /bin/sleep links.
 File contents and mtimes are fixed, so layer diff_ids are the same on every
-build; the image ID is not (the config carries the build time).
+build; the image ID is not (the config carries the build time). Layer n's
+files get mtime FIXED_MTIME + n, except that a layer equal to an earlier one
+reuses that one's mtime: [A, B, A] then gives a duplicate layer (same
+diff_id) on every storage driver. (With vfs, whose diff looks at size and
+mtime only, a layer that changes nothing a previous one left is empty and
+dropped, and its diff holds only the files that changed: for a duplicate,
+the layer in between must change every file of the repeated one.)
 """
 
 from __future__ import annotations
@@ -80,9 +86,19 @@ def write_context(context: Path, layers: Sequence[Mapping[str, bytes]], cmd: Seq
     if cmd:
         lines.append("CMD " + json.dumps(list(cmd)))
     (context / "Dockerfile").write_text("\n".join(lines) + "\n")
-    for dirpath, dirnames, filenames in os.walk(context):
+    _set_mtimes(context / "busybox", FIXED_MTIME)
+    for n, files in enumerate(layers):
+        first = next(i for i, other in enumerate(layers) if other == files)
+        _set_mtimes(context / f"layer{n + 1}", FIXED_MTIME + 1 + first)
+
+
+def _set_mtimes(root: Path, mtime: int) -> None:
+    if not root.exists():
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
         for entry in [*dirnames, *filenames]:
-            os.utime(os.path.join(dirpath, entry), (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
+            os.utime(os.path.join(dirpath, entry), (mtime, mtime), follow_symlinks=False)
+    os.utime(root, (mtime, mtime))
 
 
 def build_image(api: Any, tag: str, layers: Sequence[Mapping[str, bytes]], cmd: Sequence[str],
@@ -111,3 +127,32 @@ def build_image(api: Any, tag: str, layers: Sequence[Mapping[str, bytes]], cmd: 
                 image = str(api.inspect_image(tag)["Id"])
     return image
 
+
+
+def run_image(api: Any, image: str, cmd: Sequence[str] | None = None, timeout: float = 120) -> bytes:
+    """Run `image` (no network) to completion and return its stdout+stderr.
+
+    create -> start -> wait -> logs -> remove: unlike `containers.run(...)`,
+    whose follow-mode log stream can miss the output of a container that exits
+    at once (seen with engine 20.10), the logs are read after the exit.
+    Raises DockerError if the container exits non-zero.
+    """
+    with docker_errors(api, f"docker run {image}"):
+        container = api.create_container(image, command=list(cmd) if cmd is not None else None,
+                                         host_config=api.create_host_config(network_mode="none"))
+        cid = container["Id"]
+        try:
+            api.start(cid)
+            status = api.wait(cid, timeout=timeout)
+            output = api.logs(cid, stdout=True, stderr=True, stream=False, follow=False)
+        finally:
+            api.remove_container(cid, force=True)
+    code = status.get("StatusCode") if isinstance(status, dict) else None
+    if code != 0:
+        raise DockerError(f"docker run {image}: exited with {code}: {_tail(output)}")
+    return bytes(output)
+
+
+def _tail(output: object) -> str:
+    text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+    return " ".join(text.split())[-300:]

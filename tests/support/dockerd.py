@@ -148,10 +148,16 @@ class Dockerd:
         except OSError:
             return ""
 
+    def terminate(self) -> None:
+        """Ask dockerd to shut down (SIGTERM) without waiting; stop() waits."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> None:
+        """SIGTERM, wait (SIGKILL after STOP_TIMEOUT), unmount leftovers, remove the directory."""
+        self.terminate()
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -170,11 +176,15 @@ class Dockerd:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return
-        if b"containerd" in cmdline and str(self.exec_root).encode() in cmdline:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if b"containerd" not in cmdline or str(self.exec_root).encode() not in cmdline:
+            return
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def __enter__(self) -> Dockerd:
         return self.start()
@@ -182,6 +192,14 @@ class Dockerd:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def stop_all(dockerds: Sequence[Dockerd]) -> None:
+    """Stop several dockerds, shutting them down in parallel."""
+    for d in dockerds:
+        d.terminate()
+    for d in dockerds:
+        d.stop()
 
 
 def unmount_under(directory: Path) -> None:
