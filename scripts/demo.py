@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import docker  # noqa: E402
 
 from swarm.core.units import human_bytes  # noqa: E402
-from swarm.images.synthetic import build_image, payload  # noqa: E402
+from swarm.images.synthetic import build_image, payload, run_image  # noqa: E402
 from tests.support.dockerd import Dockerd  # noqa: E402
 from tests.support.procs import Agent, Tracker, run_swarm  # noqa: E402
 
@@ -83,8 +83,7 @@ def main() -> int:
         ok = True
         for name in ("host1", "host2"):
             host_id = docker.APIClient(base_url=engines[name].host).inspect_image("demo/app:1")["Id"]
-            out = docker.DockerClient(base_url=engines[name].host).containers.run(
-                "demo/app:1", network_mode="none", remove=True).decode()
+            out = run_image(docker.APIClient(base_url=engines[name].host), "demo/app:1").decode()
             received: dict[str, int] = {}
             for torrent in agents[name].status()["torrents"]:
                 for peer in torrent["peers"]:

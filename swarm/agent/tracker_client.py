@@ -72,7 +72,7 @@ class TrackerClient:
             message = ""
         cls = _BY_STATUS.get(status, TrackerError)
         if cls is Unauthorized:
-            message = message or "the tracker refused the join token (unknown or revoked)"
+            message = f"the tracker refused the join token ({message or 'unknown or revoked'})"
         return cls(message or f"tracker answered HTTP {status}")
 
     async def ca_pem(self) -> str:
