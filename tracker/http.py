@@ -181,8 +181,11 @@ async def start_tracker(service: TrackerService, host: str, port: int) -> tuple[
     runner = web.AppRunner(make_app(service), access_log_class=RedactingAccessLogger,
                            shutdown_timeout=SHUTDOWN_TIMEOUT, lingering_time=0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SwarmError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     bound = runner.addresses[0][1]
     return runner, int(bound)
 
