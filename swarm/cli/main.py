@@ -11,7 +11,7 @@ import click
 
 from swarm.agent import protocol
 from swarm.agent.paths import socket_path
-from swarm.cli.render import PullProgress, err, out, status_table
+from swarm.cli.render import PullProgress, err, status_table
 from swarm.cli.tracker_cmds import tracker
 from swarm.core.errors import SwarmError, UsageError
 from swarm.core.signing import SignedManifest, SigningKey, parse_public_key
@@ -96,7 +96,7 @@ def seed(images: tuple[str, ...], key: Path, from_archive: Path | None, data: Pa
     envelopes = [signing_key.sign(Manifest.from_bytes(raw)).to_bytes() for raw in answer["manifests"]]
     result = protocol.call(sock, "publish", _print_message, envelopes=envelopes)
     for entry in result["published"]:
-        out.print(f"{entry['ref']} {entry['image_id']}")
+        click.echo(f"{entry['ref']} {entry['image_id']}")
 
 
 def _print_message(msg: dict[str, Any]) -> None:
@@ -113,7 +113,7 @@ def pull(images: tuple[str, ...], data: Path | None, socket: Path | None) -> Non
     with PullProgress() as progress:
         result = protocol.call(sock, "pull", progress.update, refs=list(images))
     for img in result["images"]:
-        out.print(f"{img['ref']} {img['image_id']}")
+        click.echo(f"{img['ref']} {img['image_id']}")
 
 
 @cli.command()
