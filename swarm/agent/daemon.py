@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
+from swarm.agent.cache import CacheKeeper
 from swarm.agent.identity import Identity
+from swarm.agent.metrics import AgentMetrics, serve_metrics
 from swarm.agent.paths import AgentPaths
 from swarm.agent.pull import Puller
 from swarm.agent.server import Emit, SocketServer
@@ -27,6 +32,8 @@ from swarm.images.docker_client import connect as docker_connect
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 0.5
+#: how often resume data is saved and the cache budget enforced
+HOUSEKEEPING_EVERY = 30.0
 
 
 @dataclass
@@ -41,6 +48,8 @@ class AgentConfig:
     upload_limit: int = 0
     download_limit: int = 0
     cache_size: int = 0
+    min_seed_time: float = 3600.0
+    metrics_listen: str | None = None
 
 
 class Agent:
@@ -52,8 +61,11 @@ class Agent:
         self.identity = Identity(self.paths, self.tracker, config.token)
         self.blobs = BlobStore(self.paths)
         self.manifests = ManifestStore(self.paths)
+        self.metrics = AgentMetrics()
         self.engine: Engine | None = None
         self.puller: Puller | None = None
+        self.cache: CacheKeeper | None = None
+        self._runner: web.AppRunner | None = None
         self.docker: Any = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -65,7 +77,7 @@ class Agent:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self._on_signal)
         try:
             await self._start(loop)
             print(f"agent ready: {self.identity.name} ({self.identity.role}), peers on port "
@@ -74,29 +86,80 @@ class Agent:
         finally:
             await self._shutdown()
 
+    def _on_signal(self) -> None:
+        if self._stop.is_set():
+            log.warning("second signal: exiting at once")
+            os._exit(1)
+        log.info("stopping: saving resume data and announcing stopped (signal again to exit at once)")
+        self._stop.set()
+
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         await self.identity.enroll()
         self.docker = await asyncio.to_thread(docker_connect, self.config.docker_host)
+        # resume data is trusted only if the last run ended cleanly; otherwise
+        # libtorrent re-checks whatever is on disk (verified pieces are kept)
+        clean = not self.paths.running.exists()
+        self.paths.running.touch()
+        if not clean:
+            log.warning("the last run did not stop cleanly: partial downloads will be re-checked")
         self.engine = Engine(self.config.listen, self.identity.name, self.paths.cert, self.paths.key,
-                             self.config.upload_limit, self.config.download_limit)
+                             self.config.upload_limit, self.config.download_limit, role=self.identity.role,
+                             resume_dir=self.paths.resume, observer=self.metrics)
         self.engine.start(loop)
         self.puller = Puller(self.engine, self.blobs, self.manifests, self.tracker, self.config.trust,
-                             self.docker, self.identity.ca_pem)
+                             self.docker, self.identity.ca_pem, self.metrics, trust_resume=clean)
+        self.cache = CacheKeeper(self.config.cache_size, self.config.min_seed_time, self.blobs, self.manifests,
+                                 self.engine, self.puller.busy_blobs)
+        self.metrics.add_live(self._live_metrics)
         self._reseed()
         await self.server.start()
+        if self.config.metrics_listen:
+            self._runner = await serve_metrics(self.metrics, self.config.metrics_listen)
         engine = self.engine
         self._tasks.append(asyncio.create_task(
             self.identity.renew_forever(lambda: engine.set_certificate(self.paths.cert, self.paths.key))))
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.config.watch:
             self._tasks.append(asyncio.create_task(self._watch()))
+        for ref in self.blobs.pending_pulls():
+            log.info("resuming the pull of %s that was in flight", ref)
+            self.puller.start(ImageRef.parse(ref))
 
     async def _shutdown(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self.puller is not None:
+            for _state, pull in list(self.puller.active.values()):
+                pull.cancel()
         await self.server.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
         if self.engine is not None:
-            self.engine.close()
+            await asyncio.to_thread(self.engine.save_resume_data)
+            await asyncio.to_thread(self.engine.close)  # announces `stopped`
+            self.paths.running.unlink(missing_ok=True)
         await self.tracker.close()
+
+    async def _housekeeping(self) -> None:
+        assert self.engine is not None and self.cache is not None
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_EVERY)
+            await asyncio.to_thread(self.engine.save_resume_data)
+            self.cache.evict()
+
+    def _live_metrics(self) -> dict[str, float]:
+        engine = self.engine
+        used, _count = self.blobs.usage()
+        peers = sent = 0
+        torrents = engine.info_hashes() if engine else []
+        for ih in torrents:
+            assert engine is not None
+            st = engine.status(ih)
+            peers += sum(1 for p in st.peers if p.connected)
+            sent += st.uploaded
+        return {"cache_bytes": used, "cache_budget": self.config.cache_size, "connected_peers": peers,
+                "torrents": len(torrents), "sent_bytes": sent + (engine.removed_totals[1] if engine else 0),
+                "cert_expiry": self.identity.not_after}
 
     def _reseed(self) -> None:
         """Serve again every verified blob of every manifest this host knows."""
@@ -121,8 +184,7 @@ class Agent:
                 ref = ImageRef.parse(entry.ref)
                 if any(matches(p, ref) for p in self.config.watch):
                     log.info("watch: %s published, pulling", ref)
-                    _state, task = self.puller.start(ref)
-                    task.add_done_callback(_log_failure)
+                    self.puller.start(ref)
 
     # -- socket API -----------------------------------------------------------
 
@@ -141,6 +203,7 @@ class Agent:
                            "uploaded": p.uploaded, "connected": p.connected} for p in st.peers],
             })
         used, count = self.blobs.usage()
+        assert self.cache is not None
         return {
             "name": self.identity.name, "role": self.identity.role,
             "tracker": self.config.tracker, "tracker_reachable": await self.tracker.health(),
@@ -151,10 +214,17 @@ class Agent:
                        for _e, m in self.manifests.all()],
             "pulls": [self.puller.progress(state) for state, _t in self.puller.active.values()],
             "torrents": torrents,
-            "cache": {"bytes": used, "blobs": count, "budget": self.config.cache_size},
+            "cache": {"bytes": used, "blobs": count, "budget": self.config.cache_size,
+                      "over_budget": self.cache.over_budget()},
         }
 
     async def _op_pull(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        result = await self._pull_and_report(request, emit)
+        assert self.cache is not None
+        self.cache.evict()
+        return result
+
+    async def _pull_and_report(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
         assert self.puller is not None
         refs = [ImageRef.parse(str(r)) for r in _str_list(request.get("refs"), "refs")]
         pulls = [self.puller.start(ref) for ref in refs]
@@ -214,6 +284,7 @@ class Agent:
             self.manifests.save(envelope)
             for layer in manifest.layers:
                 self.engine.add(layer.torrent, self.paths.blobs, self.tracker.announce_url, seed=True)
+            self.blobs.touch([layer.blob for layer in manifest.layers])
             await emit({"message": f"published {entry.ref} ({entry.image_id[:19]}), seeding"})
             published.append(entry.to_map())
         return {"published": published}
@@ -223,12 +294,6 @@ def _str_list(v: Any, what: str) -> list[str]:
     if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
         raise InvalidInput(f"{what} must be a non-empty list of strings")
     return v
-
-
-def _log_failure(task: asyncio.Task[str]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        exc = task.exception()
-        log.error("preheat pull failed: %s", exc if isinstance(exc, SwarmError) else repr(exc))
 
 
 def run_agent(config: AgentConfig) -> None:

@@ -42,6 +42,15 @@ class AgentPaths:
         return self.root / "manifests"
 
     @property
+    def resume(self) -> Path:
+        return self.root / "resume"
+
+    @property
+    def running(self) -> Path:
+        """Present while an agent runs: found at start, the last run did not stop cleanly."""
+        return self.root / "agent.running"
+
+    @property
     def state(self) -> Path:
         return self.root / "state.msgpack"
 
@@ -51,7 +60,7 @@ class AgentPaths:
     def create(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            for d in (self.identity, self.blobs, self.manifests):
+            for d in (self.identity, self.blobs, self.manifests, self.resume):
                 d.mkdir(exist_ok=True)
             os.chmod(self.identity, 0o700)
         except OSError as exc:

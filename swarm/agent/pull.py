@@ -2,7 +2,8 @@
 
 Nothing reaches Docker unless the manifest verifies against a pinned builder
 key, every torrent is exactly the one the manifest names and is bound to this
-swarm's CA, and every blob's sha256 matches.
+swarm's CA, and every blob's sha256 matches. A pull in flight is recorded in
+the agent's state, so an agent that died resumes it when it starts again.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from swarm.agent.metrics import AgentMetrics
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
 from swarm.core.digest import digest_hex
-from swarm.core.errors import DockerError, ImageNotFound, NotFound, UntrustedManifest
-from swarm.core.manifest import Manifest
+from swarm.core.errors import (
+    DockerError, DockerUnreachable, ImageNotFound, NotFound, SwarmError, TorrentError, UntrustedManifest,
+)
+from swarm.core.manifest import Layer, Manifest
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
 from swarm.engine.metainfo import check_layer_torrent
@@ -26,25 +30,32 @@ from swarm.images import load as docker_load
 
 log = logging.getLogger(__name__)
 
+#: Docker unreachable during a pull: retry with back-off up to this long
+DOCKER_PATIENCE = 600.0
+
 
 @dataclass
 class PullState:
     ref: str
-    stage: str = "resolving"          # resolving → downloading → verifying → loading → done
+    stage: str = "resolving"   # resolving → downloading → verifying → loading (→ waiting-for-docker) → done
     manifest: Manifest | None = None
     started: float = field(default_factory=time.monotonic)
     cached: set[str] = field(default_factory=set)   # blobs that were already here
+    note: str = ""
 
 
 class Puller:
     def __init__(self, engine: Engine, blobs: BlobStore, manifests: ManifestStore, tracker: TrackerClient,
-                 trusted: list[bytes], docker: Any, ca_pem: str) -> None:
+                 trusted: list[bytes], docker: Any, ca_pem: str, metrics: AgentMetrics,
+                 trust_resume: bool = False) -> None:
         self._engine = engine
         self._blobs = blobs
         self._manifests = manifests
         self._tracker = tracker
         self._trusted = trusted
         self._docker = docker
+        self._metrics = metrics
+        self._trust_resume = trust_resume
         self.ca_pem = ca_pem
         self.active: dict[str, tuple[PullState, asyncio.Task[str]]] = {}
 
@@ -54,10 +65,28 @@ class Puller:
         if key in self.active:
             return self.active[key]
         state = PullState(key)
+        self._blobs.set_pending(key, True)
+        self._metrics.pulls.labels("started").inc()
         task = asyncio.create_task(self._pull(ref, state), name=f"pull {key}")
         self.active[key] = (state, task)
-        task.add_done_callback(lambda _t: self.active.pop(key, None))
+        task.add_done_callback(lambda t: self._finished(key, state, t))
         return state, task
+
+    def _finished(self, key: str, state: PullState, task: asyncio.Task[str]) -> None:
+        self.active.pop(key, None)
+        if task.cancelled():
+            return  # the agent is stopping: the pull stays pending and resumes on restart
+        self._blobs.set_pending(key, False)
+        if task.exception() is None:
+            self._metrics.pulls.labels("completed").inc()
+            self._metrics.pull_seconds.observe(time.monotonic() - state.started)
+        else:
+            self._metrics.pulls.labels("failed").inc()
+            log.error("pull of %s failed: %s", key, task.exception())
+
+    def busy_blobs(self) -> set[str]:
+        return {layer.blob for state, _t in self.active.values() if state.manifest
+                for layer in state.manifest.layers}
 
     async def _pull(self, ref: ImageRef, state: PullState) -> str:
         try:
@@ -75,16 +104,25 @@ class Puller:
         state.manifest = manifest
         log.info("pulling %s (%s, %d layers)", ref, manifest.image_id[:19], len(manifest.layers))
 
-        if await asyncio.to_thread(docker_load.image_id, self._docker, str(ref)) == manifest.image_id:
+        if await self._loaded_id(ref) == manifest.image_id and self._all_verified(manifest):
             state.cached = {layer.blob for layer in manifest.layers}
         else:
             await self._fetch(manifest, state)
-            state.stage = "loading"
-            await self._load(manifest)
+            await self._load_with_retry(manifest, state)
+        self._blobs.touch([layer.blob for layer in manifest.layers])
         self._manifests.save(envelope)
         state.stage = "done"
         log.info("%s loaded as %s in %.1fs", ref, manifest.image_id[:19], time.monotonic() - state.started)
         return manifest.image_id
+
+    def _all_verified(self, manifest: Manifest) -> bool:
+        return all(self._blobs.is_verified(layer.blob) for layer in manifest.layers)
+
+    async def _loaded_id(self, ref: ImageRef) -> str | None:
+        try:
+            return await asyncio.to_thread(docker_load.image_id, self._docker, str(ref))
+        except DockerUnreachable:
+            return None  # the load stage waits for Docker
 
     async def _fetch(self, manifest: Manifest, state: PullState) -> None:
         unique = {layer.blob: layer for layer in manifest.layers}
@@ -93,16 +131,45 @@ class Puller:
         for layer in unique.values():
             # blobs already here are seeded too: this host serves what it holds
             self._engine.add(layer.torrent, self._blobs.path(layer.blob).parent, self._tracker.announce_url,
-                             seed=layer.blob in state.cached)
+                             seed=layer.blob in state.cached, trust_resume=self._trust_resume)
         state.stage = "downloading"
-        await asyncio.gather(*(self._engine.wait_finished(layer.info_hash) for layer in missing))
-        state.stage = "verifying"
-        for layer in missing:
-            try:
+        try:
+            await asyncio.gather(*(self._engine.wait_finished(layer.info_hash) for layer in missing))
+            state.stage = "verifying"
+            for layer in missing:
                 await self._blobs.verify(layer.blob)
-            except Exception:
-                self._engine.remove(layer.info_hash)
-                raise
+        except (TorrentError, SwarmError, OSError) as exc:
+            self._discard(missing)
+            if isinstance(exc, TorrentError) and "space" in str(exc).lower():
+                raise TorrentError(f"pull of {manifest.ref} failed: no space left on device for its layers") from exc
+            raise
+
+    def _discard(self, layers: list[Layer]) -> None:
+        """Drop what a failed pull left: torrents and unverified partial files, unless another pull needs them."""
+        others = {layer.blob for state, _t in self.active.values() if state.manifest and state.stage != "done"
+                  for layer in state.manifest.layers} - {layer.blob for layer in layers}
+        for layer in layers:
+            if layer.blob in others or self._blobs.is_verified(layer.blob):
+                continue
+            self._engine.remove(layer.info_hash)
+            self._blobs.forget(layer.blob, delete=True)
+
+    async def _load_with_retry(self, manifest: Manifest, state: PullState) -> None:
+        delay, waited = 1.0, 0.0
+        while True:
+            state.stage = "loading"
+            try:
+                await self._load(manifest)
+                state.note = ""
+                return
+            except DockerUnreachable as exc:
+                if waited >= DOCKER_PATIENCE:
+                    raise
+                state.stage, state.note = "waiting-for-docker", str(exc)
+                log.warning("%s; retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 30.0)
 
     async def _load(self, manifest: Manifest) -> None:
         layers = [(layer.diff_id, layer.size, self._blobs.path(layer.blob), layer.compression)
@@ -131,4 +198,4 @@ class Puller:
                 else:
                     entry.update(done=0, rate=0, peers=0, state="waiting")
                 layers.append(entry)
-        return {"ref": state.ref, "stage": state.stage, "layers": layers}
+        return {"ref": state.ref, "stage": state.stage, "note": state.note, "layers": layers}

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+import time
 from pathlib import Path
 
 from swarm.agent.paths import AgentPaths, write_atomic
@@ -27,6 +28,8 @@ class BlobStore:
         self._paths = paths
         self._lock = threading.Lock()
         self._verified: dict[str, tuple[int, int]] = {}
+        self._used: dict[str, float] = {}
+        self._pending: list[str] = []
         self._load()
 
     def _load(self) -> None:
@@ -35,11 +38,48 @@ class BlobStore:
         try:
             state = wire.unpack_map(self._paths.state.read_bytes())
             self._verified = {str(k): (int(v[0]), int(v[1])) for k, v in state.get("verified", {}).items()}
-        except (InvalidInput, TypeError, ValueError, IndexError):
+            self._used = {str(k): float(v) for k, v in state.get("used", {}).items()}
+            self._pending = [str(r) for r in state.get("pending", [])]
+        except (InvalidInput, TypeError, ValueError, IndexError, AttributeError):
             log.warning("agent state unreadable: every blob will be hashed again")
 
     def _save(self) -> None:
-        write_atomic(self._paths.state, wire.pack({"verified": {k: list(v) for k, v in self._verified.items()}}))
+        write_atomic(self._paths.state, wire.pack({
+            "verified": {k: list(v) for k, v in self._verified.items()},
+            "used": self._used,
+            "pending": self._pending,
+        }))
+
+    # -- pulls in flight survive a crash: the agent resumes them on start --------
+
+    def pending_pulls(self) -> list[str]:
+        with self._lock:
+            return list(self._pending)
+
+    def set_pending(self, ref: str, pending: bool) -> None:
+        with self._lock:
+            if pending and ref not in self._pending:
+                self._pending.append(ref)
+            elif not pending and ref in self._pending:
+                self._pending.remove(ref)
+            self._save()
+
+    # -- least-recently-used bookkeeping for the cache budget --------------------
+
+    def touch(self, digests: list[str]) -> None:
+        now = time.time()
+        with self._lock:
+            for d in digests:
+                self._used[d] = now
+            self._save()
+
+    def last_used(self, digest: str) -> float:
+        with self._lock:
+            return self._used.get(digest, 0.0)
+
+    def verified(self) -> list[str]:
+        with self._lock:
+            return list(self._verified)
 
     def path(self, digest: str) -> Path:
         return self._paths.blob(digest_hex(digest))
@@ -75,6 +115,7 @@ class BlobStore:
     def forget(self, digest: str, delete: bool = False) -> None:
         with self._lock:
             self._verified.pop(digest, None)
+            self._used.pop(digest, None)
             self._save()
         if delete:
             self.path(digest).unlink(missing_ok=True)
@@ -100,6 +141,13 @@ class ManifestStore:
     def save(self, envelope: SignedManifest) -> None:
         manifest = Manifest.from_bytes(envelope.manifest)
         write_atomic(self._file(str(manifest.ref)), envelope.to_bytes())
+
+    def saved_at(self, ref: str) -> float:
+        """When this host last pulled or published `ref` (0 if never)."""
+        try:
+            return self._file(ref).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
 
     def all(self) -> list[tuple[SignedManifest, Manifest]]:
         out = []

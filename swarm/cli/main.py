@@ -59,9 +59,13 @@ def keygen(path: Path) -> None:
 @click.option("--docker-host", envvar="SWARM_DOCKER_HOST", help="Docker engine URL (default: DOCKER_HOST).")
 @click.option("--upload-limit", default="0", envvar="SWARM_UPLOAD_LIMIT", help="e.g. 50MB/s, 100mbit; 0 = none.")
 @click.option("--download-limit", default="0", envvar="SWARM_DOWNLOAD_LIMIT", help="e.g. 50MB/s; 0 = none.")
-@click.option("--cache-size", default="0", envvar="SWARM_CACHE_SIZE", help="Blob cache budget, e.g. 20GiB.")
+@click.option("--cache-size", default="0", envvar="SWARM_CACHE_SIZE", help="Blob cache budget, e.g. 20GiB; 0 = none.")
+@click.option("--min-seed-time", default=3600.0, type=click.FloatRange(min=0), envvar="SWARM_MIN_SEED_TIME",
+              show_default=True, help="Seconds an image's blobs stay cached after it was pulled or published.")
+@click.option("--metrics-listen", envvar="SWARM_METRICS_LISTEN", help="HOST:PORT to serve Prometheus /metrics on.")
 def agent(tracker_url: str, token: str, data: Path, listen: str, trust: tuple[str, ...], watch: tuple[str, ...],
-          docker_host: str | None, upload_limit: str, download_limit: str, cache_size: str) -> None:
+          docker_host: str | None, upload_limit: str, download_limit: str, cache_size: str,
+          min_seed_time: float, metrics_listen: str | None) -> None:
     """Run the host agent (the builder runs one too)."""
     from swarm.agent.daemon import AgentConfig, run_agent
 
@@ -70,6 +74,7 @@ def agent(tracker_url: str, token: str, data: Path, listen: str, trust: tuple[st
         trust=[parse_public_key(t) for t in _split(trust)], watch=list(_split(watch)),
         docker_host=docker_host, upload_limit=parse_rate(upload_limit),
         download_limit=parse_rate(download_limit), cache_size=parse_size(cache_size),
+        min_seed_time=min_seed_time, metrics_listen=metrics_listen,
     ))
 
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import libtorrent as lt
 
@@ -33,19 +33,39 @@ PEER_ID_PREFIX = "-SW0100-"
 BLOCK = 16 * 1024
 
 
-def peer_tag(name: str) -> str:
-    """The fingerprint prefix of this host's peer id (at most 18 chars, rest random)."""
-    clean = "".join(c for c in name if c.isalnum() or c in "._")[:9]
-    return f"{PEER_ID_PREFIX}{clean}-"
+def peer_tag(name: str, role: str = "host") -> str:
+    """The fingerprint prefix of this host's peer id: role letter and name (rest random)."""
+    clean = "".join(c for c in name if c.isalnum() or c in "._")[:8]
+    return f"{PEER_ID_PREFIX}{role[:1]}{clean}-"
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    role: str       # "builder", "host" or "?" for a peer id swarm did not make
+    name: str
+
+
+def peer_identity(pid: bytes) -> PeerIdentity:
+    """Who a swarm peer id says it is (only CA-certified peers reach us at all)."""
+    text = pid.decode("latin-1")
+    rest = text[len(PEER_ID_PREFIX):]
+    if not text.startswith(PEER_ID_PREFIX) or "-" not in rest:
+        return PeerIdentity("?", "?")
+    tag = rest.split("-", 1)[0]
+    role = {"b": "builder", "h": "host"}.get(tag[:1], "?")
+    return PeerIdentity(role, tag[1:] or "?")
 
 
 def peer_name(pid: bytes) -> str:
-    """Host name carried by a swarm peer id, or `?` for anything else."""
-    text = pid.decode("latin-1")
-    if not text.startswith(PEER_ID_PREFIX):
-        return "?"
-    rest = text[len(PEER_ID_PREFIX):]
-    return rest.split("-", 1)[0] if "-" in rest else "?"
+    return peer_identity(pid).name
+
+
+class EngineObserver(Protocol):
+    """Told about transfer events, from the alert thread (implementations must be thread-safe)."""
+
+    def block_received(self, source_role: str, nbytes: int) -> None: ...
+
+    def piece_failed(self) -> None: ...
 
 
 def dh_params_path() -> str:
@@ -107,11 +127,20 @@ class Engine:
         key_path: Path,
         upload_limit: int = 0,
         download_limit: int = 0,
+        role: str = "host",
+        resume_dir: Path | None = None,
+        observer: EngineObserver | None = None,
     ) -> None:
         self._listen = parse_listen(listen)
         self._cert = cert_path
         self._key = key_path
-        self._tag = peer_tag(host_name)
+        self._tag = peer_tag(host_name, role)
+        self._resume_dir = resume_dir
+        self._observer = observer
+        self._resume_pending = 0
+        self._resume_done = threading.Condition()
+        #: payload counters of torrents already removed, so totals never go backwards
+        self.removed_totals = [0, 0]
         self._limits = (upload_limit, download_limit)
         self._torrents: dict[bytes, _Torrent] = {}
         self._lock = threading.Lock()
@@ -167,14 +196,22 @@ class Engine:
 
     # -- torrents -----------------------------------------------------------
 
-    def add(self, metainfo: bytes, save_dir: Path, tracker_url: str, seed: bool) -> bytes:
-        """Start a torrent (idempotent); `seed` means the file is complete and verified."""
+    def add(self, metainfo: bytes, save_dir: Path, tracker_url: str, seed: bool,
+            trust_resume: bool = False) -> bytes:
+        """Start a torrent (idempotent).
+
+        `seed`: the file is complete and its sha256 verified. Otherwise the
+        saved resume data is used only with `trust_resume` (after a clean
+        shutdown); without it libtorrent hash-checks whatever is on disk, so
+        verified pieces are kept and nothing unproven is trusted.
+        """
         ti = lt.torrent_info(metainfo)
         ih: bytes = ti.info_hashes().v2.to_bytes()
         with self._lock:
             if ih in self._torrents:
                 return ih
-        atp = lt.add_torrent_params()
+        atp = self._resume_params(ih) if trust_resume and not seed else None
+        atp = atp or lt.add_torrent_params()
         atp.ti = ti
         atp.save_path = str(save_dir)
         atp.trackers = [tracker_url]
@@ -198,10 +235,56 @@ class Engine:
         return ih
 
     def remove(self, ih: bytes) -> None:
+        """Stop a torrent (libtorrent announces `stopped`) and forget its resume data."""
         with self._lock:
             entry = self._torrents.pop(ih, None)
         if entry is not None:
+            s = entry.handle.status()
+            self.removed_totals[0] += int(s.total_payload_download)
+            self.removed_totals[1] += int(s.total_payload_upload)
             self._session.remove_torrent(entry.handle)
+        if self._resume_dir is not None:
+            (self._resume_dir / f"{ih.hex()}.resume").unlink(missing_ok=True)
+
+    # -- resume data ----------------------------------------------------------
+
+    def _resume_params(self, ih: bytes) -> Any:
+        if self._resume_dir is None:
+            return None
+        path = self._resume_dir / f"{ih.hex()}.resume"
+        try:
+            return lt.read_resume_data(path.read_bytes())
+        except (OSError, RuntimeError):
+            return None
+
+    def save_resume_data(self, timeout: float = 10.0) -> int:
+        """Ask every changed torrent for resume data and wait until it is written."""
+        if self._resume_dir is None or self._session is None:
+            return 0
+        with self._lock:
+            handles = [t.handle for t in self._torrents.values()]
+        with self._resume_done:
+            for h in handles:
+                if h.need_save_resume_data():
+                    self._resume_pending += 1
+                    h.save_resume_data(lt.save_resume_flags_t.only_if_modified | lt.save_resume_flags_t.flush_disk_cache)
+            asked = self._resume_pending
+            self._resume_done.wait_for(lambda: self._resume_pending <= 0, timeout)
+            self._resume_pending = 0
+        return asked
+
+    def _write_resume(self, alert: Any) -> None:
+        assert self._resume_dir is not None
+        ih = alert.handle.info_hashes().v2.to_bytes()
+        path = self._resume_dir / f"{ih.hex()}.resume"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(lt.write_resume_data_buf(alert.params))
+        tmp.replace(path)
+
+    def _resume_answered(self) -> None:
+        with self._resume_done:
+            self._resume_pending -= 1
+            self._resume_done.notify_all()
 
     def has(self, ih: bytes) -> bool:
         with self._lock:
@@ -292,8 +375,19 @@ class Engine:
         if isinstance(alert, lt.block_finished_alert):
             entry = self._entry_for(alert)
             if entry is not None:
+                who = peer_identity(alert.pid.to_bytes())
+                nbytes = self._block_size(entry, alert)
                 with self._lock:
-                    entry.from_peer[peer_name(alert.pid.to_bytes())] += self._block_size(entry, alert)
+                    entry.from_peer[who.name] += nbytes
+                if self._observer is not None:
+                    self._observer.block_received(who.role, nbytes)
+        elif isinstance(alert, lt.save_resume_data_alert):
+            try:
+                self._write_resume(alert)
+            finally:
+                self._resume_answered()
+        elif isinstance(alert, lt.save_resume_data_failed_alert):
+            self._resume_answered()
         elif isinstance(alert, lt.torrent_finished_alert):
             entry = self._entry_for(alert)
             if entry is not None:
@@ -306,6 +400,8 @@ class Engine:
             entry = self._entry_for(alert)
             if entry is not None:
                 entry.failed_pieces += 1
+                if self._observer is not None:
+                    self._observer.piece_failed()
                 log.warning("piece %d of %s failed its hash check", alert.piece_index, entry.handle.status().name)
         elif isinstance(alert, (lt.file_error_alert, lt.torrent_error_alert)):
             entry = self._entry_for(alert)
