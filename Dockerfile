@@ -1,0 +1,62 @@
+# swarm container images: one Dockerfile, two targets.
+#
+#   docker build --target tracker -t swarm-tracker .
+#   docker build --target agent   -t swarm-agent .
+#
+# BASE_IMAGE is any Debian-like image with Python 3.11+ and the venv module
+# (`python3 -m venv` must work). The default is the official slim Python
+# image; tests/deploy builds one from Debian packages instead (debootstrap,
+# `docker import`) because no registry is reachable there. The package and
+# its wheels are installed with pip from the build context, so the build
+# needs the package index: on an engine without a default bridge, build with
+# `--network host`.
+#
+# Works with the classic builder (Debian's docker.io 20.10) and BuildKit.
+
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+# a virtual environment keeps swarm's dependencies away from the base image's
+# Python packages (and works where the system Python is "externally managed")
+RUN python3 -m venv /opt/swarm \
+ && /opt/swarm/bin/python -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
+COPY pyproject.toml README.md /src/
+COPY swarm /src/swarm
+COPY tracker /src/tracker
+RUN /opt/swarm/bin/pip install /src \
+ && rm -rf /src \
+ && /opt/swarm/bin/swarm --version
+COPY deploy/docker/entrypoint.sh /usr/local/bin/swarm-entrypoint
+RUN chmod 0755 /usr/local/bin/swarm-entrypoint \
+ && (getent group swarm >/dev/null || groupadd --system --gid 10001 swarm) \
+ && (getent passwd swarm >/dev/null || useradd --system --uid 10001 --gid swarm --home-dir /var/lib/swarm-tracker \
+        --no-create-home --shell /usr/sbin/nologin swarm)
+ENV PATH=/opt/swarm/bin:$PATH
+ENTRYPOINT ["swarm-entrypoint"]
+
+# The tracker: unprivileged user, state in one volume.
+FROM base AS tracker
+RUN mkdir -p /var/lib/swarm-tracker && chown swarm:swarm /var/lib/swarm-tracker && chmod 0700 /var/lib/swarm-tracker
+ENV SWARM_DATA=/var/lib/swarm-tracker \
+    SWARM_LISTEN=0.0.0.0:7070
+USER swarm
+VOLUME ["/var/lib/swarm-tracker"]
+EXPOSE 7070
+HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=5 \
+    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:7070/v1/health', timeout=2).status != 200)"]
+CMD ["swarm", "tracker", "serve"]
+
+# The agent: runs as root inside its container because it talks to a Docker
+# engine socket (root-equivalent on that engine anyway); peers on 6881/tcp.
+FROM base AS agent
+RUN mkdir -p /var/lib/swarm && chmod 0700 /var/lib/swarm
+ENV SWARM_DATA=/var/lib/swarm \
+    SWARM_LISTEN=0.0.0.0:6881
+VOLUME ["/var/lib/swarm"]
+EXPOSE 6881
+CMD ["swarm", "agent"]
