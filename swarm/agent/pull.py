@@ -141,7 +141,7 @@ class Puller:
         except (TorrentError, SwarmError, OSError) as exc:
             self._discard(missing)
             if isinstance(exc, TorrentError) and "space" in str(exc).lower():
-                raise TorrentError(f"pull of {manifest.ref} failed: no space left on device for its layers") from exc
+                raise TorrentError(f"no space left on device for the layers of {manifest.ref}") from exc
             raise
 
     def _discard(self, layers: list[Layer]) -> None:

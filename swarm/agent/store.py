@@ -44,11 +44,15 @@ class BlobStore:
             log.warning("agent state unreadable: every blob will be hashed again")
 
     def _save(self) -> None:
-        write_atomic(self._paths.state, wire.pack({
-            "verified": {k: list(v) for k, v in self._verified.items()},
-            "used": self._used,
-            "pending": self._pending,
-        }))
+        try:
+            write_atomic(self._paths.state, wire.pack({
+                "verified": {k: list(v) for k, v in self._verified.items()},
+                "used": self._used,
+                "pending": self._pending,
+            }))
+        except OSError as exc:
+            # the old state stays whole (atomic rename); at worst a blob is hashed again
+            log.error("cannot save agent state: %s", exc.strerror)
 
     # -- pulls in flight survive a crash: the agent resumes them on start --------
 
@@ -113,12 +117,12 @@ class BlobStore:
         self.mark_verified(digest)
 
     def forget(self, digest: str, delete: bool = False) -> None:
+        if delete:  # first: on a full disk the state file may only be writable after this
+            self.path(digest).unlink(missing_ok=True)
         with self._lock:
             self._verified.pop(digest, None)
             self._used.pop(digest, None)
             self._save()
-        if delete:
-            self.path(digest).unlink(missing_ok=True)
 
     def usage(self) -> tuple[int, int]:
         total = count = 0

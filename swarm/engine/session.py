@@ -408,9 +408,11 @@ class Engine:
             message = alert.message()
             if "DECODER" in message:  # see notes: harmless with some DH setups
                 return
-            log.error("torrent error: %s", message)
-            if entry is not None and isinstance(alert, lt.file_error_alert):
+            if entry is not None and not entry.error:  # later ones repeat it for every queued block
+                log.error("torrent error: %s", message)
+            if entry is not None and isinstance(alert, lt.file_error_alert) and not entry.error:
                 entry.error = message
+                entry.handle.pause()  # a disk error repeats for every block otherwise
                 self._signal(entry)
         elif isinstance(alert, lt.tracker_error_alert):
             log.warning("tracker: %s", _redact(alert.message()))
