@@ -114,10 +114,10 @@ def normalize_ip(remote: str) -> str:
 
 
 def announce_response(peers: Iterable[Peer], counts: SwarmCounts, interval: int, compact: bool,
-                      no_peer_id: bool = False) -> bytes:
+                      no_peer_id: bool = False, min_interval: int | None = None) -> bytes:
     out: dict[str, object] = {
         "interval": interval,
-        "min interval": max(1, interval // 2),
+        "min interval": max(1, interval // 2) if min_interval is None else min_interval,
         "complete": counts.complete,
         "incomplete": counts.incomplete,
     }

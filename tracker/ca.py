@@ -2,7 +2,9 @@
 
 `<data>/ca.key` (EC P-256, mode 0600) and `<data>/ca.pem` (self-signed, 10
 years) are made on first use, under a file lock so that `serve` and `token
-create` started together agree on one CA.
+create` started together agree on one CA. With a shared database (replicas,
+PostgreSQL) the CA is kept in the database instead (`Storage.shared_ca`):
+replicas share no disk, and one CA must sign every host's certificate.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,6 +23,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from swarm.core.certs import ca_fingerprint, load_cert, new_private_key, private_key_pem
 from swarm.core.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from tracker.storage import Storage
 
 CA_KEY = "ca.key"
 CA_CERT = "ca.pem"
@@ -55,6 +61,23 @@ class CertificateAuthority:
             if not isinstance(key, ec.EllipticCurvePrivateKey):
                 raise InvalidInput(f"{key_path} is not an EC private key")
             return cls(key, load_cert(cert_path.read_bytes()))
+
+    @classmethod
+    def from_pem(cls, key_pem: str | bytes, cert_pem: str | bytes) -> CertificateAuthority:
+        key = serialization.load_pem_private_key(key_pem.encode() if isinstance(key_pem, str) else key_pem,
+                                                 password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise InvalidInput("the CA key is not an EC private key")
+        return cls(key, load_cert(cert_pem))
+
+    @classmethod
+    def for_storage(cls, storage: Storage, data_dir: Path) -> CertificateAuthority:
+        """The database's CA where the storage keeps one (made by the first tracker), else the data dir's."""
+        key_pem, cert_pem = _new_ca()
+        shared = storage.shared_ca(key_pem.decode(), cert_pem.decode())
+        if shared is not None:
+            return cls.from_pem(*shared)
+        return cls.load_or_create(data_dir)
 
     def sign_csr(self, csr_pem: str, name: str, lifetime_s: int) -> IssuedCertificate:
         """Issue a certificate for the CSR's key: CN=name, SAN DNS "*", server+client auth."""
@@ -101,6 +124,14 @@ class CertificateAuthority:
 
 
 def _create(key_path: Path, cert_path: Path) -> None:
+    key_pem, cert_pem = _new_ca()
+    # the certificate first: a key file is the sign that both are complete
+    _write(cert_path, cert_pem, 0o644)
+    _write(key_path, key_pem, 0o600)
+
+
+def _new_ca() -> tuple[bytes, bytes]:
+    """A new CA: (key PEM, self-signed certificate PEM)."""
     key = new_private_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "swarm CA")])
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -119,9 +150,7 @@ def _create(key_path: Path, cert_path: Path) -> None:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    # the certificate first: a key file is the sign that both are complete
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write(key_path, private_key_pem(key), 0o600)
+    return private_key_pem(key), cert.public_bytes(serialization.Encoding.PEM)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

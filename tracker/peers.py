@@ -3,6 +3,12 @@
 Peers are keyed by their peer_id within a torrent. A peer that stops
 announcing for `ttl` seconds (twice the announce interval) is dropped; a
 `stopped` event drops it at once; revoking a token drops its host everywhere.
+
+`PeerStore` is what the tracker service uses, all async so that a networked
+store (Redis, tracker/redispeers.py, shared by replicas) never blocks the
+event loop: one call per announce (`handle`) does the whole update and
+handout in one round trip. `MemoryPeerStore` is the default for a single
+tracker process; its synchronous primitives are the policy's reference.
 """
 
 from __future__ import annotations
@@ -41,22 +47,30 @@ class SwarmCounts:
     downloaded: int
 
 
+@dataclass(frozen=True)
+class Handout:
+    peers: list[Peer]      # complete peers first
+    counts: SwarmCounts
+
+
 class PeerStore(Protocol):
-    def announce(self, info_hash: bytes, peer: Peer) -> None: ...
+    async def handle(self, info_hash: bytes, peer: Peer, event: str, numwant: int) -> Handout:
+        """Record one announce (`stopped` removes the peer; `completed` counts a download) and
+        answer it: up to `numwant` (capped at MAX_NUMWANT) other peers, complete ones first
+        (none for a complete requester), then a random sample of the rest; never the requester."""
 
-    def remove(self, info_hash: bytes, peer: Peer) -> None: ...
+    async def scrape(self, info_hashes: list[bytes]) -> dict[bytes, SwarmCounts]: ...
 
-    def remove_host(self, host: str) -> None: ...
+    async def drop_host(self, host: str) -> int:
+        """Remove every peer announced under token `host` (revoked); returns how many went."""
 
-    def completed(self, info_hash: bytes) -> None:
-        """Count one finished download (a `completed` event) for scrape."""
-
-    def peers(self, info_hash: bytes, exclude: Peer, numwant: int) -> list[Peer]: ...
-
-    def counts(self, info_hash: bytes) -> SwarmCounts: ...
-
-    def expire(self, now: float | None = None) -> int:
+    async def sweep(self) -> int:
         """Drop peers not seen for the store's ttl; returns how many went."""
+
+    async def active(self) -> int:
+        """Peers currently in all swarms."""
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass
@@ -73,6 +87,34 @@ class MemoryPeerStore:
         self._rng = rng or random.Random()
         self._clock = clock
 
+    # PeerStore
+
+    async def handle(self, info_hash: bytes, peer: Peer, event: str, numwant: int) -> Handout:
+        if event == "stopped":
+            self.remove(info_hash, peer)
+            return Handout([], self.counts(info_hash))
+        self.announce(info_hash, peer)
+        if event == "completed":
+            self.completed(info_hash)
+        return Handout(self.peers(info_hash, peer, numwant), self.counts(info_hash))
+
+    async def scrape(self, info_hashes: list[bytes]) -> dict[bytes, SwarmCounts]:
+        return {h: self.counts(h) for h in info_hashes}
+
+    async def drop_host(self, host: str) -> int:
+        return self.remove_host(host)
+
+    async def sweep(self) -> int:
+        return self.expire()
+
+    async def active(self) -> int:
+        return sum(len(s.peers) for s in self._swarms.values())
+
+    async def aclose(self) -> None:
+        return None
+
+    # the policy, synchronously
+
     def announce(self, info_hash: bytes, peer: Peer) -> None:
         peer = replace(peer, last_seen=self._clock())
         swarm = self._swarms.setdefault(info_hash, _Swarm())
@@ -88,10 +130,13 @@ class MemoryPeerStore:
         for key in [k for k, p in swarm.peers.items() if p.same_endpoint(peer)]:
             del swarm.peers[key]
 
-    def remove_host(self, host: str) -> None:
+    def remove_host(self, host: str) -> int:
+        gone = 0
         for swarm in self._swarms.values():
             for key in [k for k, p in swarm.peers.items() if p.host == host]:
                 del swarm.peers[key]
+                gone += 1
+        return gone
 
     def completed(self, info_hash: bytes) -> None:
         self._swarms.setdefault(info_hash, _Swarm()).downloaded += 1
@@ -121,8 +166,10 @@ class MemoryPeerStore:
     def expire(self, now: float | None = None) -> int:
         now = self._clock() if now is None else now
         gone = 0
-        for swarm in self._swarms.values():
+        for info_hash, swarm in list(self._swarms.items()):
             gone += _expire(swarm, now - self.ttl)
+            if not swarm.peers and not swarm.downloaded:
+                del self._swarms[info_hash]
         return gone
 
     def _live(self, info_hash: bytes) -> _Swarm | None:

@@ -1,7 +1,18 @@
 """The tracker's protocol logic, with no web framework: the HTTP layer only maps to it.
 
-Every authenticated call looks the token up in the database, so a token
-revoked by `swarm tracker token revoke` (another process) is refused at once.
+Authentication: every authenticated call reads the storage's generation (one
+small query: the revocation counter and the latest manifest seq). Token
+records and "is this hash published" answers are cached in-process for
+`token_cache_ttl` seconds, but the whole cache is dropped as soon as the
+revocation counter moves, so a token revoked by `swarm tracker token revoke`
+(another process, maybe through another replica's database connection) is
+refused on its very next request, and its peers leave every handout.
+
+Announce policy: complete peers first, then a random sample of the rest,
+never the requester itself, never a revoked host, at most MAX_NUMWANT. A
+host that announces again (a regular announce, no event) sooner than `min
+interval` gets its previous answer back from memory, without touching the
+peer store. Peers that stop announcing expire after two intervals.
 """
 
 from __future__ import annotations
@@ -9,46 +20,87 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from swarm.core.api import MAX_WATCH_TIMEOUT, EnrollResponse, ManifestEntry
 from swarm.core.digest import digest_hex
-from swarm.core.errors import Forbidden, InvalidInput, NotFound, SwarmError, Unauthorized
+from swarm.core.errors import Forbidden, InvalidInput, NotFound, SwarmError, TrackerError, Unauthorized
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
 from swarm.core.tokens import ROLES, JoinToken, hash_secret, is_secret_shaped
 from swarm.engine.metainfo import check_layer_torrent
 from tracker import announce as bt
 from tracker.ca import CertificateAuthority
+from tracker.metrics import TrackerMetrics
 from tracker.peers import MemoryPeerStore, Peer, PeerStore, SwarmCounts
-from tracker.storage import Storage, TokenRecord
+from tracker.ratelimit import DEFAULT_LIMIT, DEFAULT_WINDOW, FailureLimiter
+from tracker.storage import Generation, Storage, TokenRecord, open_storage
 
 log = logging.getLogger("swarm.tracker")
 
 DEFAULT_CERT_LIFETIME = 3600
 DEFAULT_INTERVAL = 30
+DEFAULT_TOKEN_CACHE_TTL = 5.0
+#: remembered announce answers at most (for min interval); past that the memory starts over
+MAX_CACHED_ANSWERS = 500_000
+MAX_CACHED_HASHES = 100_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _UNAUTHORIZED = "missing, unknown or revoked token"
+RATE_LIMITED = "too many failed authentications from this address: retry later"
+
+
+class RateLimited(TrackerError):
+    kind = "rate-limited"
+    status = 429
+
+
+_AnswerKey = tuple[bytes, bytes, str, bool, bool]
 
 
 class TrackerService:
     def __init__(self, data_dir: Path, *, cert_lifetime: int = DEFAULT_CERT_LIFETIME,
-                 interval: int = DEFAULT_INTERVAL, peer_store: PeerStore | None = None,
-                 public_url: str | None = None) -> None:
+                 interval: int = DEFAULT_INTERVAL, min_interval: int | None = None,
+                 peer_store: PeerStore | None = None, public_url: str | None = None,
+                 database: str | None = None, storage: Storage | None = None,
+                 auth_failure_limit: int = DEFAULT_LIMIT, auth_failure_window: float = DEFAULT_WINDOW,
+                 token_cache_ttl: float = DEFAULT_TOKEN_CACHE_TTL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if cert_lifetime < 60:
             raise InvalidInput("certificate lifetime must be at least 60 seconds")
         if interval < 1:
             raise InvalidInput("announce interval must be at least 1 second")
+        min_interval = max(1, interval // 2) if min_interval is None else min_interval
+        if not 0 <= min_interval <= interval:
+            raise InvalidInput("min interval must be between 0 and the announce interval")
+        if auth_failure_limit < 0:
+            raise InvalidInput("the auth failure limit must not be negative")
         self.data_dir = data_dir
-        self.storage = Storage(data_dir)
-        self.ca = CertificateAuthority.load_or_create(data_dir)
+        self.storage = storage or open_storage(data_dir, database)
+        self.shared = not self.storage.location.startswith("sqlite:")
+        try:
+            self.ca = CertificateAuthority.for_storage(self.storage, data_dir)
+        except BaseException:
+            self.storage.close()
+            raise
         self.cert_lifetime = cert_lifetime
         self.interval = interval
+        self.min_interval = min_interval
         self.public_url = public_url
         self.peers: PeerStore = peer_store or MemoryPeerStore(ttl=2 * interval)
+        self.metrics = TrackerMetrics()
+        self.limiter = FailureLimiter(auth_failure_limit, auth_failure_window, clock)
+        self.token_cache_ttl = token_cache_ttl
+        self._clock = clock
         self._published = asyncio.Event()
         self._closing = False
-        self._revoked_seen = -1
+        self._generation: Generation | None = None
+        self._tokens: dict[str, tuple[TokenRecord, float]] = {}
+        self._hashes: dict[bytes, bool] = {}
+        self._answers: dict[_AnswerKey, tuple[float, bytes]] = {}
+        self._revoked: set[str] = set()
+        self._to_drop: set[str] = set()
         #: watch calls waiting for a publication right now
         self.watching = 0
 
@@ -59,6 +111,10 @@ class TrackerService:
 
     def close(self) -> None:
         self.storage.close()
+
+    async def aclose(self) -> None:
+        await self.peers.aclose()
+        self.close()
 
     # tokens
 
@@ -74,42 +130,82 @@ class TrackerService:
     def revoke_token(self, name: str) -> None:
         if not self.storage.revoke_token(name):
             raise NotFound(f"no token named {name!r}")
-        self._sync_revocations()
+        self._refresh()
 
     def list_tokens(self) -> list[TokenRecord]:
         return self.storage.tokens()
 
-    def authenticate(self, secret: str | None) -> TokenRecord:
-        """The token's record, or Unauthorized (same message for missing, malformed, unknown, revoked)."""
-        if not secret or not is_secret_shaped(secret):
+    def _refresh(self) -> None:
+        """Drop the caches that a revocation or publication made stale (maybe by another process)."""
+        gen = self.storage.generation()
+        old = self._generation
+        if old == gen:
+            return
+        self._generation = gen
+        if old is None or gen.revocations != old.revocations:
+            self._tokens.clear()
+            self._answers.clear()
+            revoked = set(self.storage.revoked_names())
+            self._to_drop |= revoked - self._revoked
+            self._revoked = revoked
+        if old is None or gen.seq != old.seq:
+            self._hashes.clear()
+            self._answers.clear()
+
+    def authenticate(self, secret: str | None, ip: str | None = None) -> TokenRecord:
+        """The token's record, or Unauthorized (same message for missing, malformed, unknown, revoked).
+
+        With the caller's `ip`, guesses are counted and RateLimited refuses an address past the limit."""
+        if ip is not None and self.limiter.blocked(ip):
+            self.metrics.auth_failures.labels("rate_limited").inc()
+            raise RateLimited(RATE_LIMITED)
+        self._refresh()
+        record = None
+        if secret and is_secret_shaped(secret):
+            # the lookup is by sha256 of the secret: timing reveals nothing about the secret itself
+            digest = hash_secret(secret)
+            now = self._clock()
+            cached = self._tokens.get(digest)
+            if cached is not None and now - cached[1] < self.token_cache_ttl:
+                record = cached[0]
+            else:
+                record = self.storage.token_by_hash(digest)
+                if record is not None:
+                    if len(self._tokens) >= MAX_CACHED_HASHES:
+                        self._tokens.clear()
+                    self._tokens[digest] = (record, now)
+        if record is None:
+            self.metrics.auth_failures.labels("unknown").inc()
+            if ip is not None:
+                self.limiter.failed(ip)
             raise Unauthorized(_UNAUTHORIZED)
-        # the lookup is by sha256 of the secret: timing reveals nothing about the secret itself
-        record = self.storage.token_by_hash(hash_secret(secret))
-        if record is None or record.revoked:
+        if record.revoked or record.name in self._revoked:
+            self.metrics.auth_failures.labels("revoked").inc()
             raise Unauthorized(_UNAUTHORIZED)
         return record
 
-    def _sync_revocations(self) -> None:
-        """Drop from the peer store the hosts whose tokens were revoked (maybe by another process)."""
-        count = self.storage.revoked_count()
-        if count != self._revoked_seen:
-            for name in self.storage.revoked_names():
-                self.peers.remove_host(name)
-            self._revoked_seen = count
+    async def _drop_revoked(self) -> None:
+        """Remove from the peer store the hosts revoked since last time (in any process)."""
+        while self._to_drop:
+            name = self._to_drop.pop()
+            gone = await self.peers.drop_host(name)
+            if gone:
+                log.info("dropped %d peers of revoked host %s", gone, name)
 
     # CA
 
-    def enroll(self, secret: str | None, csr_pem: str) -> EnrollResponse:
-        record = self.authenticate(secret)
+    def enroll(self, secret: str | None, csr_pem: str, ip: str | None = None) -> EnrollResponse:
+        record = self.authenticate(secret, ip)
         issued = self.ca.sign_csr(csr_pem, record.name, self.cert_lifetime)
         self.storage.record_certificate(issued.serial, record.name, issued.not_after)
+        self.metrics.certificates.inc()
         log.info("issued a certificate to %s, valid until %d", record.name, issued.not_after)
         return EnrollResponse(issued.pem, self.ca.cert_pem, issued.not_after, record.name, record.role)
 
     # manifests
 
-    def publish(self, secret: str | None, envelope: bytes) -> ManifestEntry:
-        record = self.authenticate(secret)
+    def publish(self, secret: str | None, envelope: bytes, ip: str | None = None) -> ManifestEntry:
+        record = self.authenticate(secret, ip)
         if record.role != "builder":
             raise Forbidden(f"token {record.name!r} has role {record.role}: only builder tokens publish")
         signed = SignedManifest.from_bytes(envelope)
@@ -124,12 +220,14 @@ class TrackerService:
             str(manifest.ref), signed.to_bytes(), manifest.image_id, record.name, signed.public_key,
             [(layer.announce_hash, layer.blob) for layer in manifest.layers])
         log.info("%s published %s (seq %d)", record.name, entry.ref, entry.seq)
+        self.metrics.publications.inc()
+        self._refresh()
         self._published.set()
         self._published = asyncio.Event()
         return entry
 
-    def get_manifest(self, secret: str | None, ref: str) -> bytes:
-        self.authenticate(secret)
+    def get_manifest(self, secret: str | None, ref: str, ip: str | None = None) -> bytes:
+        self.authenticate(secret, ip)
         try:
             key = str(ImageRef.parse(ref))
         except SwarmError as exc:
@@ -139,13 +237,16 @@ class TrackerService:
             raise NotFound(f"no manifest for {key}")
         return envelope
 
-    def list_manifests(self, secret: str | None) -> list[ManifestEntry]:
-        self.authenticate(secret)
+    def list_manifests(self, secret: str | None, ip: str | None = None) -> list[ManifestEntry]:
+        self.authenticate(secret, ip)
         return self.storage.manifests()
 
-    async def watch(self, secret: str | None, since: int, timeout: float) -> tuple[int, list[ManifestEntry]]:
-        """Entries published after `since`, waiting up to `timeout` s (max 60) for one; (seq, entries)."""
-        self.authenticate(secret)
+    async def watch(self, secret: str | None, since: int, timeout: float,
+                    ip: str | None = None) -> tuple[int, list[ManifestEntry]]:
+        """Entries published after `since`, waiting up to `timeout` s (max 60) for one; (seq, entries).
+
+        With a shared database another replica may publish: the database is polled every second too."""
+        self.authenticate(secret, ip)
         timeout = max(0.0, min(float(timeout), MAX_WATCH_TIMEOUT))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -157,7 +258,7 @@ class TrackerService:
                 break
             self.watching += 1
             try:
-                await asyncio.wait_for(published.wait(), remaining)
+                await asyncio.wait_for(published.wait(), min(remaining, 1.0) if self.shared else remaining)
             except TimeoutError:
                 pass
             finally:
@@ -167,45 +268,94 @@ class TrackerService:
 
     # BitTorrent
 
-    def announce(self, secret: str | None, raw_query: str, remote_ip: str) -> bytes:
+    def _is_published(self, info_hash: bytes) -> bool:
+        known = self._hashes.get(info_hash)
+        if known is None:
+            known = self.storage.is_published_hash(info_hash)
+            if len(self._hashes) >= MAX_CACHED_HASHES:
+                self._hashes.clear()
+            self._hashes[info_hash] = known
+        return known
+
+    def _bt_auth(self, secret: str | None, ip: str | None) -> TokenRecord | bytes:
         try:
-            record = self.authenticate(secret)
+            return self.authenticate(secret, ip)
+        except RateLimited:
+            return bt.failure(RATE_LIMITED)
         except Unauthorized:
             return bt.failure("unauthorized")
+
+    async def announce(self, secret: str | None, raw_query: str, remote_ip: str) -> bytes:
+        announces = self.metrics.announces
+        record = self._bt_auth(secret, remote_ip or None)
+        if isinstance(record, bytes):
+            announces.labels("rate_limited" if RATE_LIMITED.encode() in record else "unauthorized").inc()
+            return record
         try:
             req = bt.parse_announce(raw_query)
             ip = bt.normalize_ip(remote_ip)
         except InvalidInput as exc:
+            announces.labels("invalid").inc()
             return bt.failure(str(exc))
-        if not self.storage.is_published_hash(req.info_hash):
+        key: _AnswerKey = (req.info_hash, req.peer_id, record.name, req.compact, req.no_peer_id)
+        now = self._clock()
+        if req.event in ("", "paused"):
+            cached = self._answers.get(key)
+            if cached is not None and now - cached[0] < self.min_interval:
+                announces.labels("cached").inc()
+                return cached[1]
+        if not self._is_published(req.info_hash):
+            announces.labels("unknown_torrent").inc()
             return bt.failure("unknown torrent")
-        self._sync_revocations()
+        await self._drop_revoked()
         peer = Peer(ip, req.port, req.peer_id, req.left, record.name)
+        handout = await self.peers.handle(req.info_hash, peer, req.event, req.numwant)
+        peers = [p for p in handout.peers if p.host not in self._revoked]
+        body = bt.announce_response(peers, handout.counts, self.interval, req.compact, req.no_peer_id,
+                                    self.min_interval)
         if req.event == "stopped":
-            self.peers.remove(req.info_hash, peer)
-            return bt.announce_response([], self.peers.counts(req.info_hash), self.interval, req.compact,
-                                        req.no_peer_id)
-        self.peers.announce(req.info_hash, peer)
-        if req.event == "completed":
-            self.peers.completed(req.info_hash)
-        handout = self.peers.peers(req.info_hash, peer, req.numwant)
-        return bt.announce_response(handout, self.peers.counts(req.info_hash), self.interval, req.compact,
-                                    req.no_peer_id)
+            self._answers.pop(key, None)
+            announces.labels("stopped").inc()
+        else:
+            if len(self._answers) >= MAX_CACHED_ANSWERS:
+                self._answers.clear()
+            self._answers[key] = (now, body)
+            announces.labels("ok").inc()
+        return body
 
-    def scrape(self, secret: str | None, raw_query: str) -> bytes:
-        try:
-            self.authenticate(secret)
-        except Unauthorized:
-            return bt.failure("unauthorized")
+    async def scrape(self, secret: str | None, raw_query: str, remote_ip: str | None = None) -> bytes:
+        scrapes = self.metrics.scrapes
+        record = self._bt_auth(secret, remote_ip)
+        if isinstance(record, bytes):
+            scrapes.labels("rate_limited" if RATE_LIMITED.encode() in record else "unauthorized").inc()
+            return record
         try:
             hashes = bt.parse_scrape(raw_query)
         except InvalidInput as exc:
+            scrapes.labels("invalid").inc()
             return bt.failure(str(exc))
-        if not all(self.storage.is_published_hash(h) for h in hashes):
+        if not all(self._is_published(h) for h in hashes):
+            scrapes.labels("unknown_torrent").inc()
             return bt.failure("unknown torrent")
-        self._sync_revocations()
-        files: dict[bytes, SwarmCounts] = {h: self.peers.counts(h) for h in hashes}
+        await self._drop_revoked()
+        files: dict[bytes, SwarmCounts] = await self.peers.scrape(hashes)
+        scrapes.labels("ok").inc()
         return bt.scrape_response(files)
 
-    def expire_peers(self) -> int:
-        return self.peers.expire()
+    async def sweep(self) -> int:
+        """Periodic upkeep: expire peers, forget stale answers and failures, apply revocations."""
+        self._refresh()
+        await self._drop_revoked()
+        now = self._clock()
+        for key in [k for k, (t, _) in self._answers.items() if now - t >= self.min_interval]:
+            del self._answers[key]
+        self.limiter.prune()
+        return await self.peers.sweep()
+
+    async def render_metrics(self) -> bytes:
+        m = self.metrics
+        m.active_peers.set(await self.peers.active())
+        m.enrolled_hosts.set(self.storage.active_token_count())
+        m.revoked_tokens.set(self.storage.revoked_count())
+        m.manifests.set(self.storage.manifest_count())
+        return m.render()

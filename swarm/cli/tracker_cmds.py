@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # the service (and libtorrent) load only for the commands tha
 P = ParamSpec("P")
 R = TypeVar("R")
 
+_DATABASE = click.option("--database", default=None, envvar="SWARM_DATABASE", show_envvar=True,
+                         help="postgresql://... shared by tracker replicas (default: SQLite in --data)")
 _DATA = click.option("--data", "data", required=True, envvar="SWARM_DATA", show_envvar=True,
                      type=click.Path(file_okay=False, path_type=Path), help="the tracker's data directory")
 
@@ -62,16 +64,44 @@ def tracker() -> None:
               envvar="SWARM_CERT_LIFETIME", show_envvar=True, help="seconds a host certificate is valid")
 @click.option("--announce-interval", default=30, show_default=True, type=click.IntRange(min=1),
               envvar="SWARM_ANNOUNCE_INTERVAL", show_envvar=True, help="seconds between announces")
+@click.option("--min-interval", default=None, type=click.IntRange(min=0), envvar="SWARM_MIN_INTERVAL",
+              show_envvar=True, help="seconds before a host's next announce gets fresh work; sooner gets its "
+                                     "last answer again  [default: half the announce interval]")
+@_DATABASE
+@click.option("--redis", default=None, envvar="SWARM_REDIS", show_envvar=True,
+              help="redis://HOST:PORT/DB: peer store shared by replicas and workers (default: in memory)")
+@click.option("--auth-failure-limit", default=20, show_default=True, type=click.IntRange(min=0),
+              envvar="SWARM_AUTH_FAILURE_LIMIT", show_envvar=True,
+              help="failed authentications per minute from one address before it gets 429 (0: no limit)")
+@click.option("--client-timeout", default=15.0, show_default=True, type=click.FloatRange(min=0.1),
+              envvar="SWARM_CLIENT_TIMEOUT", show_envvar=True,
+              help="seconds a client has to send a request (and idle keep-alive time)")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1, max=64),
+              envvar="SWARM_WORKERS", show_envvar=True,
+              help="processes sharing the port (SO_REUSEPORT); more than one needs --redis")
+@click.option("--reuse-port", is_flag=True, hidden=True)
 @_errors
-def serve(data: Path, listen: str, public_url: str | None, cert_lifetime: int, announce_interval: int) -> None:
+def serve(data: Path, listen: str, public_url: str | None, cert_lifetime: int, announce_interval: int,
+          min_interval: int | None, database: str | None, redis: str | None, auth_failure_limit: int,
+          client_timeout: float, workers: int, reuse_port: bool) -> None:
     """Run the tracker until SIGTERM."""
     import logging
 
-    from tracker.http import run_tracker
+    from tracker.http import ServeOptions, run_tracker
 
     host, port = parse_listen(listen)
+    if min_interval is not None and min_interval > announce_interval:
+        raise UsageError("--min-interval must not exceed --announce-interval")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(run_tracker(data, host, port, public_url, cert_lifetime, announce_interval))
+    options = ServeOptions(public_url, cert_lifetime, announce_interval, min_interval, database, redis,
+                           auth_failure_limit, client_timeout, workers, reuse_port)
+    try:
+        import uvloop
+    except ImportError:  # plain asyncio works, a little slower
+        asyncio.run(run_tracker(data, host, port, options))
+    else:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run_tracker(data, host, port, options))
 
 
 @tracker.group()
@@ -79,20 +109,21 @@ def token() -> None:
     """Create, revoke and list join tokens."""
 
 
-def _service(data: Path) -> TrackerService:
+def _service(data: Path, database: str | None) -> TrackerService:
     from tracker.service import TrackerService
 
-    return TrackerService(data)
+    return TrackerService(data, database=database)
 
 
 @token.command("create")
 @click.argument("name")
 @click.option("--role", required=True, type=click.Choice(ROLES), envvar="SWARM_ROLE", show_envvar=True)
 @_DATA
+@_DATABASE
 @_errors
-def token_create(name: str, role: str, data: Path) -> None:
+def token_create(name: str, role: str, data: Path, database: str | None) -> None:
     """Create a token; prints the join token (only this once)."""
-    service = _service(data)
+    service = _service(data, database)
     try:
         click.echo(str(service.create_token(name, role)))
     finally:
@@ -102,10 +133,11 @@ def token_create(name: str, role: str, data: Path) -> None:
 @token.command("revoke")
 @click.argument("name")
 @_DATA
+@_DATABASE
 @_errors
-def token_revoke(name: str, data: Path) -> None:
+def token_revoke(name: str, data: Path, database: str | None) -> None:
     """Revoke a token: refused at once everywhere, its certificate is not renewed."""
-    service = _service(data)
+    service = _service(data, database)
     try:
         service.revoke_token(name)
     finally:
@@ -115,10 +147,11 @@ def token_revoke(name: str, data: Path) -> None:
 
 @token.command("list")
 @_DATA
+@_DATABASE
 @_errors
-def token_list(data: Path) -> None:
+def token_list(data: Path, database: str | None) -> None:
     """List tokens (never their secrets)."""
-    service = _service(data)
+    service = _service(data, database)
     try:
         records = service.list_tokens()
     finally:

@@ -68,7 +68,8 @@ class Tracker:
 @pytest.fixture
 async def tracker_server(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Tracker]:
     caplog.set_level(logging.INFO)
-    service = TrackerService(tmp_path / "data", cert_lifetime=600, interval=30)
+    # many deliberate auth failures from 127.0.0.1 below: the limit has its own tests
+    service = TrackerService(tmp_path / "data", cert_lifetime=600, interval=30, auth_failure_limit=1000)
     runner, port = await start_tracker(service, "127.0.0.1", 0)
     work = tmp_path / "work"
     work.mkdir()
@@ -186,7 +187,10 @@ async def test_announce_two_peers_and_scrape(tracker_server: Tracker) -> None:
     d = await t.bt("announce", other_host.secret, announce_query(ih, 7002, b"B" * 20))
     assert d[b"peers"] == bytes([127, 0, 0, 1]) + (7001).to_bytes(2, "big")
     assert (d[b"complete"], d[b"incomplete"]) == (0, 2)
+    # a regular announce sooner than min interval: the previous answer again, no new work
     d = await t.bt("announce", t.host.secret, announce_query(ih, 7001, b"A" * 20, event=""))
+    assert d[b"peers"] == b""
+    d = await t.bt("announce", t.host.secret, announce_query(ih, 7001, b"A" * 20, event="started"))
     assert d[b"peers"] == bytes([127, 0, 0, 1]) + (7002).to_bytes(2, "big")
     d = await t.bt("announce", t.host.secret,
                    announce_query(ih, 7001, b"A" * 20, left=0, event="completed"))

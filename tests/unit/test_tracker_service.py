@@ -22,7 +22,7 @@ from swarm.core.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from swarm.core.signing import SignedManifest, SigningKey
 from swarm.core.tokens import hash_secret
 from tracker.service import TrackerService
-from tracker.storage import SCHEMA_VERSION, migrate
+from tracker.storage import _SCHEMA_V1, SCHEMA_VERSION, migrate
 from tracker.testing import make_signed_manifest
 
 
@@ -55,6 +55,41 @@ def test_schema_version(service: TrackerService) -> None:
     assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     assert migrate(conn) == SCHEMA_VERSION  # idempotent
     conn.close()
+
+
+def test_migrate_a_v1_database(tmp_path: Path) -> None:
+    """A database written by the first schema opens, keeps its rows and gains the v2 tables."""
+    data = tmp_path / "old"
+    data.mkdir()
+    conn = sqlite3.connect(data / "tracker.db")
+    conn.executescript(_SCHEMA_V1 + "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+                       "INSERT INTO schema_version VALUES (1);")
+    with conn:
+        conn.execute("INSERT INTO tokens VALUES ('h1', 'host', ?, 1, NULL, NULL)", (hash_secret("a" * 40),))
+        conn.execute("INSERT INTO tokens VALUES ('h2', 'host', ?, 1, 5, NULL)", (hash_secret("b" * 40),))
+        conn.execute("INSERT INTO manifests VALUES ('demo/app:v1', x'00', 'sha256:1', 7, 1, 'b1')")
+        conn.execute("INSERT INTO torrents VALUES (?, 'sha256:2', 'demo/app:v1')", (bytes(20),))
+    conn.close()
+    svc = TrackerService(data)
+    try:
+        assert sqlite3.connect(data / "tracker.db").execute("SELECT version FROM schema_version").fetchall() == [
+            (SCHEMA_VERSION,)]
+        assert svc.authenticate("a" * 40).name == "h1"
+        with pytest.raises(Unauthorized):
+            svc.authenticate("b" * 40)
+        assert svc.storage.generation().revocations == 1  # the counter starts at the revocations made
+        assert svc.storage.current_seq() == 7 and svc.storage.is_published_hash(bytes(20))
+        svc.revoke_token("h1")
+        assert svc.storage.generation().revocations == 2
+    finally:
+        svc.close()
+    # a database from a newer tracker is refused, not guessed at
+    conn = sqlite3.connect(data / "tracker.db")
+    with conn:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    conn.close()
+    with pytest.raises(InvalidInput, match="newer"):
+        TrackerService(data)
 
 
 def test_token_lifecycle_and_hashes_only(service: TrackerService) -> None:
@@ -187,24 +222,24 @@ async def test_announce_and_revocation(service: TrackerService, tmp_path: Path) 
         assert isinstance(d, dict)
         return d
 
-    assert decode(service.announce(h1.secret, announce_query(ih, 7001, b"1" * 20), "127.0.0.1")) == {
+    assert decode(await service.announce(h1.secret, announce_query(ih, 7001, b"1" * 20), "127.0.0.1")) == {
         b"failure reason": b"unknown torrent"}
     service.publish(builder.secret, signed.to_bytes())
-    d = decode(service.announce(h1.secret, announce_query(ih, 7001, b"1" * 20), "127.0.0.1"))
+    d = decode(await service.announce(h1.secret, announce_query(ih, 7001, b"1" * 20), "127.0.0.1"))
     assert d[b"peers"] == b"" and d[b"incomplete"] == 1
-    d = decode(service.announce(h2.secret, announce_query(ih, 7002, b"2" * 20), "::ffff:127.0.0.1"))
+    d = decode(await service.announce(h2.secret, announce_query(ih, 7002, b"2" * 20), "::ffff:127.0.0.1"))
     assert d[b"peers"] == bytes([127, 0, 0, 1]) + (7001).to_bytes(2, "big")
-    scrape = decode(service.scrape(h1.secret, f"info_hash={quote_from_bytes(ih)}"))
+    scrape = decode(await service.scrape(h1.secret, f"info_hash={quote_from_bytes(ih)}"))
     assert scrape == {b"files": {ih: {b"complete": 0, b"downloaded": 0, b"incomplete": 2}}}
 
     service.revoke_token("h2")
     for secret in (h2.secret, "junk", None):
-        assert decode(service.announce(secret, announce_query(ih, 7002, b"2" * 20), "127.0.0.1")) == {
+        assert decode(await service.announce(secret, announce_query(ih, 7002, b"2" * 20), "127.0.0.1")) == {
             b"failure reason": b"unauthorized"}
-        assert decode(service.scrape(secret, f"info_hash={quote_from_bytes(ih)}")) == {
+        assert decode(await service.scrape(secret, f"info_hash={quote_from_bytes(ih)}")) == {
             b"failure reason": b"unauthorized"}
     # h2's peer is gone from the handout at once
-    d = decode(service.announce(h1.secret, announce_query(ih, 7001, b"1" * 20), "127.0.0.1"))
+    d = decode(await service.announce(h1.secret, announce_query(ih, 7001, b"1" * 20), "127.0.0.1"))
     assert d[b"peers"] == b"" and d[b"incomplete"] == 1
     with pytest.raises(Unauthorized):
         service.list_manifests(h2.secret)
@@ -214,16 +249,16 @@ async def test_announce_and_revocation(service: TrackerService, tmp_path: Path) 
         await service.watch(h2.secret, 0, 0)
 
 
-def test_revocation_by_another_process_drops_peers(service: TrackerService, tmp_path: Path) -> None:
+async def test_revocation_by_another_process_drops_peers(service: TrackerService, tmp_path: Path) -> None:
     builder = service.create_token("b1", "builder")
     h1, h2 = service.create_token("h1", "host"), service.create_token("h2", "host")
     signed = make_signed_manifest(tmp_path, service.ca.cert_pem, SigningKey.generate())
     ih = signed.verify(None).layers[0].announce_hash
     service.publish(builder.secret, signed.to_bytes())
-    service.announce(h2.secret, announce_query(ih, 7002, b"2" * 20), "127.0.0.1")
+    await service.announce(h2.secret, announce_query(ih, 7002, b"2" * 20), "127.0.0.1")
     # the CLI revokes through its own connection
     cli = TrackerService(service.data_dir)
     cli.revoke_token("h2")
     cli.close()
-    d = lt.bdecode(service.announce(h1.secret, announce_query(ih, 7001, b"1" * 20), "127.0.0.1"))
-    assert d[b"peers"] == b""
+    d = lt.bdecode(await service.announce(h1.secret, announce_query(ih, 7001, b"1" * 20), "127.0.0.1"))
+    assert d[b"peers"] == b"" and d[b"incomplete"] == 1  # h2's entry is gone, not just hidden
