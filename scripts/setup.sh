@@ -7,6 +7,7 @@ need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /usr/bin/busybox ] || need+=(busybox-static)
 command -v ip >/dev/null || need+=(iproute2)
+command -v skopeo >/dev/null || need+=(skopeo)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
