@@ -95,6 +95,8 @@ class Agent:
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         await self.identity.enroll()
+        # libtorrent's HTTPS announces trust exactly the pinned swarm CA
+        os.environ["SSL_CERT_FILE"] = str(self.paths.ca)
         self.docker = await asyncio.to_thread(docker_connect, self.config.docker_host)
         # resume data is trusted only if the last run ended cleanly; otherwise
         # libtorrent re-checks whatever is on disk (verified pieces are kept)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from swarm.agent.paths import AgentPaths, write_atomic, write_private
 from swarm.agent.tracker_client import TrackerClient
 from swarm.core.api import EnrollResponse
-from swarm.core.certs import ca_fingerprint, make_csr, new_private_key, private_key_pem
+from swarm.core.certs import make_csr, new_private_key, private_key_pem
 from swarm.core.errors import SwarmError, TrackerError, UntrustedManifest
 from swarm.core.tokens import JoinToken
 
@@ -49,18 +49,13 @@ class Identity:
         write_private(self._paths.key, private_key_pem(key))
         return key
 
-    def _check_ca(self, ca_pem: str) -> None:
-        if not self._token.fingerprint_matches(ca_fingerprint(ca_pem)):
-            raise UntrustedManifest(
-                "the tracker's CA does not match the fingerprint in the join token: refusing to enroll"
-            )
-
     async def enroll(self) -> EnrollResponse:
         """Pin the CA, send a CSR, store the certificate. Raises on any failure."""
-        self._check_ca(await self._client.ca_pem())
+        pinned = await self._client.pin_ca()
         key = await asyncio.to_thread(self._private_key)
         answer = await self._client.enroll(make_csr(key, "swarm-host"))
-        self._check_ca(answer.ca)
+        if "".join(answer.ca.split()) != "".join(pinned.split()):
+            raise UntrustedManifest("the tracker enrolled us with a CA other than the pinned one")
         write_atomic(self._paths.cert, answer.certificate.encode())
         write_atomic(self._paths.ca, answer.ca.encode())
         self.name, self.role, self.ca_pem = answer.name, answer.role, answer.ca

@@ -10,8 +10,9 @@ import aiohttp
 
 from swarm.core import wire
 from swarm.core.api import MSGPACK, EnrollResponse, ManifestEntry
+from swarm.core.certs import ca_fingerprint
 from swarm.core.errors import (
-    Forbidden, InvalidInput, NotFound, TrackerError, TrackerUnreachable, Unauthorized,
+    Forbidden, InvalidInput, NotFound, TrackerError, TrackerUnreachable, Unauthorized, UntrustedManifest,
 )
 from swarm.core.tokens import JoinToken
 
@@ -40,21 +41,43 @@ class TrackerClient:
             await self._session.close()
             self._session = None
 
+    @property
+    def https(self) -> bool:
+        return self.base_url.startswith("https://")
+
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=90),
-                headers={"Authorization": f"Bearer {self._token.secret}"},
-            )
+                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=90))
         return self._session
 
+    async def pin_ca(self) -> str:
+        """Fetch the tracker's CA and keep it only if it is the one the join token names.
+
+        Over HTTPS the first request cannot verify the server yet, so it carries
+        no token; from then on the pinned CA is the only trust anchor.
+        """
+        pem = (await self._request("GET", "/v1/ca", authenticated=False, verify=False)).decode()
+        if not self._token.fingerprint_matches(ca_fingerprint(pem)):
+            raise UntrustedManifest(
+                "the tracker's CA does not match the fingerprint in the join token: refusing to enroll")
+        if self.https:
+            self._ssl = ssl.create_default_context(cadata=pem)
+        return pem
+
     async def _request(self, method: str, path: str, body: bytes | None = None,
-                       params: dict[str, str] | None = None) -> bytes:
+                       params: dict[str, str] | None = None, authenticated: bool = True,
+                       verify: bool = True) -> bytes:
         url = self.base_url + path
+        if authenticated and self.https and self._ssl is None:
+            raise TrackerError("internal: the tracker's CA must be pinned before the token is sent")
+        headers = {"Authorization": f"Bearer {self._token.secret}"} if authenticated else {}
+        if body is not None:
+            headers["Content-Type"] = MSGPACK
+        tls: ssl.SSLContext | bool = (self._ssl or True) if verify else False
         try:
             async with self._http().request(
-                method, url, data=body, params=params, ssl=self._ssl if self._ssl else True,
-                headers={"Content-Type": MSGPACK} if body is not None else None,
+                method, url, data=body, params=params, ssl=tls, headers=headers,
             ) as resp:
                 data = await resp.read()
                 if resp.status >= 400:
@@ -74,9 +97,6 @@ class TrackerClient:
         if cls is Unauthorized:
             message = f"the tracker refused the join token ({message or 'unknown or revoked'})"
         return cls(message or f"tracker answered HTTP {status}")
-
-    async def ca_pem(self) -> str:
-        return (await self._request("GET", "/v1/ca")).decode()
 
     async def enroll(self, csr_pem: str) -> EnrollResponse:
         data = await self._request("POST", "/v1/enroll", wire.pack({"csr": csr_pem}))
@@ -99,7 +119,7 @@ class TrackerClient:
 
     async def health(self) -> bool:
         try:
-            await self._request("GET", "/v1/health")
+            await self._request("GET", "/v1/health", authenticated=False)
             return True
         except TrackerError:
             return False
