@@ -47,7 +47,7 @@ ENV SWARM_DATA=/var/lib/swarm-tracker \
 USER swarm
 VOLUME ["/var/lib/swarm-tracker"]
 EXPOSE 7070
-HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=5 \
+HEALTHCHECK --interval=3s --timeout=3s --start-period=3s --retries=10 \
     CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:7070/v1/health', timeout=2).status != 200)"]
 CMD ["swarm", "tracker", "serve"]
 
