@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from swarm.agent.server import Emit, SocketServer
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
 from swarm.builder.prepare import prepare_archive, prepare_image
-from swarm.core.errors import InvalidInput, SwarmError, TrackerError, UsageError
+from swarm.core.errors import InvalidInput, TrackerError, UsageError
 from swarm.core.refs import ImageRef, matches
 from swarm.core.signing import SignedManifest, format_public_key
 from swarm.core.tokens import JoinToken

@@ -14,7 +14,7 @@ from swarm.agent.paths import socket_path
 from swarm.cli.render import PullProgress, err, status_table
 from swarm.cli.tracker_cmds import tracker
 from swarm.core.errors import SwarmError, UsageError
-from swarm.core.signing import SignedManifest, SigningKey, parse_public_key
+from swarm.core.signing import SigningKey, parse_public_key
 from swarm.core.manifest import Manifest
 from swarm.core.tokens import JoinToken
 from swarm.core.units import parse_rate, parse_size

@@ -98,7 +98,8 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        m = _exact_map(wire.unpack(data), ("version", "repository", "tag", "config", "layers", "key_id", "created"), "manifest")
+        fields = ("version", "repository", "tag", "config", "layers", "key_id", "created")
+        m = _exact_map(wire.unpack(data), fields, "manifest")
         if m["version"] != FORMAT_VERSION:
             raise InvalidInput(f"unsupported manifest version {m['version']!r}")
         layers = m["layers"]

@@ -267,7 +267,7 @@ class Engine:
             for h in handles:
                 if h.need_save_resume_data():
                     self._resume_pending += 1
-                    h.save_resume_data(lt.save_resume_flags_t.only_if_modified | lt.save_resume_flags_t.flush_disk_cache)
+                    h.save_resume_data(_RESUME_FLAGS)
             asked = self._resume_pending
             self._resume_done.wait_for(lambda: self._resume_pending <= 0, timeout)
             self._resume_pending = 0
@@ -439,6 +439,7 @@ def _redact(message: str) -> str:
     return re.sub(r"/(announce|scrape)/[0-9a-f]+", r"/\1/<secret>", message)
 
 
+_RESUME_FLAGS = lt.save_resume_flags_t.only_if_modified | lt.save_resume_flags_t.flush_disk_cache
 _DONE_STATES = (lt.torrent_status.states.finished, lt.torrent_status.states.seeding)
 _STATES = {
     1: "checking", 2: "downloading-metadata", 3: "downloading", 4: "finished", 5: "seeding", 7: "checking-resume",

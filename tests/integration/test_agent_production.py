@@ -213,6 +213,7 @@ def test_cache_never_evicts_recently_pulled_images(bed: Bed, dockerd_factory: An
 def test_preheat_pulls_tags_published_after_the_agent_started(bed: Bed, dockerd_factory: Any) -> None:
     engine = dockerd_factory()
     host = bed.host("preheated", engine, "--watch", "preheat/*")
+    assert host.status()["images"] == []
     bed.builder_engine.api().tag("prod/app:1", "preheat/app", "7")
     bed.seed("preheat/app:7")
     wait_for(lambda: image_id(engine, "preheat/app:7"), 90, "the watched tag to be loaded")
