@@ -11,7 +11,7 @@
 # needs the package index: on an engine without a default bridge, build with
 # `--network host`.
 #
-# Works with the classic builder (Debian's docker.io 20.10) and BuildKit.
+# Needs no BuildKit feature: tested with the classic builder of Debian's docker.io 20.10.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 

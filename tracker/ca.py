@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -82,12 +83,17 @@ class CertificateAuthority:
     def sign_csr(self, csr_pem: str, name: str, lifetime_s: int) -> IssuedCertificate:
         """Issue a certificate for the CSR's key: CN=name, SAN DNS "*", server+client auth."""
         try:
-            csr = x509.load_pem_x509_csr(csr_pem.encode())
-        except ValueError as exc:
+            csr = x509.load_pem_x509_csr(csr_pem.encode("utf-8", "surrogateescape"))
+        except (ValueError, UnicodeError) as exc:
             raise InvalidInput("not a PEM certificate signing request") from exc
-        if not csr.is_signature_valid:
+        try:
+            # a damaged CSR parses lazily: its key or algorithm may fail only here (found by fuzzing)
+            valid = csr.is_signature_valid
+            public = csr.public_key()
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise InvalidInput("the CSR's key or signature is malformed or unsupported") from exc
+        if not valid:
             raise InvalidInput("the CSR signature does not verify")
-        public = csr.public_key()
         if isinstance(public, ec.EllipticCurvePublicKey):
             if not isinstance(public.curve, ec.SECP256R1):
                 raise InvalidInput("the CSR key must be EC P-256 or RSA of 2048 bits or more")

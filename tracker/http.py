@@ -41,12 +41,13 @@ CLIENT_TIMEOUT: web.AppKey[float] = web.AppKey("client_timeout", float)
 DEFAULT_CLIENT_TIMEOUT = 15.0
 BENCODE = "text/plain"
 _SECRET_PATH = re.compile(r"^/(announce|scrape)/[^/?]*")
+_SECRET_PREFIX = re.compile(r"^/t/[^/?]*/")
 #: how long shutdown waits for requests in flight (watchers are woken at once)
 SHUTDOWN_TIMEOUT = 5.0
 
 
 def redact_path(path: str) -> str:
-    return _SECRET_PATH.sub(r"/\1/<secret>", path)
+    return _SECRET_PREFIX.sub("/t/<secret>/", _SECRET_PATH.sub(r"/\1/<secret>", path))
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
@@ -198,6 +199,10 @@ def make_app(service: TrackerService, client_timeout: float = DEFAULT_CLIENT_TIM
     app.router.add_get("/v1/watch", watch)
     app.router.add_get("/announce/{secret}", announce)
     app.router.add_get("/scrape/{secret}", scrape)
+    # the same, for clients that find the scrape URL by the BEP 48 convention (replace "announce" in the
+    # last path component: `.../t/<secret>/announce` -> `.../t/<secret>/scrape`), e.g. transmission
+    app.router.add_get("/t/{secret}/announce", announce)
+    app.router.add_get("/t/{secret}/scrape", scrape)
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(_background)
     return app

@@ -34,3 +34,28 @@ def make_signed_manifest(workdir: Path, ca_pem: str, key: SigningKey, repository
     manifest = Manifest(repository=repository, tag=tag, config=config, layers=layers, key_id=key.key_id,
                         created=int(time.time()))
     return key.sign(manifest)
+
+
+def register_announce_hash(db_path: Path, announce_hash: bytes, ref: str = "interop/test:v1") -> None:
+    """TEST-ONLY: make the SQLite tracker at `db_path` accept announces for an arbitrary 20-byte hash.
+
+    Real swarm torrents are v2-only SSL torrents, published in a signed manifest.
+    Interop tests with BitTorrent clients that only speak v1 (aria2c, transmission)
+    need a v1 info-hash the tracker accepts: this writes a placeholder manifest row
+    (an empty envelope no agent could verify) and the hash straight into the
+    database the test owns. No tracker code path does this.
+    """
+    import sqlite3
+
+    if len(announce_hash) != 20:
+        raise ValueError("an announce hash has 20 bytes")
+    conn = sqlite3.connect(db_path)
+    try:
+        with conn:
+            seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM manifests").fetchone()[0]
+            conn.execute("INSERT OR REPLACE INTO manifests (ref, envelope, image_id, seq, published, publisher) "
+                         "VALUES (?, x'', 'sha256:interop', ?, ?, 'test')", (ref, seq, int(time.time())))
+            conn.execute("INSERT OR IGNORE INTO torrents (announce_hash, blob, ref) VALUES (?, 'sha256:interop', ?)",
+                         (announce_hash, ref))
+    finally:
+        conn.close()

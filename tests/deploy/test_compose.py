@@ -141,8 +141,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         d.compose("up", "-d", timeout=300)
         d.up = True
         for name in AGENTS:
-            wait_for(lambda n=name: "agent ready" in d.compose("logs", "--no-color", n).stdout, 120,
-                     f"{name} to be ready")
+            def ready(service: str = name) -> bool:
+                return "agent ready" in d.compose("logs", "--no-color", service).stdout
+            wait_for(ready, 120, f"{name} to be ready")
         d.timed("docker-compose up", step)
         yield d
     finally:

@@ -107,10 +107,11 @@ class Dockerd:
                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = started + self.start_timeout
         while not self.ping():
-            if self.proc.poll() is not None:
+            code = self.proc.poll()
+            if code is not None:
                 tail = self.log_tail()
                 self.stop()
-                raise DockerdError(f"dockerd exited with {self.proc.returncode} while starting:\n{tail}")
+                raise DockerdError(f"dockerd exited with {code} while starting:\n{tail}")
             if time.monotonic() > deadline:
                 tail = self.log_tail()
                 self.stop()

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,10 +85,12 @@ class Tracker:
     url: str = ""
 
     @classmethod
-    def start(cls, root: Path, *extra: str) -> Tracker:
+    def start(cls, root: Path, *extra: str, prefix: Sequence[str] = (), listen: str = "127.0.0.1:0",
+              log: Path | None = None) -> Tracker:
+        """`prefix`: e.g. a namespace's `nsenter --net=...` to run the tracker inside it."""
         data = root / "tracker"
-        proc = Proc("tracker", [*SWARM, "tracker", "serve", "--data", str(data), "--listen", "127.0.0.1:0",
-                                *extra], root / "logs" / "tracker.log").start()
+        proc = Proc("tracker", [*prefix, *SWARM, "tracker", "serve", "--data", str(data), "--listen", listen,
+                                *extra], log or root / "logs" / "tracker.log").start()
         tracker = cls(data, proc)
         tracker.url = proc.wait_line(r"tracker listening on (http://\S+)").group(1)
         return tracker
@@ -108,11 +110,13 @@ class Agent:
 
     @classmethod
     def start(cls, root: Path, name: str, tracker_url: str, token: str, *extra: str,
-              wait: bool = True) -> Agent:
+              wait: bool = True, prefix: Sequence[str] = (), listen: str = "127.0.0.1:0",
+              log: Path | None = None) -> Agent:
+        """`prefix`: e.g. a namespace's `nsenter --net=...` to run the agent inside it."""
         data = root / name
-        args = [*SWARM, "agent", "--tracker", tracker_url, "--token", token, "--data", str(data),
-                "--listen", "127.0.0.1:0", *extra]
-        agent = cls(name, data, Proc(name, args, root / "logs" / f"{name}.log"), args)
+        args = [*prefix, *SWARM, "agent", "--tracker", tracker_url, "--token", token, "--data", str(data),
+                "--listen", listen, *extra]
+        agent = cls(name, data, Proc(name, args, log or root / "logs" / f"{name}.log"), args)
         agent.proc.start()
         if wait:
             agent.peer_port = int(agent.proc.wait_line(r"agent ready: .* peers on port (\d+)").group(1))

@@ -1,0 +1,188 @@
+"""Handout policy over HTTP: min interval, rate limits on auth failures, slow clients, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_from_bytes
+
+import aiohttp
+import libtorrent as lt
+import pytest
+from yarl import URL
+
+from swarm.core import wire
+from swarm.core.certs import make_csr, new_private_key
+from swarm.core.signing import SigningKey
+from swarm.core.tokens import JoinToken
+from tracker.http import start_tracker
+from tracker.service import RATE_LIMITED, TrackerService
+from tracker.testing import make_signed_manifest
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Env:
+    url: str
+    service: TrackerService
+    http: aiohttp.ClientSession
+    clock: Clock
+    port: int
+    ih: bytes
+    h1: JoinToken
+    h2: JoinToken
+
+    async def bt(self, kind: str, secret: str, query: str) -> dict[bytes, Any]:
+        async with self.http.get(URL(f"{self.url}/{kind}/{secret}?{query}", encoded=True)) as resp:
+            assert resp.status == 200
+            d = lt.bdecode(await resp.read())
+        assert isinstance(d, dict)
+        return d
+
+    async def metric(self, name: str) -> float:
+        async with self.http.get(self.url + "/metrics") as resp:
+            assert resp.status == 200 and resp.content_type == "text/plain"
+            text = await resp.text()
+        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        assert m, name
+        return float(m.group(1))
+
+
+def q(ih: bytes, port: int, pid: bytes, left: int = 10, event: str = "") -> str:
+    return (f"info_hash={quote_from_bytes(ih, safe='')}&peer_id={quote_from_bytes(pid, safe='')}&port={port}"
+            f"&uploaded=0&downloaded=0&left={left}&event={event}&compact=1&numwant=200")
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    clock = Clock()
+    service = TrackerService(tmp_path / "data", interval=60, min_interval=20, auth_failure_limit=5,
+                             auth_failure_window=60, clock=clock)
+    runner, port = await start_tracker(service, "127.0.0.1", 0, client_timeout=1.0)
+    builder = service.create_token("b1", "builder")
+    signed = make_signed_manifest(tmp_path, service.ca.cert_pem, SigningKey.generate())
+    service.publish(builder.secret, signed.to_bytes())
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Env(f"http://127.0.0.1:{port}", service, http, clock, port, signed.verify(None).layers[0]
+                      .announce_hash, service.create_token("h1", "host"), service.create_token("h2", "host"))
+    finally:
+        await runner.cleanup()
+        service.close()
+
+
+async def test_interval_and_min_interval_are_configurable_and_honoured(env: Env) -> None:
+    d = await env.bt("announce", env.h1.secret, q(env.ih, 7001, b"1" * 20, event="started"))
+    assert (d[b"interval"], d[b"min interval"], d[b"peers"]) == (60, 20, b"")
+    await env.bt("announce", env.h2.secret, q(env.ih, 7002, b"2" * 20, event="started"))
+    # h1 again within min interval: the cached answer (no h2), and the peer store was not touched
+    env.clock.now += 19
+    d = await env.bt("announce", env.h1.secret, q(env.ih, 7001, b"1" * 20, left=0))
+    assert d[b"peers"] == b"" and d[b"incomplete"] == 1
+    assert await env.metric('swarm_tracker_announces_total{result="cached"}') == 1
+    assert env.service.peers.counts(env.ih).complete == 0  # type: ignore[attr-defined]
+    # past min interval: fresh work
+    env.clock.now += 1
+    d = await env.bt("announce", env.h1.secret, q(env.ih, 7001, b"1" * 20, left=0))
+    assert d[b"peers"] == bytes([127, 0, 0, 1]) + (7002).to_bytes(2, "big")
+    assert (d[b"complete"], d[b"incomplete"]) == (1, 1)
+    # an event is never answered from the cache
+    d = await env.bt("announce", env.h1.secret, q(env.ih, 7001, b"1" * 20, left=0, event="stopped"))
+    assert (d[b"complete"], d[b"incomplete"]) == (0, 1)
+    assert await env.metric('swarm_tracker_announces_total{result="ok"}') == 3
+    assert await env.metric('swarm_tracker_announces_total{result="stopped"}') == 1
+
+
+async def test_peers_expire_when_they_stop_announcing(env: Env) -> None:
+    await env.bt("announce", env.h2.secret, q(env.ih, 7002, b"2" * 20, event="started"))
+    assert await env.metric("swarm_tracker_active_peers") == 1
+    env.service.peers.expire(now=env.service.peers._clock() + 121)  # type: ignore[attr-defined]
+    d = await env.bt("announce", env.h1.secret, q(env.ih, 7001, b"1" * 20, event="started"))
+    assert d[b"peers"] == b"" and d[b"incomplete"] == 1
+    assert await env.metric("swarm_tracker_active_peers") == 1
+
+
+async def test_repeated_auth_failures_are_rate_limited_per_address(env: Env) -> None:
+    async def manifests(secret: str) -> int:
+        async with env.http.get(env.url + "/v1/manifests", headers={"Authorization": f"Bearer {secret}"}) as r:
+            return r.status
+    guesses = [f"{i:040x}" for i in range(5)]
+    for g in guesses:
+        assert await manifests(g) == 401
+    # the limit is reached: even a valid token from this address waits, and announce says why
+    assert await manifests(env.h1.secret) == 429
+    d = await env.bt("announce", env.h1.secret, q(env.ih, 7001, b"1" * 20, event="started"))
+    assert d == {b"failure reason": RATE_LIMITED.encode()}
+    async with env.http.post(env.url + "/v1/enroll", headers={"Authorization": f"Bearer {env.h1.secret}"},
+                             data=wire.pack({"csr": make_csr(new_private_key(), "x")})) as resp:
+        assert resp.status == 429 and "retry later" in wire.unpack_map(await resp.read())["error"]
+    assert await env.metric('swarm_tracker_auth_failures_total{reason="unknown"}') == 5
+    assert await env.metric('swarm_tracker_auth_failures_total{reason="rate_limited"}') == 3
+    # other addresses are not affected
+    assert not env.service.limiter.blocked("127.0.0.2")
+    # a minute later the address is let in again
+    env.clock.now += 61
+    assert await manifests(env.h1.secret) == 200
+    # a revoked token retrying is refused, but not counted as a guess
+    env.service.revoke_token("h2")
+    for _ in range(10):
+        assert await manifests(env.h2.secret) == 401
+    assert await manifests(env.h1.secret) == 200
+
+
+async def test_slow_clients_are_cut_off(env: Env) -> None:
+    loop = asyncio.get_running_loop()
+    # headers that never end
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.port)
+    writer.write(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+    await writer.drain()
+    started = loop.time()
+    async with asyncio.timeout(10):
+        assert await reader.read() == b""  # closed by the tracker
+    assert loop.time() - started < 5
+    writer.close()
+    # a body that never comes
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.port)
+    writer.write(f"POST /v1/enroll HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {env.h1.secret}\r\n"
+                 f"Content-Length: 1000\r\n\r\nabc".encode())
+    await writer.drain()
+    started = loop.time()
+    async with asyncio.timeout(10):
+        answer = await reader.read()
+    assert answer.startswith(b"HTTP/1.1 408") and loop.time() - started < 5
+    writer.close()
+    # the tracker still serves
+    async with env.http.get(env.url + "/v1/health") as resp:
+        assert resp.status == 200
+
+
+async def test_metrics(env: Env) -> None:
+    assert await env.metric("swarm_tracker_enrolled_hosts") == 3
+    assert await env.metric("swarm_tracker_manifests") == 1
+    assert await env.metric("swarm_tracker_publications_total") == 1
+    async with env.http.post(env.url + "/v1/enroll", headers={"Authorization": f"Bearer {env.h1.secret}"},
+                             data=wire.pack({"csr": make_csr(new_private_key(), "x")})) as resp:
+        assert resp.status == 200
+    assert await env.metric("swarm_tracker_certificates_issued_total") == 1
+    await env.bt("announce", "0" * 40, q(env.ih, 7001, b"1" * 20))
+    await env.bt("announce", env.h1.secret, q(bytes(20), 7001, b"1" * 20))
+    await env.bt("announce", env.h1.secret, "info_hash=x")
+    await env.bt("scrape", env.h1.secret, f"info_hash={quote_from_bytes(env.ih, safe='')}")
+    assert await env.metric('swarm_tracker_announces_total{result="unauthorized"}') == 1
+    assert await env.metric('swarm_tracker_announces_total{result="unknown_torrent"}') == 1
+    assert await env.metric('swarm_tracker_announces_total{result="invalid"}') == 1
+    assert await env.metric('swarm_tracker_scrapes_total{result="ok"}') == 1
+    env.service.revoke_token("h2")
+    assert await env.metric("swarm_tracker_enrolled_hosts") == 2
+    assert await env.metric("swarm_tracker_revoked_tokens") == 1
