@@ -8,6 +8,9 @@ command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /usr/bin/busybox ] || need+=(busybox-static)
 command -v ip >/dev/null || need+=(iproute2)
 command -v skopeo >/dev/null || need+=(skopeo)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
