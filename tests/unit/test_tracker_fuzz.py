@@ -216,4 +216,4 @@ def test_http_never_500(server: Server, fuzz_service: tuple[TrackerService, byte
 
 def test_examples_budget_is_recorded() -> None:
     assert EXAMPLES >= 1
-    print(f"\nfuzz: {EXAMPLES} examples per property test, 7 property tests")
+    print(f"\nfuzz: {EXAMPLES} examples per property test, 6 property tests")
