@@ -11,6 +11,15 @@ command -v skopeo >/dev/null || need+=(skopeo)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v pg_ctlcluster >/dev/null || need+=(postgresql)
+command -v aria2c >/dev/null || need+=(aria2)
+command -v transmission-show >/dev/null || need+=(transmission-cli)
+command -v tcpdump >/dev/null || need+=(tcpdump)
+# benchmarks only (bench/): the reference tracker, a load generator, a registry
+command -v opentracker >/dev/null || need+=(opentracker)
+command -v wrk >/dev/null || need+=(wrk)
+command -v docker-registry >/dev/null || need+=(docker-registry)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from swarm.core.api import MAX_WATCH_TIMEOUT, EnrollResponse, ManifestEntry
 from swarm.core.digest import digest_hex
-from swarm.core.errors import Forbidden, InvalidInput, NotFound, SwarmError, TrackerError, Unauthorized
+from swarm.core.errors import (
+    Forbidden, InvalidInput, NotFound, RateLimited, SwarmError, TrackerError, Unauthorized,
+)
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
 from swarm.core.tokens import ROLES, JoinToken, hash_secret, is_secret_shaped
@@ -49,11 +51,6 @@ MAX_CACHED_HASHES = 100_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _UNAUTHORIZED = "missing, unknown or revoked token"
 RATE_LIMITED = "too many failed authentications from this address: retry later"
-
-
-class RateLimited(TrackerError):
-    kind = "rate-limited"
-    status = 429
 
 
 _AnswerKey = tuple[bytes, bytes, str, bool, bool]

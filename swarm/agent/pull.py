@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from swarm.core.errors import (
 from swarm.core.manifest import Layer, Manifest
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
+from swarm.core.units import human_bytes
 from swarm.engine.metainfo import check_layer_torrent
 from swarm.engine.session import Engine
 from swarm.images import load as docker_load
@@ -128,6 +130,7 @@ class Puller:
         unique = {layer.blob: layer for layer in manifest.layers}
         state.cached = {b for b in unique if self._blobs.is_verified(b)}
         missing = [layer for b, layer in unique.items() if b not in state.cached]
+        self._check_room(manifest, missing)
         for layer in unique.values():
             # blobs already here are seeded too: this host serves what it holds
             self._engine.add(layer.torrent, self._blobs.path(layer.blob).parent, self._tracker.announce_url,
@@ -143,6 +146,21 @@ class Puller:
             if isinstance(exc, TorrentError) and "space" in str(exc).lower():
                 raise TorrentError(f"no space left on device for the layers of {manifest.ref}") from exc
             raise
+
+    def _check_room(self, manifest: Manifest, missing: list[Layer]) -> None:
+        """Refuse up front a pull whose blobs cannot fit (libtorrent writes sparse files)."""
+        blobs_dir = self._blobs.path(manifest.layers[0].blob).parent
+        have = 0
+        for layer in missing:
+            try:
+                have += self._blobs.path(layer.blob).stat().st_blocks * 512  # partial downloads
+            except FileNotFoundError:
+                pass
+        need = sum(layer.blob_size for layer in missing) - have
+        free = shutil.disk_usage(blobs_dir).free
+        if need > free:
+            raise TorrentError(f"no space left on device for the layers of {manifest.ref}: "
+                               f"needs {human_bytes(need)}, {human_bytes(free)} free")
 
     def _discard(self, layers: list[Layer]) -> None:
         """Drop what a failed pull left: torrents and unverified partial files, unless another pull needs them."""

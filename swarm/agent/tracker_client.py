@@ -12,11 +12,13 @@ from swarm.core import wire
 from swarm.core.api import MSGPACK, EnrollResponse, ManifestEntry
 from swarm.core.certs import ca_fingerprint
 from swarm.core.errors import (
-    Forbidden, InvalidInput, NotFound, TrackerError, TrackerUnreachable, Unauthorized, UntrustedManifest,
+    Forbidden, InvalidInput, NotFound, RateLimited, TrackerError, TrackerUnreachable, Unauthorized,
+    UntrustedManifest,
 )
 from swarm.core.tokens import JoinToken
 
-_BY_STATUS: dict[int, type[TrackerError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound}
+_BY_STATUS: dict[int, type[TrackerError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound,
+                                             429: RateLimited}
 
 
 class TrackerClient:
@@ -96,6 +98,8 @@ class TrackerClient:
         cls = _BY_STATUS.get(status, TrackerError)
         if cls is Unauthorized:
             message = f"the tracker refused the join token ({message or 'unknown or revoked'})"
+        elif cls is RateLimited:
+            message = f"the tracker is refusing this address for a while ({message or 'too many failures'}): retry later"
         return cls(message or f"tracker answered HTTP {status}")
 
     async def enroll(self, csr_pem: str) -> EnrollResponse:

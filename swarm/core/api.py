@@ -18,6 +18,13 @@ announce/scrape errors are bencoded {"failure reason": ...} with status 200
                                          for a publication after N)
   GET  /announce/<secret>?...         BEP 3/23/7 announce (v2 hashes truncated to 20 bytes)
   GET  /scrape/<secret>?info_hash=... BEP 48 scrape
+  GET  /t/<secret>/announce, /t/<secret>/scrape
+                                      the same, for clients that derive the scrape URL
+                                      by replacing a trailing "announce"
+  GET  /metrics                       Prometheus text (unauthenticated)
+
+Too many failed authentications from one address within a minute get 429
+(announce/scrape: a bencoded failure reason) until the minute has passed.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
     │   ├── TrackerUnreachable      no HTTP answer at all
     │   ├── Unauthorized            missing, unknown or revoked token (401)
     │   ├── Forbidden               valid token, role not allowed (403)
-    │   └── NotFound                no such manifest (404)
+    │   ├── NotFound                no such manifest (404)
+    │   └── RateLimited             too many failed attempts from one address (429)
     ├── ImageNotFound               unknown image (tracker or Docker)
     ├── InvalidInput                a malformed message, manifest or file
     ├── UntrustedManifest           signature missing, bad or not by a pinned key
@@ -67,6 +68,11 @@ class Forbidden(TrackerError):
 class NotFound(TrackerError):
     kind = "not-found"
     status = 404
+
+
+class RateLimited(TrackerError):
+    kind = "rate-limited"
+    status = 429
 
 
 class ImageNotFound(SwarmError):

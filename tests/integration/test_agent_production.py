@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -279,27 +280,30 @@ def test_docker_down_during_pull_waits_and_loads_when_it_returns(bed: Bed, tmp_p
         host.stop()
     finally:
         engine.stop()
-        import shutil
         shutil.rmtree(engine.dir, ignore_errors=True)
 
 
+@pytest.mark.parametrize("when", ["before", "during"])
 def test_disk_full_fails_the_pull_cleanly_and_the_agent_keeps_running(bed: Bed, dockerd_factory: Any,
-                                                                       tmp_path: Path) -> None:
-    data = tmp_path / "small"
+                                                                       tmp_path: Path, when: str) -> None:
+    """`before`: the blobs cannot fit, refused up front; `during`: the disk fills mid-download."""
+    data = tmp_path / "full"
     data.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(data)], check=True)
+    size = "6m" if when == "before" else "16m"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(data)], check=True)
     try:
-        root = tmp_path / "root"
-        host = Agent.start(root, "full", bed.tracker.url, bed.tracker.token("full", "host"),
-                           "--trust", bed.pubkey, "--docker-host", dockerd_factory().host, wait=False)
-        host.data = data
-        host.args[host.args.index("--data") + 1] = str(data)
-        host.proc.stop()
-        host.proc = Proc("full", host.args, root / "full.log").start()
-        host.proc.wait_line(r"agent ready")
-        result = host.swarm("pull", "prod/big:1", check=False, timeout=120)
-        assert result.returncode == 1
-        assert "no space left" in result.stderr.lower()
+        limit = ("--download-limit", "3MB/s") if when == "during" else ()
+        host = Agent.start(tmp_path, "full", bed.tracker.url, bed.tracker.token(f"full-{when}", "host"),
+                           "--trust", bed.pubkey, "--docker-host", dockerd_factory().host, *limit)
+        pull = subprocess.Popen([*SWARM, "pull", "prod/big:1", "--data", str(data)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if when == "during":
+            wait_for(lambda: (t := big_torrent(host, bed)) and t["done"] > MIB, 60, "the download to start")
+            with open(data / "filler", "wb") as filler:
+                os.posix_fallocate(filler.fileno(), 0, shutil.disk_usage(data).free)
+        _out, err = pull.communicate(timeout=120)
+        assert pull.returncode == 1
+        assert "no space left" in err.lower(), err
         status = host.status()                       # still answering
         assert status["torrents"] == []
         leftovers = [p.name for p in (data / "blobs").iterdir() if len(p.name) == 64]
