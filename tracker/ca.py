@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -127,6 +129,51 @@ class CertificateAuthority:
         )
         return IssuedCertificate(cert.public_bytes(serialization.Encoding.PEM).decode(), serial,
                                  int(not_after.timestamp()))
+
+    def issue_server_certificate(self, names: list[str], lifetime_s: int) -> tuple[bytes, bytes]:
+        """A TLS server certificate for the tracker itself, from the swarm CA: (cert PEM, key PEM).
+
+        Hosts pin the CA by the fingerprint in their join token, so this is what
+        lets a token cross the network only inside TLS. Host certificates carry
+        the SAN `*` only, which no TLS client accepts for a host name or an IP
+        address, so a host cannot pose as the tracker.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans: list[x509.GeneralName] = []
+        for name in names:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                sans.append(x509.DNSName(name))
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "swarm-tracker")]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + dt.timedelta(seconds=lifetime_s))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def server_names(listen_host: str, public_url: str | None) -> list[str]:
+    """The names a tracker's HTTPS certificate must carry: what hosts dial."""
+    names = {"localhost", "127.0.0.1"}
+    if listen_host not in ("0.0.0.0", "::", ""):
+        names.add(listen_host)
+    if public_url:
+        hostname = urlsplit(public_url).hostname
+        if hostname:
+            names.add(hostname)
+    return sorted(names)
 
 
 def _create(key_path: Path, cert_path: Path) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from aiohttp.web_response import StreamResponse
 from swarm.core import wire
 from swarm.core.api import MAX_BODY, MSGPACK
 from swarm.core.errors import InvalidInput, SwarmError
+from tracker.ca import server_names
 from tracker.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tracker.peers import PeerStore
 from tracker.ratelimit import DEFAULT_LIMIT
@@ -45,6 +47,8 @@ _SECRET_PREFIX = re.compile(r"^/t/[^/?]*/")
 _BT_PATH = re.compile(r"^/(announce/|scrape/|t/[^/]*/(announce|scrape)$)")
 #: how long shutdown waits for requests in flight (watchers are woken at once)
 SHUTDOWN_TIMEOUT = 5.0
+#: the tracker's own HTTPS certificate, issued anew at every start
+TLS_LIFETIME = 365 * 24 * 3600
 
 
 def redact_path(path: str) -> str:
@@ -211,9 +215,23 @@ def make_app(service: TrackerService, client_timeout: float = DEFAULT_CLIENT_TIM
     return app
 
 
+def tls_context(service: TrackerService, host: str, public_url: str | None) -> ssl.SSLContext:
+    """Issue the tracker a server certificate from its own CA (anew at each start) and load it."""
+    cert_pem, key_pem = service.ca.issue_server_certificate(server_names(host, public_url), TLS_LIFETIME)
+    cert_path, key_path = service.data_dir / "tls.pem", service.data_dir / "tls.key"
+    cert_path.write_bytes(cert_pem)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
 async def start_tracker(service: TrackerService, host: str, port: int, *,
                         client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
-                        reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+                        reuse_port: bool = False,
+                        ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
     """Serve `service` on host:port (0: any free port); returns the runner and the bound port.
 
     A client gets `client_timeout` seconds to send a request's headers (aiohttp's keep-alive
@@ -223,7 +241,8 @@ async def start_tracker(service: TrackerService, host: str, port: int, *,
                            shutdown_timeout=SHUTDOWN_TIMEOUT, lingering_time=0, keepalive_timeout=client_timeout)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024).start()
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024,
+                          ssl_context=ssl_context).start()
     except OSError as exc:
         await runner.cleanup()
         raise SwarmError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
@@ -250,6 +269,8 @@ class ServeOptions:
     #: processes serving one port (SO_REUSEPORT); more than one needs `redis`
     workers: int = 1
     reuse_port: bool = False
+    #: serve HTTPS with a certificate from the swarm CA (hosts pin that CA by their token)
+    tls: bool = False
 
 
 def _worker_argv(data_dir: Path, host: str, port: int, o: ServeOptions) -> list[str]:
@@ -261,6 +282,8 @@ def _worker_argv(data_dir: Path, host: str, port: int, o: ServeOptions) -> list[
         argv += ["--min-interval", str(o.min_interval)]
     if o.public_url:
         argv += ["--public-url", o.public_url]
+    if o.tls:
+        argv += ["--tls"]
     return argv
 
 
@@ -331,13 +354,15 @@ async def run_tracker(data_dir: Path, host: str = "127.0.0.1", port: int = 7070,
 
             assert isinstance(service.peers, RedisPeerStore)
             await service.peers.ping()
+        context = tls_context(service, host, o.public_url) if o.tls else None
         runner, bound = await start_tracker(service, host, port, client_timeout=o.client_timeout,
-                                            reuse_port=o.reuse_port or o.workers > 1)
+                                            reuse_port=o.reuse_port or o.workers > 1, ssl_context=context)
         workers: list[asyncio.subprocess.Process] = []
         try:
             if o.workers > 1:
                 workers = await _start_workers(data_dir, host, bound, o)
-            print(f"tracker listening on http://{_url_host(host)}:{bound}", flush=True)
+            scheme = "https" if o.tls else "http"
+            print(f"tracker listening on {scheme}://{_url_host(host)}:{bound}", flush=True)
             log.info("storage %s, peers %s, %d worker(s)", service.storage.location,
                      "redis" if o.redis else "in memory", o.workers)
             if o.public_url:

@@ -79,11 +79,13 @@ def tracker() -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1, max=64),
               envvar="SWARM_WORKERS", show_envvar=True,
               help="processes sharing the port (SO_REUSEPORT); more than one needs --redis")
+@click.option("--tls", is_flag=True, envvar="SWARM_TLS", show_envvar=True,
+              help="serve HTTPS with a certificate from the swarm CA (hosts pin it by their join token)")
 @click.option("--reuse-port", is_flag=True, hidden=True)
 @_errors
 def serve(data: Path, listen: str, public_url: str | None, cert_lifetime: int, announce_interval: int,
           min_interval: int | None, database: str | None, redis: str | None, auth_failure_limit: int,
-          client_timeout: float, workers: int, reuse_port: bool) -> None:
+          client_timeout: float, workers: int, tls: bool, reuse_port: bool) -> None:
     """Run the tracker until SIGTERM."""
     import logging
 
@@ -94,7 +96,7 @@ def serve(data: Path, listen: str, public_url: str | None, cert_lifetime: int, a
         raise UsageError("--min-interval must not exceed --announce-interval")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     options = ServeOptions(public_url, cert_lifetime, announce_interval, min_interval, database, redis,
-                           auth_failure_limit, client_timeout, workers, reuse_port)
+                           auth_failure_limit, client_timeout, workers, reuse_port, tls)
     try:
         import uvloop
     except ImportError:  # plain asyncio works, a little slower

@@ -92,7 +92,7 @@ class Tracker:
         proc = Proc("tracker", [*prefix, *SWARM, "tracker", "serve", "--data", str(data), "--listen", listen,
                                 *extra], log or root / "logs" / "tracker.log").start()
         tracker = cls(data, proc)
-        tracker.url = proc.wait_line(r"tracker listening on (http://\S+)").group(1)
+        tracker.url = proc.wait_line(r"tracker listening on (https?://\S+)").group(1)
         return tracker
 
     def token(self, name: str, role: str) -> str:
