@@ -120,6 +120,8 @@ def test_host_status_reports_seeding_and_tracker(fleet: Fleet, pulled: Pulled) -
     assert status["role"] == "host"
     assert {t["state"] for t in status["torrents"]} <= {"seeding", "finished"}
     assert [img["ref"] for img in status["images"]] == ["myapp:1"]
+    table = fleet.hosts[0].swarm("status").stdout
+    assert "host1 (host)" in table and "myapp:1" in table and "reachable" in table
 
 
 def test_pull_of_unknown_image_fails_cleanly(fleet: Fleet) -> None:
