@@ -1,6 +1,6 @@
 """A fleet of real hosts on one machine: network namespaces on a private bridge.
 
-    bed = Testbed(logs_dir).open()
+    bed = Testbed(logs_root).open()
     fleet = Fleet(bed, hosts=4, builder_egress="100mbit").start()
     fleet.build("app:1", layers, cmd)          # on the builder's own dockerd
     fleet.seed("app:1")
@@ -20,7 +20,7 @@ taking v-<host> down, restored by bringing it up.
 
 Files of a test bed live in /tmp/swtb-<pid>-<tag>/ (short paths: unix
 sockets) and are removed on close; every process's log goes to `logs`
-(the test's tmp_path, which pytest keeps), so a failed test can be read.
+(kept after a failed test by tests/e2e/conftest.py), so it can be read.
 """
 
 from __future__ import annotations
@@ -74,11 +74,13 @@ class Host:
 
 
 class Testbed:
-    def __init__(self, logs: Path, bridge: str = "br0") -> None:
+    __test__ = False  # not a pytest test class
+    def __init__(self, logs_root: Path, label: str = "testbed", bridge: str = "br0") -> None:
+        """Logs go to `logs_root`/<label>-<id>/ (kept: the caller decides when to remove them)."""
         self.id = f"{os.getpid()}-{secrets.token_hex(2)}"
         self.name = f"{netns.PREFIX}{self.id}"
         self.dir = netns.TMP / self.name
-        self.logs = logs
+        self.logs = logs_root / f"{label}-{self.id}"
         self.bridge = bridge
         self.bridge_ns = f"{self.name}-br"
         self.hosts: dict[str, Host] = {}
@@ -111,11 +113,17 @@ class Testbed:
         errors: list[str] = []
         for cap in self._captures:
             _attempt(cap.stop, errors)
-        procs = [p for p in self._procs if p.popen is not None and p.popen.poll() is None]
-        for p in procs:  # SIGTERM all at once, then wait for each
-            _attempt(lambda p=p: p.popen.terminate() if p.popen else None, errors)  # type: ignore[misc]
-        for p in procs:
-            _attempt(lambda p=p: p.stop(timeout=15), errors)  # type: ignore[misc]
+        procs = [p.popen for p in self._procs if p.popen is not None and p.popen.poll() is None]
+        for popen in procs:  # SIGTERM all at once (once: a second one makes an agent exit at once)
+            _attempt(popen.terminate, errors)
+        deadline = time.monotonic() + 15
+        for popen in procs:
+            try:
+                popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                errors.append(f"{' '.join(popen.args[-12:])[:200]} ignored SIGTERM for 15 s")  # type: ignore[index]
+                popen.kill()
+                popen.wait(10)
         _attempt(lambda: stop_all([h.dockerd for h in self.hosts.values() if h.dockerd is not None]), errors)
         for ns in reversed(self._namespaces):
             _attempt(lambda ns=ns: netns.delete(ns), errors)  # type: ignore[misc]

@@ -1,0 +1,241 @@
+"""Scenarios 6-9: revocation, an outsider, a lying peer, and what is on the wire.
+
+The attackers are real: plain libtorrent sessions and HTTP clients run inside
+their own host namespace on the fleet's bridge (tests/e2e/peertools.py), with
+exactly the parts the attack assumes (a stolen torrent, a peer list, a valid
+certificate...). Each attack has a control: the same code with the missing
+part given back must succeed, so a zero is not the result of a broken probe.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swarm.images.synthetic import run_image
+from tests.e2e.images import CMD, HELLO, MiB, app_layers, marker_layer
+from tests.support import capture
+from tests.support.procs import run_swarm, wait_for
+from tests.support.testbed import PEER_PORT, Fleet, Testbed
+
+pytestmark = [pytest.mark.netns, pytest.mark.docker, pytest.mark.slow]
+
+
+def tool(bed: Testbed, host: str, *args: str, timeout: float = 90) -> dict[str, Any]:
+    """Run a peertools command inside `host`'s namespace; its JSON answer."""
+    result = bed.run(host, [sys.executable, "-m", "tests.e2e.peertools", *args], timeout=timeout)
+    answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def peer_endpoints(fleet: Fleet, names: list[str]) -> list[str]:
+    return [f"{fleet.host(n).ip}:{fleet.agent(n).peer_port}" for n in names]
+
+
+def biggest_layer(fleet: Fleet, ref: str, where: Path) -> tuple[Any, Path]:
+    layer = max(fleet.manifest(ref).layers, key=lambda layer: layer.blob_size)
+    path = where / f"{layer.blob[7:19]}.torrent"
+    path.write_bytes(layer.torrent)
+    return layer, path
+
+
+def steal(bed: Testbed, host: str, torrent: Path, peers: list[str], *how: str,
+          timeout: float = 20, until_bytes: int = 0) -> dict[str, Any]:
+    workdir = bed.dir / f"steal-{secrets.token_hex(3)}"
+    args = ["steal", "--torrent", str(torrent), "--listen", bed.host(host).ip, "--workdir", str(workdir),
+            "--timeout", str(timeout), "--until-bytes", str(until_bytes), *how]
+    for peer in peers:
+        args += ["--peer", peer]
+    return tool(bed, host, *args, timeout=timeout + 60)
+
+
+# -- 7. an outsider ------------------------------------------------------------------
+
+
+def test_outsider_with_stolen_torrent_and_peer_list_gets_zero_bytes(
+        fleet_factory: Callable[..., Fleet], testbed: Testbed) -> None:
+    fleet = fleet_factory(hosts=2)
+    fleet.build("app:1", app_layers(big=8 * MiB), CMD)
+    fleet.seed("app:1")
+    fleet.pull_all("app:1")
+    testbed.add_host("outsider", egress=None, ingress=None)
+    layer, torrent = biggest_layer(fleet, "app:1", testbed.dir)
+    peers = peer_endpoints(fleet, ["builder", *fleet.host_names])
+
+    for how in ([], ["--self-signed"]):
+        got = steal(testbed, "outsider", torrent, peers, *how)
+        assert got["downloaded"] == 0 and got["pieces"] == 0, (how, got)
+        assert got["refused"] == len(peers), f"every peer must have dropped the outsider {how}: {got}"
+
+    # control: from the same namespace, with a certificate of the swarm CA, the same probe gets data
+    token = fleet.tracker.token("insider", "host")  # type: ignore[union-attr]
+    ident = tool(testbed, "outsider", "enroll", "--tracker", fleet.url, "--token", token,
+                 "--data", str(testbed.dir / "insider"))
+    got = steal(testbed, "outsider", torrent, peers, "--cert", ident["cert"], "--key", ident["key"],
+                until_bytes=layer.blob_size // 4)
+    assert got["downloaded"] > 0, f"the control probe got nothing, so the zeros above prove nothing: {got}"
+
+
+# -- 8. a lying peer -------------------------------------------------------------------
+
+
+def test_lying_peer_is_detected_banned_and_every_host_gets_the_right_image(
+        fleet_factory: Callable[..., Fleet], testbed: Testbed) -> None:
+    # a slow builder and a liar with an unlimited link: the hosts ask the liar for most pieces
+    fleet = fleet_factory(hosts=3, builder_egress="24mbit")
+    builder_id = fleet.build("app:1", app_layers(), CMD)
+    fleet.seed("app:1")
+    manifest = fleet.manifest("app:1")
+    liar = testbed.add_host("liar", egress=None, ingress=None)
+    token = fleet.tracker.token("liar", "host")  # type: ignore[union-attr]
+    ident = tool(testbed, "liar", "enroll", "--tracker", fleet.url, "--token", token,
+                 "--data", str(testbed.dir / "liar"))
+    blob_dir = testbed.dir / "liar-blobs"
+    blob_dir.mkdir()
+    args = ["liar", "--blob-dir", str(blob_dir), "--cert", ident["cert"], "--key", ident["key"],
+            "--tracker", fleet.url, "--token", token, "--listen", f"{liar.ip}:{PEER_PORT}"]
+    for layer in manifest.layers:  # an honest copy first: the liar's libtorrent checks it, then it is spoiled
+        shutil.copyfile(fleet.agent("builder").data / "blobs" / layer.blob[7:], blob_dir / layer.blob[7:])
+        path = testbed.dir / f"{layer.blob[7:19]}.torrent"
+        path.write_bytes(layer.torrent)
+        args += ["--torrent", str(path)]
+    proc = testbed.spawn("liar", "liar", [sys.executable, "-m", "tests.e2e.peertools", *args])
+
+    def liar_stats() -> dict[str, Any]:
+        lines = [line for line in proc.text().splitlines() if line.startswith("{")]
+        if proc.popen is not None and proc.popen.poll() is not None and not lines:
+            raise AssertionError(f"the liar died:\n{proc.text()[-2000:]}")
+        return json.loads(lines[-1]) if lines else {}
+
+    wait_for(lambda: liar_stats().get("announce_replies", 0) >= len(manifest.layers), 60,
+             "the liar to announce every layer")
+
+    pulled = fleet.pull_all("app:1")
+
+    for name in fleet.host_names:
+        assert f"app:1 {builder_id}" in pulled[name]
+        assert fleet.api(name).inspect_image("app:1")["Id"] == builder_id
+        assert run_image(fleet.api(name), "app:1") == HELLO
+    failed = {name: sum(t["failed_pieces"] for t in fleet.status(name)["torrents"]) for name in fleet.host_names}
+    from_liar = {name: fleet.received_from(name).get("liar", 0) for name in fleet.host_names}
+    assert all(from_liar.values()), f"every host took blocks from the liar: {from_liar}"
+    assert all(failed.values()), f"every host saw failed pieces in its status: {failed}"
+
+    proc.stop(signal.SIGTERM)
+    final = liar_stats()
+    assert final.get("final"), final
+    # banned at the first bad piece: the liar, with by far the fastest link, sent little
+    total = sum(layer.blob_size for layer in manifest.layers)
+    assert final["uploaded"] < 0.1 * total * len(fleet.host_names), (final, failed, from_liar)
+
+
+# -- 9. nothing in clear on the wire -----------------------------------------------------
+
+
+def test_marker_never_appears_on_the_wire(fleet_factory: Callable[..., Fleet], testbed: Testbed) -> None:
+    fleet = fleet_factory(hosts=3)
+    marker = b"SWARM-E2E-CONFIDENTIAL-" + secrets.token_hex(8).encode()
+    layers = [
+        {"/secret/notes.txt": b"".join(b"line %d of the notes: " % i + marker + b"\n" for i in range(20000))},
+        {"/secret/blob.bin": marker_layer(marker, 6 * MiB)},
+        {"/hello.txt": HELLO},
+    ]
+    builder_id = fleet.build("secret:1", layers, CMD)
+    cap = testbed.capture("distribution")
+    fleet.seed("secret:1")
+    fleet.pull_all("secret:1")
+    cap.stop()
+
+    for name in fleet.host_names:
+        assert fleet.api(name).inspect_image("secret:1")["Id"] == builder_id
+    manifest = fleet.manifest("secret:1")
+    blobs = {layer.blob: fleet.agent("builder").data / "blobs" / layer.blob[7:] for layer in manifest.layers}
+    literal = [b for b, path in blobs.items() if marker in path.read_bytes()]
+    assert literal, "the marker must be readable in a transport blob, or this test proves nothing"
+    # the capture saw the distribution: at least every host's copy of every blob crossed the bridge
+    sizes = sum(layer.blob_size for layer in manifest.layers)
+    assert capture.payload_bytes(cap.path, PEER_PORT) >= sizes * len(fleet.host_names)
+    assert cap.dropped == 0, f"tcpdump dropped {cap.dropped} packets"
+    assert capture.find(cap.path, marker) == []
+
+    # control: the same blob over plain HTTP on the same bridge shows the marker to the same capture code
+    blob = literal[0]
+    builder = testbed.host("builder")
+    server = testbed.spawn("builder", "http-server", [
+        sys.executable, "-m", "http.server", "--bind", builder.ip, "8000", "--directory", str(blobs[blob].parent)])
+    server.wait_line(r"Serving HTTP", 30)
+    control = testbed.capture("control")
+    got = tool(testbed, "h1", "fetch", "--url", f"http://{builder.ip}:8000/{blob[7:]}")
+    control.stop()
+    assert got["sha256"] == blob[7:]
+    assert capture.find(control.path, marker), "the control capture must show the marker sent in clear"
+
+
+# -- 6. revocation ---------------------------------------------------------------------
+
+
+def test_revoked_host_gets_nothing_and_is_out_after_certificate_expiry(
+        fleet_factory: Callable[..., Fleet], testbed: Testbed) -> None:
+    fleet = fleet_factory(hosts=3, tracker_args=("--announce-interval", "5", "--cert-lifetime", "60"))
+    fleet.build("app:1", app_layers(big=8 * MiB), CMD)
+    fleet.seed("app:1")
+    fleet.pull_all("app:1")
+    victim = "h3"
+    expires = fleet.status(victim)["certificate_expires"]
+    layer, torrent = biggest_layer(fleet, "app:1", testbed.dir)
+    cert = str(fleet.agent(victim).data / "identity" / "host.pem")
+    key = str(fleet.agent(victim).data / "identity" / "host.key")
+    honest = peer_endpoints(fleet, ["builder", "h1", "h2"])
+
+    tracker = fleet.tracker
+    assert tracker is not None
+    run_swarm("tracker", "token", "revoke", victim, "--data", str(tracker.data))
+    revoked_at = time.time()
+    assert revoked_at < expires - 15, "too little certificate lifetime left for the checks before expiry"
+
+    # no peers: an announce with the revoked token is refused; the same with a live token is answered
+    args = ["--tracker", fleet.url, "--info-hash", layer.info_hash.hex()]  # v2 announces its first 20 bytes
+    refused = tool(testbed, victim, "announce", "--token", fleet.tokens[victim], *args)
+    assert "failure" in refused or refused["status"] >= 400, refused
+    assert refused.get("peers", 0) == 0, refused
+    answered = tool(testbed, "h1", "announce", "--token", fleet.tokens["h1"], *args)
+    assert "failure" not in answered and answered["peers"] >= 2, answered
+    # no manifest: a tag published after the revocation cannot be pulled
+    fleet.api("builder").tag("app:1", "app", "2")
+    fleet.seed("app:2")
+    result = fleet.agent(victim).swarm("pull", "app:2", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "refused" in result.stderr or "429" in result.stderr or "rate" in result.stderr.lower(), result.stderr
+    # until its certificate expires the host is still a peer (the documented window): the control
+    got = steal(testbed, victim, torrent, honest, "--cert", cert, "--key", key, until_bytes=layer.blob_size // 4)
+    assert got["downloaded"] > 0, f"before expiry the certificate must still work: {got}"
+
+    # no new certificate: the renewal at 2/3 of the lifetime is refused, the old expiry stays
+    fleet.wait(lambda: fleet.status(victim)["certificate_error"], 60, f"{victim} to fail its renewal")
+    status = fleet.status(victim)
+    assert status["certificate_expires"] == expires
+    assert "refused" in status["certificate_error"] or "429" in status["certificate_error"], status
+    for other in ("h1", "h2"):  # the others renewed
+        fleet.wait(lambda other=other: fleet.status(other)["certificate_expires"] > expires, 60,
+                   f"{other} to renew its certificate")
+
+    # after expiry: no peer accepts its certificate any more
+    wait_for(lambda: time.time() > expires + 2, expires + 10 - time.time(), "the certificate to expire")
+    got = steal(testbed, victim, torrent, honest, "--cert", cert, "--key", key)
+    assert got["downloaded"] == 0 and got["refused"] == len(honest), got
+    status = fleet.status(victim)
+    connected = [p for t in status["torrents"] for p in t["peers"] if p["connected"]]
+    assert connected == [], connected
+    result = fleet.agent(victim).swarm("pull", "app:2", check=False)
+    assert result.returncode == 1
+    # and the rest of the fleet still works: a fresh pull of app:2 on h1
+    fleet.pull_all("app:2", names=["h1"])

@@ -1,0 +1,138 @@
+"""Scenarios 2-5: a fleet keeps going when parts of it fail mid-distribution.
+
+Rates are chosen so that each distribution takes a few seconds and the fault
+lands while it is under way; each test checks that it did (a fault after
+everyone finished would prove nothing).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from swarm.images.synthetic import run_image
+from tests.e2e.images import CMD, HELLO, app_layers
+from tests.support.testbed import Fleet, Testbed
+
+pytestmark = [pytest.mark.netns, pytest.mark.docker, pytest.mark.slow]
+
+#: how long a host's link stays cut in scenario 5
+LINK_CUT_SECONDS = 20.0
+
+
+def _check_image(fleet: Fleet, name: str, builder_id: str) -> None:
+    api = fleet.api(name)
+    assert api.inspect_image("app:1")["Id"] == builder_id, name
+    assert run_image(api, "app:1") == HELLO, name
+
+
+def _complete(fleet: Fleet, name: str) -> bool:
+    return fleet.fraction(name, "app:1") >= 1.0
+
+
+def test_builder_dies_once_one_full_copy_is_out(fleet_factory: Callable[..., Fleet]) -> None:
+    # h1 drinks fast; h2..h4 are slow, so they are mid-download when h1 holds a full copy
+    fleet = fleet_factory(hosts=4, builder_egress="100mbit", host_ingress="16mbit")
+    fleet.bed.shape("h1", egress="100mbit", ingress=None)
+    builder_id = fleet.build("app:1", app_layers(), CMD)
+    fleet.seed("app:1")
+    jobs = [fleet.start_pull(name, "app:1") for name in fleet.host_names]
+
+    fleet.wait(lambda: _complete(fleet, "h1"), 120, "h1 to hold a full copy")
+    fleet.agent("builder").proc.stop(signal.SIGKILL)
+    behind = {name: fleet.fraction(name, "app:1") for name in fleet.host_names[1:]}
+    assert any(f < 1.0 for f in behind.values()), f"everyone finished before the builder died: {behind}"
+
+    for job in jobs:
+        job.ok(240)
+    for name in fleet.host_names:
+        _check_image(fleet, name, builder_id)
+    for name, fraction in behind.items():
+        if fraction < 1.0:  # what it lacked came from the hosts: the builder was gone
+            assert sum(v for peer, v in fleet.received_from(name).items() if peer != "builder") > 0, name
+
+
+def test_agent_killed_halfway_resumes_without_downloading_verified_pieces_again(
+        fleet_factory: Callable[..., Fleet], testbed: Testbed) -> None:
+    fleet = fleet_factory(hosts=2, builder_egress="100mbit", host_ingress="100mbit")
+    testbed.shape("h1", egress="100mbit", ingress="24mbit")  # ~3 MB/s: the victim is mid-pull for seconds
+    builder_id = fleet.build("app:1", app_layers(), CMD)
+    fleet.seed("app:1")
+    manifest = fleet.manifest("app:1")
+    total = sum(layer.blob_size for layer in manifest.layers)
+    job = fleet.start_pull("h1", "app:1")
+
+    def halfway() -> int:
+        done, _ = fleet.layer_bytes("h1", {layer.blob for layer in manifest.layers})
+        return done if done >= total // 2 else 0
+
+    verified_before = fleet.wait(halfway, 120, "h1 to have half of app:1")
+    fleet.agent("h1").proc.stop(signal.SIGKILL)
+    assert verified_before < total, "h1 finished before it was killed"
+    assert job.wait(30).returncode != 0  # the client saw its agent die
+
+    testbed.restart_agent("h1")
+    fleet.start_pull("h1", "app:1").ok(240)  # joins the pull the agent resumed on its own
+    _check_image(fleet, "h1", builder_id)
+
+    # what the restarted agent received: at most what was missing, plus pieces that were
+    # only partly there at the kill (not verified, so fetched again)
+    received_after = fleet.received("h1")
+    pieces_in_flight = 2 * 1024 * 1024
+    assert received_after >= total - verified_before - pieces_in_flight, (received_after, verified_before)
+    assert received_after <= total - verified_before + pieces_in_flight, (
+        f"the restarted agent received {received_after} bytes; {verified_before} of {total} were verified "
+        f"before the kill")
+    log = fleet.agent("h1").proc.text()
+    assert "did not stop cleanly" in log and "resuming the pull of app:1" in log
+
+
+def test_tracker_restart_mid_distribution(fleet_factory: Callable[..., Fleet]) -> None:
+    fleet = fleet_factory(hosts=4, builder_egress="40mbit", host_ingress="100mbit")
+    builder_id = fleet.build("app:1", app_layers(), CMD)
+    fleet.seed("app:1")
+    early = ["h1", "h2", "h3"]
+    jobs = [fleet.start_pull(name, "app:1") for name in early]
+    fleet.wait(lambda: max(fleet.fraction(n, "app:1") for n in early) >= 0.2, 120, "the distribution to start")
+
+    tracker = fleet.tracker
+    assert tracker is not None
+    tracker.proc.stop(signal.SIGKILL)
+    fleet.wait(lambda: not fleet.status("h1")["tracker_reachable"], 30, "h1 to see the tracker gone")
+    during = {n: fleet.fraction(n, "app:1") for n in early}
+    fleet.bed.restart_tracker(tracker)
+    assert any(f < 1.0 for f in during.values()), f"the distribution was over before the restart: {during}"
+
+    # a host that starts after the restart needs the manifest and peers from the new tracker process
+    late = fleet.start_pull("h4", "app:1")
+    for job in [*jobs, late]:
+        job.ok(240)
+    for name in fleet.host_names:
+        _check_image(fleet, name, builder_id)
+    assert sum(fleet.received_from("h4").values()) >= sum(layer.blob_size for layer in fleet.manifest("app:1").layers)
+
+
+def test_link_cut_mid_distribution_and_restored(fleet_factory: Callable[..., Fleet], testbed: Testbed) -> None:
+    fleet = fleet_factory(hosts=3, builder_egress="100mbit", host_ingress="40mbit")
+    builder_id = fleet.build("app:1", app_layers(), CMD)
+    fleet.seed("app:1")
+    jobs = {name: fleet.start_pull(name, "app:1") for name in fleet.host_names}
+    fleet.wait(lambda: fleet.fraction("h2", "app:1") >= 0.25, 120, "h2 to be a quarter through")
+
+    testbed.cut("h2")
+    at_cut = fleet.fraction("h2", "app:1")
+    cut_until = time.monotonic() + LINK_CUT_SECONDS
+    for name in ("h1", "h3"):  # the others go on without h2
+        jobs[name].ok(max(1.0, cut_until - time.monotonic()))
+    time.sleep(max(0.0, cut_until - time.monotonic()))  # the scenario's 20 s outage
+    at_restore = fleet.fraction("h2", "app:1")
+    testbed.restore("h2")
+
+    assert at_cut < 1.0 and at_restore < 1.0, (at_cut, at_restore)
+    assert at_restore - at_cut < 0.05, f"h2 kept receiving while cut off: {at_cut:.2f} -> {at_restore:.2f}"
+    jobs["h2"].ok(180)
+    for name in fleet.host_names:
+        _check_image(fleet, name, builder_id)
