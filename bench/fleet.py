@@ -172,7 +172,51 @@ def build(fleet: Fleet, tag: str, size: int, layers: int, compressible: bool) ->
     return build_image(fleet.api("builder"), tag, content, ["/bin/busybox", "true"])
 
 
-def swarm_phase(fleet: Fleet, ref: str, deadline: float) -> dict[str, Any]:
+class Sampler:
+    """Every `every` s: per host, payload bytes received and sent over all torrents (agent status)."""
+
+    def __init__(self, fleet: Fleet, names: list[str], t0: float, every: float) -> None:
+        self.fleet, self.names, self.t0, self.every = fleet, names, t0, every
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            sample: dict[str, Any] = {"t": round(time.monotonic() - self.t0, 2)}
+            for n in self.names:
+                try:
+                    torrents = self.fleet.status(n)["torrents"]
+                except Exception:
+                    continue
+                sample[n] = [sum(int(t["downloaded"]) for t in torrents), sum(int(t["uploaded"]) for t in torrents),
+                             sum(int(t["done"]) for t in torrents)]
+            self.samples.append(sample)
+
+
+def run_seed(fleet: Fleet, ref: str, t0: float) -> list[tuple[float, str]]:
+    """`swarm seed` on the builder; its progress lines with the second each appeared (from t0)."""
+    from tests.support.procs import SWARM
+    proc = subprocess.Popen([*SWARM, "seed", ref, "--key", str(fleet.key), "--data", str(fleet.agent("builder").data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(REPO))
+    steps = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        steps.append((round(time.monotonic() - t0, 2), line.strip()[:100]))
+    if proc.wait(300) != 0:
+        raise RuntimeError(f"swarm seed failed: {steps}")
+    return steps
+
+
+def swarm_phase(fleet: Fleet, ref: str, deadline: float, every: float = 1.0) -> dict[str, Any]:
     from swarm.agent import protocol
 
     names = fleet.host_names
@@ -180,7 +224,7 @@ def swarm_phase(fleet: Fleet, ref: str, deadline: float) -> dict[str, Any]:
     errors: dict[str, str] = {}
     with CpuMeter(fleet.bed, ["builder", *names]) as cpu:
         t0 = time.monotonic()
-        fleet.seed(ref)
+        seed_steps = run_seed(fleet, ref, t0)
         seed_s = time.monotonic() - t0
 
         def pull(name: str) -> None:
@@ -199,8 +243,11 @@ def swarm_phase(fleet: Fleet, ref: str, deadline: float) -> dict[str, Any]:
         threads = [threading.Thread(target=pull, args=(n,), daemon=True) for n in names]
         for th in threads:
             th.start()
+        timeline = Sampler(fleet, ["builder", *names], t0, every).start() if every else None
         for th in threads:
             th.join(max(1.0, deadline - time.monotonic()))
+        if timeline is not None:
+            timeline.stop()
     if errors or len(results) < len(names):
         raise RuntimeError(f"swarm pulls failed or timed out: {errors or set(names) - set(results)}")
     manifest = fleet.manifest(ref)
@@ -209,9 +256,10 @@ def swarm_phase(fleet: Fleet, ref: str, deadline: float) -> dict[str, Any]:
     uploaded = sum(int(t["uploaded"]) for t in builder["torrents"] if t["blob"] in blobs)
     from_builder = {n: fleet.received_from(n).get("builder", 0) for n in names}
     return {
-        "seed_s": round(seed_s, 2), "hosts": results, "cpu": cpu.report(),
+        "seed_s": round(seed_s, 2), "seed_steps": seed_steps, "hosts": results, "cpu": cpu.report(),
         "blob_bytes": sum(blobs.values()), "layer_bytes": sum(layer.size for layer in manifest.layers),
         "builder_uploaded": uploaded, "from_builder": from_builder, "image_id": manifest.image_id,
+        "timeline": timeline.samples if timeline is not None else [],
     }
 
 
@@ -391,6 +439,7 @@ def write_report(r: dict[str, Any], stem: str) -> None:
              f"- Bound = max(F/u_seed, N·F/(u_seed+Σu_i), F/d_min) + docker load = "
              f"{s['bound_s'] - s['docker_load_s']:.1f} s + {s['docker_load_s']} s (payload bytes; "
              f"TCP/IP headers alone cost ~4.5% of a 1500-byte-MTU link).",
+             "- `swarm seed` steps (s: message): " + "; ".join(f"{t}: {m}" for t, m in sw.get("seed_steps", [])),
              f"- swarm: `swarm seed` took {sw['seed_s']} s; pulls started when it returned; the last host "
              f"was done {s['swarm_dist_max']} s later. Builder uploaded {sw['builder_uploaded'] / MiB:.1f} MiB "
              f"({sw['builder_uploaded'] / sw['blob_bytes']:.2f} F).",
