@@ -15,7 +15,7 @@ import pytest
 
 from swarm.images.synthetic import run_image
 from tests.e2e.images import CMD, HELLO, app_layers
-from tests.support.testbed import Fleet, Testbed
+from tests.support.testbed import Fleet, PullJob, Testbed
 
 pytestmark = [pytest.mark.netns, pytest.mark.docker, pytest.mark.slow]
 
@@ -115,24 +115,45 @@ def test_tracker_restart_mid_distribution(fleet_factory: Callable[..., Fleet]) -
     assert sum(fleet.received_from("h4").values()) >= sum(layer.blob_size for layer in fleet.manifest("app:1").layers)
 
 
+def _cut_and_restore(fleet: Fleet, testbed: Testbed, victim: str) -> dict[str, PullJob]:
+    """Pull on every host, cut `victim`'s link a quarter through, restore it after LINK_CUT_SECONDS."""
+    fleet.seed("app:1")
+    jobs = {name: fleet.start_pull(name, "app:1") for name in fleet.host_names}
+    fleet.wait(lambda: fleet.fraction(victim, "app:1") >= 0.25, 120, f"{victim} to be a quarter through")
+
+    # no `swarm status` on the victim while it is cut off: it waits for the tracker (up to 90 s)
+    at_cut = fleet.fraction(victim, "app:1")
+    testbed.cut(victim)
+    cut_until = time.monotonic() + LINK_CUT_SECONDS
+    for name in fleet.host_names:  # the others go on without the victim
+        if name != victim:
+            jobs[name].ok(max(1.0, cut_until - time.monotonic()))
+    time.sleep(max(0.0, cut_until - time.monotonic()))  # the scenario's outage
+    testbed.restore(victim)
+    at_restore = fleet.fraction(victim, "app:1")  # the torrents are read before the tracker is asked
+
+    assert at_cut < 1.0 and at_restore < 1.0, (at_cut, at_restore)
+    assert at_restore - at_cut < 0.05, f"{victim} kept receiving while cut off: {at_cut:.2f} -> {at_restore:.2f}"
+    return jobs
+
+
 def test_link_cut_mid_distribution_and_restored(fleet_factory: Callable[..., Fleet], testbed: Testbed) -> None:
     fleet = fleet_factory(hosts=3, builder_egress="100mbit", host_ingress="40mbit")
     builder_id = fleet.build("app:1", app_layers(), CMD)
-    fleet.seed("app:1")
-    jobs = {name: fleet.start_pull(name, "app:1") for name in fleet.host_names}
-    fleet.wait(lambda: fleet.fraction("h2", "app:1") >= 0.25, 120, "h2 to be a quarter through")
-
-    testbed.cut("h2")
-    at_cut = fleet.fraction("h2", "app:1")
-    cut_until = time.monotonic() + LINK_CUT_SECONDS
-    for name in ("h1", "h3"):  # the others go on without h2
-        jobs[name].ok(max(1.0, cut_until - time.monotonic()))
-    time.sleep(max(0.0, cut_until - time.monotonic()))  # the scenario's 20 s outage
-    at_restore = fleet.fraction("h2", "app:1")
-    testbed.restore("h2")
-
-    assert at_cut < 1.0 and at_restore < 1.0, (at_cut, at_restore)
-    assert at_restore - at_cut < 0.05, f"h2 kept receiving while cut off: {at_cut:.2f} -> {at_restore:.2f}"
-    jobs["h2"].ok(180)
+    jobs = _cut_and_restore(fleet, testbed, "h2")
+    jobs["h2"].ok(300)  # seen: about 65 s after the restore, see the next test
     for name in fleet.host_names:
         _check_image(fleet, name, builder_id)
+
+
+@pytest.mark.xfail(reason="the engine drops every peer of a 20 s outage (high_performance_seed: peer_timeout=20, "
+                          "inactivity_timeout=20, max_failcount=1) and waits for the tracker's back-off to find "
+                          "them again: about a minute", strict=False)
+def test_link_cut_host_recovers_promptly(fleet_factory: Callable[..., Fleet], testbed: Testbed) -> None:
+    fleet = fleet_factory(hosts=3, builder_egress="100mbit", host_ingress="40mbit")
+    fleet.build("app:1", app_layers(), CMD)
+    jobs = _cut_and_restore(fleet, testbed, "h2")
+    restored = time.monotonic()
+    fleet.wait(lambda: jobs["h2"].done(), 30, "h2 to finish within 30 s of getting its link back")
+    jobs["h2"].ok(1)
+    assert time.monotonic() - restored < 30
