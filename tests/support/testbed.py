@@ -194,12 +194,13 @@ class Testbed:
 
     # -- real parts ---------------------------------------------------------------
 
-    def start_dockerds(self, names: Iterable[str]) -> None:
-        """Start a private dockerd inside each named host, in parallel."""
+    def start_dockerds(self, names: Iterable[str], extra_args: Sequence[str] = ()) -> None:
+        """Start a private dockerd inside each named host, in parallel (`extra_args`: more dockerd flags)."""
         todo = [self.hosts[n] for n in names]
         for host in todo:
             base = self.dir / "docker" / host.name
-            host.dockerd = Dockerd(base, prefix=host.prefix, log_path=self.logs / f"{host.name}.dockerd.log")
+            host.dockerd = Dockerd(base, prefix=host.prefix, log_path=self.logs / f"{host.name}.dockerd.log",
+                                   extra_args=extra_args)
         with concurrent.futures.ThreadPoolExecutor(len(todo) or 1) as pool:
             list(pool.map(lambda h: h.dockerd.start(), todo))  # type: ignore[union-attr]
 
