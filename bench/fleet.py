@@ -428,7 +428,8 @@ def write_report(r: dict[str, Any], stem: str) -> None:
              f"Load average before / after: {r['loadavg_before']} / {r['loadavg_after']}.",
              f"Settings: every host link {a['rate']} each way (tbf), builder uplink {a['rate']}; "
              f"{a['layers']} data layers + busybox; tracker announce interval 5 s; "
-             f"swarm code: {r['git']}.",
+             f"swarm code: {r['git']}"
+             + (f"; overrides {r['overrides']}." if r.get("overrides") else "."),
              "", *table_rows([s]), "",
              f"![per-host completion]({stem}.png)", "",
              "## Details", "",
@@ -484,7 +485,8 @@ def regenerate_index() -> None:
     lines = ["# Fleet benchmark: every run", "",
              "Written by `python bench/fleet.py` (see bench/README.md); one row per result file "
              "(the latest run of each setting). Times in seconds; swarm is measured from `swarm seed` "
-             "starting, the registry from the pulls starting (push not timed).", "",
+             "starting, the registry from the pulls starting (push not timed). Findings and tuning: "
+             "[fleet-findings.md](fleet-findings.md).", "",
              *table_rows([s for s, _stem, _r in runs]), "",
              "| run | started (UTC) | load avg before | seed s | docker save s | load stage / docker load s |",
              "| --- | --- | --- | ---: | ---: | --- |"]
@@ -564,6 +566,8 @@ def main() -> int:
         "args": vars(a), "command": "python bench/fleet.py " + " ".join(sys.argv[1:]),
         "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"), "machine": machine_facts(),
         "loadavg_before": " ".join(Path("/proc/loadavg").read_text().split()[:3]), "git": f"{REPO.name} {git}",
+        # a scratch copy of swarm may read these to override settings while tuning
+        "overrides": {k: v for k, v in os.environ.items() if k.startswith("SWARM_BENCH_")},
     }
     ok = False
     try:
