@@ -165,6 +165,7 @@ def _cut_and_restore(fleet: Fleet, testbed: Testbed, victim: str) -> dict[str, P
     return jobs
 
 
+@pytest.mark.timeout(600)  # the recovery alone took up to 3 minutes
 def test_link_cut_mid_distribution_and_restored(fleet_factory: Callable[..., Fleet], testbed: Testbed) -> None:
     fleet = fleet_factory(hosts=3, builder_egress="100mbit", host_ingress="40mbit")
     builder_id = fleet.build("app:1", app_layers(), CMD)

@@ -45,7 +45,7 @@ class Capture:
         with open(log, "wb") as out:
             # -Z root: tcpdump would drop to user tcpdump, who cannot write here
             self.proc = subprocess.Popen(
-                [*enter(self.ns), "tcpdump", "-i", self.dev, "-n", "-s", "0", "-U", "-Z", "root",
+                [*enter(self.ns), "tcpdump", "-i", self.dev, "-n", "-s", "0", "-B", "32768", "-U", "-Z", "root",
                  "-w", str(self.path)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: "listening on" in self._text() or self.proc is None or self.proc.poll() is not None,
                  timeout, "tcpdump to start")
