@@ -387,7 +387,7 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
     b_swarm = bound(f, n, u, [u] * n, u) + load_s
     sw = [h["done_s"] for h in r["swarm"]["hosts"].values()]
     sw_dist = [h["done_s"] - r["swarm"]["seed_s"] for h in r["swarm"]["hosts"].values()]
-    s = {"n": n, "size_mib": r["args"]["size_mib"], "variant": r["args"]["variant"], "rate": r["args"]["rate"],
+    s = {"n": n, "size_mib": r["args"]["size_mib"], "tag": r["args"].get("tag", ""), "variant": r["args"]["variant"], "rate": r["args"]["rate"],
          "F": f, "bound_s": round(b_swarm, 1), "docker_load_s": round(load_s, 1),
          "swarm_p50": round(pct(sw, .5), 1), "swarm_max": round(max(sw), 1),
          "swarm_dist_max": round(max(sw_dist), 1), "seed_s": r["swarm"]["seed_s"],
@@ -408,8 +408,10 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[str]:
     for s in summaries:
         reg = f"{s['registry_p50']} / {s['registry_max']}" if "registry_max" in s else "—"
         ratio = f"{s['registry_over_swarm']}x" if "registry_over_swarm" in s else "—"
-        rows.append(f"| {s['n']} | {s['size_mib']} MiB {s['variant']} @ {s['rate']} | {s['F'] / MiB:.1f} MiB "
-                    f"| {s['swarm_p50']} / {s['swarm_max']} | {reg} | {s['bound_s']} "
+        tag = f" ({s['tag']})" if s.get("tag") else ""
+        star = "" if s["docker_load_s"] else " (no load)"
+        rows.append(f"| {s['n']} | {s['size_mib']} MiB {s['variant']} @ {s['rate']}{tag} | {s['F'] / MiB:.1f} MiB "
+                    f"| {s['swarm_p50']} / {s['swarm_max']} | {reg} | {s['bound_s']}{star} "
                     f"| {s['swarm_over_bound']}x | {ratio} |")
     return rows
 
@@ -483,7 +485,7 @@ def regenerate_index() -> None:
         runs.append((r["summary"], path.stem, r))
     runs.sort(key=lambda x: (x[0]["variant"], x[0]["size_mib"], x[0]["n"]))
     lines = ["# Fleet benchmark: every run", "",
-             "Written by `python bench/fleet.py` (see bench/README.md); one row per result file "
+             "Written by `python bench/fleet.py` (see docs/benchmarks.md); one row per result file "
              "(the latest run of each setting). Times in seconds; swarm is measured from `swarm seed` "
              "starting, the registry from the pulls starting (push not timed). Findings and tuning: "
              "[fleet-findings.md](fleet-findings.md).", "",
