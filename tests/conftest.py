@@ -79,3 +79,16 @@ def dockerd_factory() -> Iterator[Callable[..., Dockerd]]:
 
     yield make
     stop_all(started)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """Processes a test body starts (agents, trackers, pulls) end with the test, even when it fails;
+    those of fixtures are the fixtures' to stop."""
+    from tests.support.procs import LIVE, stop_started_since
+
+    mark = len(LIVE)
+    try:
+        return (yield)
+    finally:
+        stop_started_since(mark)

@@ -41,6 +41,19 @@ def run_swarm(*args: str, env: dict[str, str] | None = None, timeout: float = 12
     return result
 
 
+#: every process started through Proc, so a test's leftovers can be stopped (see tests/conftest.py)
+LIVE: list[Proc] = []
+
+
+def stop_started_since(mark: int) -> list[str]:
+    """Stop the processes started after LIVE had `mark` entries; returns the names of those still running."""
+    leftovers = [p for p in LIVE[mark:] if p.popen is not None and p.popen.poll() is None]
+    for p in leftovers:
+        p.stop(timeout=10)
+    del LIVE[mark:]
+    return [p.name for p in leftovers]
+
+
 @dataclass
 class Proc:
     name: str
@@ -52,6 +65,7 @@ class Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "wb")
         self.popen = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        LIVE.append(self)
         out.close()
         return self
 
