@@ -17,6 +17,8 @@ from swarm.core.errors import (
 )
 from swarm.core.tokens import JoinToken
 
+HEALTH_TIMEOUT = 3.0
+
 _BY_STATUS: dict[int, type[TrackerError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound,
                                              429: RateLimited}
 
@@ -69,7 +71,7 @@ class TrackerClient:
 
     async def _request(self, method: str, path: str, body: bytes | None = None,
                        params: dict[str, str] | None = None, authenticated: bool = True,
-                       verify: bool = True) -> bytes:
+                       verify: bool = True, timeout: float | None = None) -> bytes:
         url = self.base_url + path
         if authenticated and self.https and self._ssl is None:
             raise TrackerError("internal: the tracker's CA must be pinned before the token is sent")
@@ -80,6 +82,7 @@ class TrackerClient:
         try:
             async with self._http().request(
                 method, url, data=body, params=params, ssl=tls, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout) if timeout else None,
             ) as resp:
                 data = await resp.read()
                 if resp.status >= 400:
@@ -123,7 +126,8 @@ class TrackerClient:
 
     async def health(self) -> bool:
         try:
-            await self._request("GET", "/v1/health", authenticated=False)
+            # `swarm status` waits on this: a cut link must not hold it for the read timeout
+            await self._request("GET", "/v1/health", authenticated=False, timeout=HEALTH_TIMEOUT)
             return True
         except TrackerError:
             return False

@@ -166,6 +166,10 @@ class Engine:
             "upload_rate_limit": self._limits[0], "download_rate_limit": self._limits[1],
             "peer_fingerprint": self._tag,
             "user_agent": "swarm/0.1",
+            # high_performance_seed drops a peer after 20 s of silence and never retries one
+            # that failed once: a host whose link drops for 20 s then waits minutes for the
+            # tracker's back-off (tests/e2e/test_e2e_faults.py). Keep peers through outages.
+            "peer_timeout": 120, "inactivity_timeout": 600, "max_failcount": 10, "min_reconnect_time": 2,
             "min_announce_interval": 5,
             "stop_tracker_timeout": 2,
             "alert_mask": (lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage

@@ -175,9 +175,6 @@ def test_link_cut_mid_distribution_and_restored(fleet_factory: Callable[..., Fle
         _check_image(fleet, name, builder_id)
 
 
-@pytest.mark.xfail(reason="the engine drops every peer of a 20 s outage (high_performance_seed: peer_timeout=20, "
-                          "inactivity_timeout=20, max_failcount=1) and waits for the tracker's back-off to find "
-                          "them again: about a minute", strict=False)
 def test_link_cut_host_recovers_promptly(fleet_factory: Callable[..., Fleet], testbed: Testbed) -> None:
     fleet = fleet_factory(hosts=3, builder_egress="100mbit", host_ingress="40mbit")
     fleet.build("app:1", app_layers(), CMD)
