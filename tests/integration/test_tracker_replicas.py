@@ -10,13 +10,10 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote_from_bytes
 
 import aiohttp
-import libtorrent as lt
 import pytest
-from yarl import URL
 
 from swarm.core import wire
 from swarm.core.api import EnrollResponse, ManifestEntry
@@ -24,6 +21,7 @@ from swarm.core.certs import load_cert, make_csr, new_private_key
 from swarm.core.signing import SignedManifest, SigningKey
 from swarm.core.tokens import JoinToken
 from tests.support.postgres import PostgresServer
+from tests.support.bt import bt
 from tests.support.procs import Tracker, run_swarm
 from tests.support.redis import RedisServer
 from tracker.testing import make_signed_manifest
@@ -44,14 +42,6 @@ def token(root: Path, database: str, name: str, role: str) -> JoinToken:
 def announce_query(info_hash: bytes, port: int, peer_id: bytes, left: int = 10, event: str = "started") -> str:
     return (f"info_hash={quote_from_bytes(info_hash, safe='')}&peer_id={quote_from_bytes(peer_id, safe='')}"
             f"&port={port}&uploaded=0&downloaded=0&left={left}&event={event}&numwant=50&compact=1")
-
-
-async def bt(http: aiohttp.ClientSession, url: str, kind: str, secret: str, query: str) -> dict[bytes, Any]:
-    async with http.get(URL(f"{url}/{kind}/{secret}?{query}", encoded=True)) as resp:
-        assert resp.status == 200
-        d = lt.bdecode(await resp.read())
-    assert isinstance(d, dict)
-    return d
 
 
 def compact(port: int) -> bytes:

@@ -9,9 +9,7 @@ from typing import Any
 from urllib.parse import quote_from_bytes
 
 import aiohttp
-import libtorrent as lt
 import pytest
-from yarl import URL
 
 from swarm.core import wire
 from swarm.core.certs import make_csr, new_private_key, private_key_pem
@@ -19,20 +17,13 @@ from swarm.core.digest import file_digest
 from swarm.core.signing import SignedManifest, SigningKey
 from swarm.core.tokens import JoinToken
 from swarm.engine.session import Engine
+from tests.support.bt import bt
 from tests.support.procs import SWARM, Proc, Tracker, run_swarm
 from tracker.testing import make_signed_manifest
 
 
 def auth(token: JoinToken) -> dict[str, str]:
     return {"Authorization": f"Bearer {token.secret}"}
-
-
-async def bt(http: aiohttp.ClientSession, url: str, kind: str, secret: str, query: str) -> dict[bytes, Any]:
-    async with http.get(URL(f"{url}/{kind}/{secret}?{query}", encoded=True)) as resp:
-        assert resp.status == 200
-        d = lt.bdecode(await resp.read())
-    assert isinstance(d, dict)
-    return d
 
 
 async def enroll(http: aiohttp.ClientSession, url: str, token: JoinToken, workdir: Path) -> tuple[Path, Path]:
