@@ -41,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.support.redis import RedisServer  # noqa: E402
 from tracker.service import TrackerService  # noqa: E402
 from tracker.testing import register_announce_hash  # noqa: E402
 
@@ -225,15 +226,6 @@ class OpenTracker:
             self.proc.wait()
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_port(port)
-    return proc, f"redis://127.0.0.1:{port}/0"
-
-
 def check_opentracker(url: str) -> None:
     """One announce by hand: the whitelist must let our hashes in, or the comparison means nothing."""
     import urllib.parse
@@ -270,7 +262,8 @@ def main() -> None:
         work = Path(tmp)
         script = work / "announce.lua"
         script.write_text(LUA)
-        redis_proc, redis_url = start_redis(work)
+        redis = RedisServer.start(work / "redis")
+        redis_url = redis.url
         try:
             for target in targets:
                 for peers in peer_counts:
@@ -299,8 +292,7 @@ def main() -> None:
                     print(f"    {r.rate:,.0f} announces/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms  errors {errors}  "
                           f"peers in store {active}", flush=True)
         finally:
-            redis_proc.terminate()
-            redis_proc.wait(10)
+            redis.stop()
     write_report(args.out, results, args)
 
 
