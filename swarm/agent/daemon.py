@@ -151,15 +151,14 @@ class Agent:
     def _live_metrics(self) -> dict[str, float]:
         engine = self.engine
         used, _count = self.blobs.usage()
-        peers = sent = 0
+        peers = 0
         torrents = engine.info_hashes() if engine else []
         for ih in torrents:
             assert engine is not None
             st = engine.status(ih)
             peers += sum(1 for p in st.peers if p.connected)
-            sent += st.uploaded
         return {"cache_bytes": used, "cache_budget": self.config.cache_size, "connected_peers": peers,
-                "torrents": len(torrents), "sent_bytes": sent + (engine.removed_totals[1] if engine else 0),
+                "torrents": len(torrents), "sent_bytes": engine.uploaded_total() if engine else 0,
                 "cert_expiry": self.identity.not_after}
 
     def _reseed(self) -> None:
@@ -168,7 +167,7 @@ class Agent:
         for _env, manifest in self.manifests.all():
             for layer in manifest.layers:
                 if self.blobs.is_verified(layer.blob):
-                    self.engine.add(layer.torrent, self.paths.blobs, self.tracker.announce_url, seed=True)
+                    self.engine.add(layer.torrent, self.paths.blobs_dir, self.tracker.announce_url, seed=True)
 
     async def _watch(self) -> None:
         """Preheat: pull every newly published tag matching a --watch pattern."""
@@ -258,10 +257,10 @@ class Agent:
         try:
             for image in images:
                 if archive:
-                    m = await asyncio.to_thread(prepare_archive, Path(str(archive)), image, self.paths.blobs,
+                    m = await asyncio.to_thread(prepare_archive, Path(str(archive)), image, self.paths.blobs_dir,
                                                 self.identity.ca_pem, key_id, progress)
                 else:
-                    m = await asyncio.to_thread(prepare_image, self.docker, image, self.paths.blobs,
+                    m = await asyncio.to_thread(prepare_image, self.docker, image, self.paths.blobs_dir,
                                                 self.identity.ca_pem, key_id, progress)
                 for layer in m.layers:
                     self.blobs.mark_verified(layer.blob)  # hashed while exported
@@ -284,7 +283,7 @@ class Agent:
             entry = await self.tracker.publish(raw)
             self.manifests.save(envelope)
             for layer in manifest.layers:
-                self.engine.add(layer.torrent, self.paths.blobs, self.tracker.announce_url, seed=True)
+                self.engine.add(layer.torrent, self.paths.blobs_dir, self.tracker.announce_url, seed=True)
             self.blobs.touch([layer.blob for layer in manifest.layers])
             await emit({"message": f"published {entry.ref} ({entry.image_id[:19]}), seeding"})
             published.append(entry.to_map())

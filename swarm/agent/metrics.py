@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from swarm.engine.session import parse_listen
+from swarm.core.addresses import parse_listen
 
 
 class AgentMetrics:

@@ -13,10 +13,11 @@ import threading
 import time
 from pathlib import Path
 
-from swarm.agent.paths import AgentPaths, write_atomic
+from swarm.agent.paths import AgentPaths
 from swarm.core import wire
 from swarm.core.digest import digest_hex, file_digest
 from swarm.core.errors import DigestMismatch, InvalidInput
+from swarm.core.files import write_atomic
 from swarm.core.manifest import Manifest
 from swarm.core.signing import SignedManifest
 
@@ -126,7 +127,7 @@ class BlobStore:
 
     def usage(self) -> tuple[int, int]:
         total = count = 0
-        for f in self._paths.blobs.iterdir():
+        for f in self._paths.blobs_dir.iterdir():
             if f.is_file() and len(f.name) == 64:
                 total += f.stat().st_size
                 count += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from swarm.core import wire
 from swarm.core.errors import InvalidInput, UntrustedManifest, UsageError
+from swarm.core.files import write_atomic
 from swarm.core.manifest import Manifest
 
 _DOMAIN = b"swarm-manifest-v1\x00"
@@ -75,12 +75,16 @@ class SigningKey:
         return cls(private)
 
     def save(self, path: Path) -> None:
+        """Write the key (mode 0600); never over an existing file."""
         pem = self._private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+        try:
+            write_atomic(path, pem, 0o600, exclusive=True)
+        except FileExistsError as exc:
+            raise UsageError(f"{path} already exists: refusing to overwrite a key") from exc
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
 
     @property
     def public_text(self) -> str:

@@ -23,7 +23,9 @@ from typing import Any, Protocol
 
 import libtorrent as lt
 
+from swarm.core.addresses import format_host, parse_listen
 from swarm.core.errors import TorrentError, UsageError
+from swarm.core.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +75,6 @@ def dh_params_path() -> str:
     return str(resources.files("swarm.engine").joinpath("dhparams.pem"))
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host or int(port) > 65535:
-        raise UsageError(f"invalid listen address {listen!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
 @dataclass
 class PeerStat:
     name: str
@@ -121,7 +116,7 @@ class _Torrent:
 class Engine:
     def __init__(
         self,
-        listen: str,
+        listen: str | tuple[str, int],
         host_name: str,
         cert_path: Path,
         key_path: Path,
@@ -131,7 +126,7 @@ class Engine:
         resume_dir: Path | None = None,
         observer: EngineObserver | None = None,
     ) -> None:
-        self._listen = parse_listen(listen)
+        self._listen = parse_listen(listen) if isinstance(listen, str) else listen
         self._cert = cert_path
         self._key = key_path
         self._tag = peer_tag(host_name, role)
@@ -139,8 +134,8 @@ class Engine:
         self._observer = observer
         self._resume_pending = 0
         self._resume_done = threading.Condition()
-        #: payload counters of torrents already removed, so totals never go backwards
-        self.removed_totals = [0, 0]
+        #: payload bytes sent by torrents already removed, so the total never goes backwards
+        self._removed_uploaded = 0
         self._limits = (upload_limit, download_limit)
         self._torrents: dict[bytes, _Torrent] = {}
         self._lock = threading.Lock()
@@ -154,10 +149,9 @@ class Engine:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         host, port = self._listen
-        bind = f"[{host}]" if ":" in host else host
         pack = lt.high_performance_seed()
         pack.update({
-            "listen_interfaces": f"{bind}:{port}s",
+            "listen_interfaces": f"{format_host(host)}:{port}s",
             "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
             "enable_outgoing_utp": False, "enable_incoming_utp": False,
             "active_downloads": -1, "active_seeds": -1, "active_limit": -1, "active_checking": -1,
@@ -244,8 +238,7 @@ class Engine:
             entry = self._torrents.pop(ih, None)
         if entry is not None:
             s = entry.handle.status()
-            self.removed_totals[0] += int(s.total_payload_download)
-            self.removed_totals[1] += int(s.total_payload_upload)
+            self._removed_uploaded += int(s.total_payload_upload)
             self._session.remove_torrent(entry.handle)
         if self._resume_dir is not None:
             (self._resume_dir / f"{ih.hex()}.resume").unlink(missing_ok=True)
@@ -280,10 +273,7 @@ class Engine:
     def _write_resume(self, alert: Any) -> None:
         assert self._resume_dir is not None
         ih = alert.handle.info_hashes().v2.to_bytes()
-        path = self._resume_dir / f"{ih.hex()}.resume"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(lt.write_resume_data_buf(alert.params))
-        tmp.replace(path)
+        write_atomic(self._resume_dir / f"{ih.hex()}.resume", lt.write_resume_data_buf(alert.params))
 
     def _resume_answered(self) -> None:
         with self._resume_done:
@@ -349,6 +339,12 @@ class Engine:
             peers=sorted(live.values(), key=lambda p: p.name), failed_pieces=entry.failed_pieces,
             error=entry.error or (s.errc.message() if s.errc.value() else ""),
         )
+
+    def uploaded_total(self) -> int:
+        """Payload bytes sent this session, torrents since removed included."""
+        with self._lock:
+            handles = [t.handle for t in self._torrents.values()]
+        return self._removed_uploaded + sum(int(h.status().total_payload_upload) for h in handles)
 
     def info_hashes(self) -> list[bytes]:
         with self._lock:
