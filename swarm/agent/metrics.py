@@ -10,7 +10,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from swarm.core.addresses import parse_listen
 
 
 class AgentMetrics:
@@ -66,7 +65,7 @@ class _Live(Collector):
                                 "Unix time at which the host certificate expires", value=values["cert_expiry"])
 
 
-async def serve_metrics(metrics: AgentMetrics, listen: str) -> web.AppRunner:
+async def serve_metrics(metrics: AgentMetrics, listen: tuple[str, int]) -> web.AppRunner:
     async def handle(_request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
@@ -74,6 +73,6 @@ async def serve_metrics(metrics: AgentMetrics, listen: str) -> web.AppRunner:
     app.router.add_get("/metrics", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host, port = parse_listen(listen)
+    host, port = listen
     await web.TCPSite(runner, host, port).start()
     return runner

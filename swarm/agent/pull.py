@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from swarm.agent.api import LayerProgress, PullProgress
 from swarm.agent.metrics import AgentMetrics
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
@@ -59,23 +60,23 @@ class Puller:
         self._metrics = metrics
         self._trust_resume = trust_resume
         self.ca_pem = ca_pem
-        self.active: dict[str, tuple[PullState, asyncio.Task[str]]] = {}
+        self._active: dict[str, tuple[PullState, asyncio.Task[str]]] = {}
 
     def start(self, ref: ImageRef) -> tuple[PullState, asyncio.Task[str]]:
         """Start pulling `ref`, or join the pull of it already under way."""
         key = str(ref)
-        if key in self.active:
-            return self.active[key]
+        if key in self._active:
+            return self._active[key]
         state = PullState(key)
         self._blobs.set_pending(key, True)
         self._metrics.pulls.labels("started").inc()
         task = asyncio.create_task(self._pull(ref, state), name=f"pull {key}")
-        self.active[key] = (state, task)
+        self._active[key] = (state, task)
         task.add_done_callback(lambda t: self._finished(key, state, t))
         return state, task
 
     def _finished(self, key: str, state: PullState, task: asyncio.Task[str]) -> None:
-        self.active.pop(key, None)
+        self._active.pop(key, None)
         if task.cancelled():
             return  # the agent is stopping: the pull stays pending and resumes on restart
         self._blobs.set_pending(key, False)
@@ -87,7 +88,7 @@ class Puller:
             log.error("pull of %s failed: %s", key, task.exception())
 
     def busy_blobs(self) -> set[str]:
-        return {layer.blob for state, _t in self.active.values() if state.manifest
+        return {layer.blob for state, _t in self._active.values() if state.manifest
                 for layer in state.manifest.layers}
 
     async def _pull(self, ref: ImageRef, state: PullState) -> str:
@@ -133,7 +134,7 @@ class Puller:
         self._check_room(manifest, missing)
         for layer in unique.values():
             # blobs already here are seeded too: this host serves what it holds
-            self._engine.add(layer.torrent, self._blobs.path(layer.blob).parent, self._tracker.announce_url,
+            self._engine.add(layer.torrent, self._blobs.blobs_dir, self._tracker.announce_url,
                              seed=layer.blob in state.cached, trust_resume=self._trust_resume)
         state.stage = "downloading"
         try:
@@ -149,7 +150,6 @@ class Puller:
 
     def _check_room(self, manifest: Manifest, missing: list[Layer]) -> None:
         """Refuse up front a pull whose blobs cannot fit (libtorrent writes sparse files)."""
-        blobs_dir = self._blobs.path(manifest.layers[0].blob).parent
         have = 0
         for layer in missing:
             try:
@@ -157,14 +157,14 @@ class Puller:
             except FileNotFoundError:
                 pass
         need = sum(layer.blob_size for layer in missing) - have
-        free = shutil.disk_usage(blobs_dir).free
+        free = shutil.disk_usage(self._blobs.blobs_dir).free
         if need > free:
             raise TorrentError(f"no space left on device for the layers of {manifest.ref}: "
                                f"needs {human_bytes(need)}, {human_bytes(free)} free")
 
     def _discard(self, layers: list[Layer]) -> None:
         """Drop what a failed pull left: torrents and unverified partial files, unless another pull needs them."""
-        others = {layer.blob for state, _t in self.active.values() if state.manifest and state.stage != "done"
+        others = {layer.blob for state, _t in self._active.values() if state.manifest and state.stage != "done"
                   for layer in state.manifest.layers} - {layer.blob for layer in layers}
         for layer in layers:
             if layer.blob in others or self._blobs.is_verified(layer.blob):
@@ -198,7 +198,7 @@ class Puller:
         if loaded != manifest.image_id:
             raise DockerError(f"Docker holds {manifest.ref} as {loaded}, expected {manifest.image_id}")
 
-    def progress(self, state: PullState) -> dict[str, Any]:
+    def progress(self, state: PullState) -> PullProgress:
         layers = []
         if state.manifest is not None:
             seen = set()
@@ -206,14 +206,23 @@ class Puller:
                 if layer.blob in seen:
                     continue
                 seen.add(layer.blob)
-                entry: dict[str, Any] = {"blob": layer.blob, "total": layer.blob_size}
-                if layer.blob in state.cached:
-                    entry.update(done=layer.blob_size, rate=0, peers=0, state="cached")
-                elif self._engine.has(layer.info_hash):
-                    st = self._engine.status(layer.info_hash)
-                    entry.update(done=st.done, rate=st.download_rate,
-                                 peers=sum(1 for p in st.peers if p.connected), state=st.state)
-                else:
-                    entry.update(done=0, rate=0, peers=0, state="waiting")
-                layers.append(entry)
-        return {"ref": state.ref, "stage": state.stage, "note": state.note, "layers": layers}
+                layers.append(self._layer_progress(layer, state))
+        return PullProgress(state.ref, state.stage, state.note, tuple(layers))
+
+    def _layer_progress(self, layer: Layer, state: PullState) -> LayerProgress:
+        if layer.blob in state.cached:
+            return LayerProgress(layer.blob, layer.blob_size, layer.blob_size, 0, 0, "cached")
+        if self._engine.has(layer.info_hash):
+            st = self._engine.status(layer.info_hash)
+            return LayerProgress(layer.blob, layer.blob_size, st.done, st.download_rate,
+                                 sum(1 for p in st.peers if p.connected), st.state)
+        return LayerProgress(layer.blob, layer.blob_size, 0, 0, 0, "waiting")
+
+    def progress_all(self) -> list[PullProgress]:
+        """The progress of every pull under way."""
+        return [self.progress(state) for state, _t in list(self._active.values())]
+
+    def cancel_all(self) -> None:
+        """Stop every pull (the agent is stopping): each stays pending and resumes on restart."""
+        for _state, task in list(self._active.values()):
+            task.cancel()

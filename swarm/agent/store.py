@@ -86,6 +86,10 @@ class BlobStore:
         with self._lock:
             return list(self._verified)
 
+    @property
+    def blobs_dir(self) -> Path:
+        return self._paths.blobs_dir
+
     def path(self, digest: str) -> Path:
         return self._paths.blob(digest_hex(digest))
 

@@ -5,20 +5,22 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from swarm.agent import protocol
+from swarm.agent.api import Note
+from swarm.agent.client import AgentClient
+from swarm.agent.config import AgentConfig
 from swarm.agent.paths import socket_path
-from swarm.cli.render import PullProgress, err, status_table
+from swarm.builder.seed import seed as seed_images
+from swarm.cli.params import RATE, SIZE, one_secret, public_keys, split_words
+from swarm.cli.render import PullProgressBars, err, status_table
 from swarm.cli.tracker_cmds import tracker
-from swarm.core.errors import SwarmError, UsageError
-from swarm.core.signing import SigningKey, parse_public_key
-from swarm.core.manifest import Manifest
+from swarm.core.addresses import LISTEN, format_listen
+from swarm.core.errors import SwarmError
 from swarm.core.refs import ImageRef
+from swarm.core.signing import SigningKey
 from swarm.core.tokens import JoinToken
-from swarm.core.units import parse_rate, parse_size
 
 DATA = click.option("--data", type=click.Path(path_type=Path), envvar="SWARM_DATA",
                     help="The agent's data dir (its socket is DATA/agent.sock).")
@@ -27,7 +29,7 @@ SOCKET = click.option("--socket", type=click.Path(path_type=Path), envvar="SWARM
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option("0.1.0", prog_name="swarm")
+@click.version_option(package_name="swarm", prog_name="swarm")
 def cli() -> None:
     """Peer-to-peer distribution of confidential Docker images."""
 
@@ -39,13 +41,8 @@ cli.add_command(tracker)
 @click.argument("path", type=click.Path(path_type=Path))
 def keygen(path: Path) -> None:
     """Make a builder signing key at PATH (mode 0600); prints its public key."""
-    if path.exists():
-        raise UsageError(f"{path} already exists: refusing to overwrite a key")
     key = SigningKey.generate()
-    try:
-        key.save(path)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
+    key.save(path)
     click.echo(key.public_text)
 
 
@@ -55,59 +52,37 @@ def keygen(path: Path) -> None:
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), envvar="SWARM_TOKEN_FILE",
               help="Read the join token from this file instead (keeps it out of the process list).")
 @click.option("--data", type=click.Path(path_type=Path), required=True, envvar="SWARM_DATA", help="Data dir.")
-@click.option("--listen", default="0.0.0.0:6881", show_default=True, envvar="SWARM_LISTEN",
-              help="HOST:PORT for peer (TLS) connections; port 0 picks one.")
+@click.option("--listen", type=LISTEN, default=AgentConfig.listen, show_default=format_listen(AgentConfig.listen),
+              envvar="SWARM_LISTEN", help="HOST:PORT for peer (TLS) connections; port 0 picks one.")
 @click.option("--trust", multiple=True, envvar="SWARM_TRUST", help="Builder public key to trust (repeatable).")
 @click.option("--trust-file", type=click.Path(path_type=Path, dir_okay=False), envvar="SWARM_TRUST_FILE",
               help="File of builder public keys to trust, one per line (# comments).")
 @click.option("--watch", multiple=True, envvar="SWARM_WATCH", help="Pull every new tag matching PATTERN.")
 @click.option("--docker-host", envvar="SWARM_DOCKER_HOST", help="Docker engine URL (default: DOCKER_HOST).")
-@click.option("--upload-limit", default="0", envvar="SWARM_UPLOAD_LIMIT", help="e.g. 50MB/s, 100mbit; 0 = none.")
-@click.option("--download-limit", default="0", envvar="SWARM_DOWNLOAD_LIMIT", help="e.g. 50MB/s; 0 = none.")
-@click.option("--cache-size", default="0", envvar="SWARM_CACHE_SIZE", help="Blob cache budget, e.g. 20GiB; 0 = none.")
-@click.option("--min-seed-time", default=3600.0, type=click.FloatRange(min=0), envvar="SWARM_MIN_SEED_TIME",
-              show_default=True, help="Seconds an image's blobs stay cached after it was pulled or published.")
-@click.option("--metrics-listen", envvar="SWARM_METRICS_LISTEN", help="HOST:PORT to serve Prometheus /metrics on.")
-def agent(tracker_url: str, token: str | None, token_file: Path | None, data: Path, listen: str,
+@click.option("--upload-limit", type=RATE, default=AgentConfig.upload_limit, envvar="SWARM_UPLOAD_LIMIT",
+              help="e.g. 50MB/s, 100mbit; 0 = none.")
+@click.option("--download-limit", type=RATE, default=AgentConfig.download_limit, envvar="SWARM_DOWNLOAD_LIMIT",
+              help="e.g. 50MB/s; 0 = none.")
+@click.option("--cache-size", type=SIZE, default=AgentConfig.cache_size, envvar="SWARM_CACHE_SIZE",
+              help="Blob cache budget, e.g. 20GiB; 0 = none.")
+@click.option("--min-seed-time", type=click.FloatRange(min=0), default=AgentConfig.min_seed_time,
+              envvar="SWARM_MIN_SEED_TIME", show_default=True,
+              help="Seconds an image's blobs stay cached after it was pulled or published.")
+@click.option("--metrics-listen", type=LISTEN, default=AgentConfig.metrics_listen, envvar="SWARM_METRICS_LISTEN",
+              help="HOST:PORT to serve Prometheus /metrics on.")
+def agent(tracker_url: str, token: str | None, token_file: Path | None, data: Path, listen: tuple[str, int],
           trust: tuple[str, ...], trust_file: Path | None, watch: tuple[str, ...],
-          docker_host: str | None, upload_limit: str, download_limit: str, cache_size: str,
-          min_seed_time: float, metrics_listen: str | None) -> None:
+          docker_host: str | None, upload_limit: int, download_limit: int, cache_size: int,
+          min_seed_time: float, metrics_listen: tuple[str, int] | None) -> None:
     """Run the host agent (the builder runs one too)."""
-    from swarm.agent.daemon import AgentConfig, run_agent
+    from swarm.agent.daemon import run_agent  # loads libtorrent: only for this command
 
     run_agent(AgentConfig(
-        tracker=tracker_url, token=JoinToken.parse(_one_secret(token, token_file)), data=data, listen=listen,
-        trust=[parse_public_key(t) for t in [*_split(trust), *_lines(trust_file)]], watch=list(_split(watch)),
-        docker_host=docker_host, upload_limit=parse_rate(upload_limit),
-        download_limit=parse_rate(download_limit), cache_size=parse_size(cache_size),
+        tracker=tracker_url, token=JoinToken.parse(one_secret(token, token_file)), data=data, listen=listen,
+        trust=public_keys(trust, trust_file), watch=split_words(watch), docker_host=docker_host,
+        upload_limit=upload_limit, download_limit=download_limit, cache_size=cache_size,
         min_seed_time=min_seed_time, metrics_listen=metrics_listen,
     ))
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
-
-
-def _one_secret(token: str | None, token_file: Path | None) -> str:
-    if token_file is not None and token is None:
-        return _read(token_file).strip()
-    if token is not None and token_file is None:
-        return token
-    raise UsageError("give exactly one of --token and --token-file")
-
-
-def _lines(path: Path | None) -> list[str]:
-    if path is None:
-        return []
-    return [ln.strip() for ln in _read(path).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-
-
-def _split(values: tuple[str, ...]) -> list[str]:
-    """Repeatable options also come space-separated from one environment variable."""
-    return [part for v in values for part in v.split()]
 
 
 @cli.command()
@@ -122,19 +97,13 @@ def seed(images: tuple[str, ...], key: Path, from_archive: Path | None, data: Pa
          socket: Path | None) -> None:
     """Export, sign, publish and seed IMAGE... through the local agent."""
     signing_key = SigningKey.load(key)
-    for image in images:
-        ImageRef.parse(image)
-    sock = socket_path(data, socket)
-    answer = protocol.call(sock, "prepare", _print_message, images=list(images), key_id=signing_key.key_id,
-                           archive=str(from_archive.resolve()) if from_archive else None)
-    envelopes = [signing_key.sign(Manifest.from_bytes(raw)).to_bytes() for raw in answer["manifests"]]
-    result = protocol.call(sock, "publish", _print_message, envelopes=envelopes)
-    for entry in result["published"]:
-        click.echo(f"{entry['ref']} {entry['image_id']}")
+    client = AgentClient(socket_path(data, socket))
+    for entry in seed_images(client, images, signing_key, from_archive, _print_note):
+        click.echo(f"{entry.ref} {entry.image_id}")
 
 
-def _print_message(msg: dict[str, Any]) -> None:
-    err.print(str(msg.get("message", "")))
+def _print_note(note: Note) -> None:
+    err.print(note.message)
 
 
 @cli.command()
@@ -144,11 +113,11 @@ def _print_message(msg: dict[str, Any]) -> None:
 def pull(images: tuple[str, ...], data: Path | None, socket: Path | None) -> None:
     """Download IMAGE... from the swarm and load it into Docker."""
     refs = [str(ImageRef.parse(image)) for image in images]
-    sock = socket_path(data, socket)
-    with PullProgress() as progress:
-        result = protocol.call(sock, "pull", progress.update, refs=refs)
-    for img in result["images"]:
-        click.echo(f"{img['ref']} {img['image_id']}")
+    client = AgentClient(socket_path(data, socket))
+    with PullProgressBars() as bars:
+        result = client.pull(refs, bars.update)
+    for img in result.images:
+        click.echo(f"{img.ref} {img.image_id}")
 
 
 @cli.command()
@@ -157,16 +126,17 @@ def pull(images: tuple[str, ...], data: Path | None, socket: Path | None) -> Non
 @SOCKET
 def status(as_json: bool, data: Path | None, socket: Path | None) -> None:
     """Show the local agent's images, layers, peers and cache."""
-    result = protocol.call(socket_path(data, socket), "status")
+    result = AgentClient(socket_path(data, socket)).status()
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps(result.to_map(), indent=2))
     else:
         status_table(result)
 
 
 def main() -> None:
+    """The entry point: every error becomes one line on stderr and its exit code, here and only here."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="swarm", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
