@@ -175,7 +175,7 @@ class Swarm:
         for t in range(TORRENTS):
             register_announce_hash(self.data / "tracker.db", info_hash(t), ref=f"bench/t{t}:v1")
         self.port = free_port()
-        args = [sys.executable, "-m", "swarm.cli.main", "tracker", "serve", "--data", str(self.data),
+        args = [sys.executable, "-m", "swarm", "tracker", "serve", "--data", str(self.data),
                 "--listen", f"127.0.0.1:{self.port}", "--announce-interval", "1800", "--min-interval", "0",
                 "--workers", str(workers)]
         if redis_url:

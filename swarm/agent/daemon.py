@@ -88,7 +88,7 @@ class Agent:
             undo.push_async_callback(server.close)
             runner = await serve_metrics(metrics, config.metrics_listen) if config.metrics_listen else None
             agent = cls(config, paths, tracker, identity, blobs, manifests, engine, puller, cache, server, runner)
-            metrics.add_live(agent._live_metrics)
+            metrics.add_live(agent.live_metrics)
             undo.pop_all()  # from here on, `Agent.stop` owns them
         return agent
 
@@ -123,7 +123,7 @@ class Agent:
             await asyncio.to_thread(self.engine.save_resume_data)
             self.cache.evict()
 
-    def _live_metrics(self) -> dict[str, float]:
+    def live_metrics(self) -> dict[str, float]:
         used, _count = self.blobs.usage()
         torrents = self.engine.info_hashes()
         peers = sum(1 for ih in torrents for p in self.engine.status(ih).peers if p.connected)
