@@ -12,7 +12,7 @@ import click
 from swarm.agent import protocol
 from swarm.agent.paths import socket_path
 from swarm.cli.render import PullProgress, err, status_table
-from swarm.cli.tracker_cmds import tracker
+from swarm.tracker.cli import tracker
 from swarm.core.errors import SwarmError, UsageError
 from swarm.core.signing import SigningKey, parse_public_key
 from swarm.core.manifest import Manifest

@@ -18,9 +18,9 @@ from swarm.core.digest import file_digest
 from swarm.core.manifest import Manifest
 from swarm.engine.session import Engine, peer_name, peer_tag
 from swarm.core.signing import SigningKey
-from tracker.http import start_tracker
-from tracker.service import TrackerService
-from tracker.testing import make_signed_manifest
+from swarm.tracker.http import start_tracker
+from swarm.tracker.service import TrackerService
+from tests.support.manifests import make_signed_manifest
 
 
 @dataclass

@@ -24,11 +24,11 @@ from swarm.core.api import MAX_BODY, MSGPACK, EnrollResponse, ManifestEntry
 from swarm.core.certs import load_cert, make_csr, new_private_key
 from swarm.core.signing import SignedManifest, SigningKey
 from swarm.core.tokens import JoinToken
-from swarm.cli.tracker_cmds import tracker as tracker_cli
-from tracker.http import start_tracker
-from tracker.peers import Peer
-from tracker.service import TrackerService
-from tracker.testing import make_signed_manifest
+from swarm.tracker.cli import tracker as tracker_cli
+from swarm.tracker.http import start_tracker
+from swarm.tracker.peers.base import Peer
+from swarm.tracker.service import TrackerService
+from tests.support.manifests import make_signed_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -327,7 +327,7 @@ def test_cli_tokens(tmp_path: Path) -> None:
 async def test_cli_serve_subprocess(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from swarm.cli.tracker_cmds import tracker; tracker()",
+        sys.executable, "-c", "from swarm.tracker.cli import tracker; tracker()",
         "serve", "--data", str(tmp_path / "data"), "--listen", "127.0.0.1:0",
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
     try:

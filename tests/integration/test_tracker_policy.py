@@ -19,9 +19,9 @@ from swarm.core import wire
 from swarm.core.certs import make_csr, new_private_key
 from swarm.core.signing import SigningKey
 from swarm.core.tokens import JoinToken
-from tracker.http import start_tracker
-from tracker.service import RATE_LIMITED, TrackerService
-from tracker.testing import make_signed_manifest
+from swarm.tracker.http import start_tracker
+from swarm.tracker.service import RATE_LIMITED, TrackerService
+from tests.support.manifests import make_signed_manifest
 
 
 class Clock:

@@ -28,10 +28,10 @@ from swarm.core.certs import make_csr, new_private_key
 from swarm.core.errors import InvalidInput, SwarmError
 from swarm.core.manifest import Manifest
 from swarm.core.signing import SignedManifest, SigningKey
-from tracker.announce import parse_announce, parse_scrape
-from tracker.http import start_tracker
-from tracker.service import TrackerService
-from tracker.testing import make_signed_manifest
+from swarm.tracker.announce import parse_announce, parse_scrape
+from swarm.tracker.http import start_tracker
+from swarm.tracker.service import TrackerService
+from tests.support.manifests import make_signed_manifest
 
 EXAMPLES = int(os.environ.get("SWARM_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,

@@ -21,9 +21,9 @@ from swarm.core.certs import ca_fingerprint, load_cert, make_csr, new_private_ke
 from swarm.core.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from swarm.core.signing import SignedManifest, SigningKey
 from swarm.core.tokens import hash_secret
-from tracker.service import TrackerService
-from tracker.storage import _SCHEMA_V1, SCHEMA_VERSION, migrate
-from tracker.testing import make_signed_manifest
+from swarm.tracker.service import TrackerService
+from swarm.tracker.storage.base import _SCHEMA_V1, SCHEMA_VERSION, migrate
+from tests.support.manifests import make_signed_manifest
 
 
 @pytest.fixture

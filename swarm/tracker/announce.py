@@ -18,7 +18,7 @@ from urllib.parse import unquote_to_bytes
 import libtorrent as lt
 
 from swarm.core.errors import InvalidInput
-from tracker.peers import MAX_NUMWANT, Peer, SwarmCounts
+from swarm.tracker.peers.base import MAX_NUMWANT, Peer, SwarmCounts
 
 EVENTS = ("", "started", "stopped", "completed", "paused")
 

@@ -18,7 +18,7 @@ from swarm.core.errors import SwarmError, UsageError
 from swarm.core.tokens import ROLES
 
 if TYPE_CHECKING:  # the service (and libtorrent) load only for the commands that need them
-    from tracker.service import TrackerService
+    from swarm.tracker.service import TrackerService
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -89,7 +89,7 @@ def serve(data: Path, listen: str, public_url: str | None, cert_lifetime: int, a
     """Run the tracker until SIGTERM."""
     import logging
 
-    from tracker.http import ServeOptions, run_tracker
+    from swarm.tracker.http import ServeOptions, run_tracker
 
     host, port = parse_listen(listen)
     if min_interval is not None and min_interval > announce_interval:
@@ -112,7 +112,7 @@ def token() -> None:
 
 
 def _service(data: Path, database: str | None) -> TrackerService:
-    from tracker.service import TrackerService
+    from swarm.tracker.service import TrackerService
 
     return TrackerService(data, database=database)
 

@@ -28,7 +28,7 @@ from swarm.core.certs import ca_fingerprint, load_cert, new_private_key, private
 from swarm.core.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from tracker.storage import Storage
+    from swarm.tracker.storage.base import Storage
 
 CA_KEY = "ca.key"
 CA_CERT = "ca.pem"

@@ -368,7 +368,7 @@ def open_storage(data_dir: Path, database: str | None = None) -> Storage:
     if database is None or database.startswith("sqlite:"):
         return SQLiteStorage(Path(database[len("sqlite:"):]) if database else data_dir)
     if database.startswith(("postgresql://", "postgres://")):
-        from tracker.pgstorage import PostgresStorage
+        from swarm.tracker.storage.postgres import PostgresStorage
 
         return PostgresStorage(database)
     raise InvalidInput(f"unsupported database URL {database.split(':', 1)[0]!r}: expected postgresql://...")

@@ -29,11 +29,11 @@ from aiohttp.web_response import StreamResponse
 from swarm.core import wire
 from swarm.core.api import MAX_BODY, MSGPACK
 from swarm.core.errors import InvalidInput, SwarmError
-from tracker.ca import server_names
-from tracker.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from tracker.peers import PeerStore
-from tracker.ratelimit import DEFAULT_LIMIT
-from tracker.service import DEFAULT_CERT_LIFETIME, DEFAULT_INTERVAL, TrackerService
+from swarm.tracker.ca import server_names
+from swarm.tracker.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from swarm.tracker.peers.base import PeerStore
+from swarm.tracker.ratelimit import DEFAULT_LIMIT
+from swarm.tracker.service import DEFAULT_CERT_LIFETIME, DEFAULT_INTERVAL, TrackerService
 
 log = logging.getLogger("swarm.tracker.http")
 
@@ -328,7 +328,7 @@ async def _stop_workers(procs: list[asyncio.subprocess.Process]) -> None:
 def make_service(data_dir: Path, o: ServeOptions) -> TrackerService:
     peer_store: PeerStore | None = None
     if o.redis:
-        from tracker.redispeers import RedisPeerStore
+        from swarm.tracker.peers.redis import RedisPeerStore
 
         peer_store = RedisPeerStore(o.redis, ttl=2 * o.interval)
     return TrackerService(data_dir, cert_lifetime=o.cert_lifetime, interval=o.interval, min_interval=o.min_interval,
@@ -350,7 +350,7 @@ async def run_tracker(data_dir: Path, host: str = "127.0.0.1", port: int = 7070,
         loop.add_signal_handler(sig, stop.set)
     try:
         if o.redis:
-            from tracker.redispeers import RedisPeerStore
+            from swarm.tracker.peers.redis import RedisPeerStore
 
             assert isinstance(service.peers, RedisPeerStore)
             await service.peers.ping()

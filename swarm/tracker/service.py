@@ -33,12 +33,12 @@ from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
 from swarm.core.tokens import ROLES, JoinToken, hash_secret, is_secret_shaped
 from swarm.engine.metainfo import check_layer_torrent
-from tracker import announce as bt
-from tracker.ca import CertificateAuthority
-from tracker.metrics import TrackerMetrics
-from tracker.peers import MemoryPeerStore, Peer, PeerStore, SwarmCounts
-from tracker.ratelimit import DEFAULT_LIMIT, DEFAULT_WINDOW, FailureLimiter
-from tracker.storage import Generation, Storage, TokenRecord, open_storage
+from swarm.tracker import announce as bt
+from swarm.tracker.ca import CertificateAuthority
+from swarm.tracker.metrics import TrackerMetrics
+from swarm.tracker.peers.base import MemoryPeerStore, Peer, PeerStore, SwarmCounts
+from swarm.tracker.ratelimit import DEFAULT_LIMIT, DEFAULT_WINDOW, FailureLimiter
+from swarm.tracker.storage.base import Generation, Storage, TokenRecord, open_storage
 
 log = logging.getLogger("swarm.tracker")
 

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from swarm.core.errors import InvalidInput, SwarmError
-from tracker.storage import _SQLStorage
+from swarm.tracker.storage.base import _SQLStorage
 
 PG_SCHEMA_VERSION = 1
 _MIGRATION_LOCK = 0x5357524D  # "SWRM"
