@@ -32,7 +32,7 @@ from swarm.core.errors import (
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
 from swarm.core.tokens import ROLES, JoinToken, hash_secret, is_secret_shaped
-from swarm.engine.metainfo import check_layer_torrent
+from swarm.core.torrent import check_layer_torrent
 from swarm.tracker import announce as bt
 from swarm.tracker.ca import CertificateAuthority
 from swarm.tracker.metrics import TrackerMetrics
