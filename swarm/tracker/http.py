@@ -28,7 +28,7 @@ from aiohttp.web_response import StreamResponse
 
 from swarm.core import wire
 from swarm.core.api import MAX_BODY, MSGPACK
-from swarm.core.errors import InvalidInput, SwarmError
+from swarm.core.errors import InvalidInput, SwarmError, status_for
 from swarm.tracker.ca import server_names
 from swarm.tracker.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from swarm.tracker.peers.base import PeerStore
@@ -73,7 +73,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except SwarmError as exc:
-        return _error(getattr(exc, "status", 400), exc.message)
+        return _error(status_for(exc), exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
