@@ -22,7 +22,8 @@ from swarm.core.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from swarm.core.signing import SignedManifest, SigningKey
 from swarm.core.tokens import hash_secret
 from swarm.tracker.service import TrackerService
-from swarm.tracker.storage.base import _SCHEMA_V1, SCHEMA_VERSION, migrate
+from swarm.tracker.storage import migrations
+from swarm.tracker.storage.sqlite import SCHEMA_VERSION, migrate
 from tests.support.manifests import make_signed_manifest
 
 
@@ -62,7 +63,7 @@ def test_migrate_a_v1_database(tmp_path: Path) -> None:
     data = tmp_path / "old"
     data.mkdir()
     conn = sqlite3.connect(data / "tracker.db")
-    conn.executescript(_SCHEMA_V1 + "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+    conn.executescript(migrations.scripts("sqlite")[1] + "CREATE TABLE schema_version (version INTEGER NOT NULL);"
                        "INSERT INTO schema_version VALUES (1);")
     with conn:
         conn.execute("INSERT INTO tokens VALUES ('h1', 'host', ?, 1, NULL, NULL)", (hash_secret("a" * 40),))
