@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.redis import RedisServer  # noqa: E402
-from swarm.tracker.service import TrackerService  # noqa: E402
+from swarm.tracker.options import ServeOptions  # noqa: E402
+from swarm.tracker.server import open_service  # noqa: E402
 from tests.support.manifests import register_announce_hash  # noqa: E402
 
 TORRENTS = 100
@@ -169,7 +170,7 @@ def metric(url: str, name: str) -> str:
 class Swarm:
     def __init__(self, workdir: Path, workers: int, redis_url: str | None) -> None:
         self.data = workdir / f"swarm-{workers}"
-        service = TrackerService(self.data)
+        service = open_service(ServeOptions(self.data))
         self.secrets = [service.create_token(f"h{i}", "host").secret for i in range(TOKENS)]
         service.close()
         for t in range(TORRENTS):

@@ -1,24 +1,17 @@
-"""The tracker's HTTP layer (aiohttp): maps requests to TrackerService, nothing more.
+"""The tracker's HTTP layer (aiohttp): routes, and requests mapped to TrackerService and back.
 
 Routes and bodies are those of swarm/core/api.py. Errors are msgpack
-{"error": message} with the status of the SwarmError (announce and scrape
-answer bencoded failures with 200, as BitTorrent clients expect). The access
-log never shows the token secrets in announce/scrape paths.
+{"error": message} with the status of the SwarmError (swarm.core.errors.status_for;
+announce and scrape answer bencoded failures with 200, as BitTorrent clients
+expect). The access log never shows the token secrets in announce/scrape paths.
+Serving (listening, TLS, workers, upkeep) is swarm/tracker/server.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import re
-import signal
-import ssl
-import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -29,26 +22,18 @@ from aiohttp.web_response import StreamResponse
 from swarm.core import wire
 from swarm.core.api import MAX_BODY, MSGPACK
 from swarm.core.errors import InvalidInput, SwarmError, status_for
-from swarm.tracker.ca import server_names
 from swarm.tracker.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from swarm.tracker.peers.base import PeerStore
-from swarm.tracker.ratelimit import DEFAULT_LIMIT
-from swarm.tracker.service import DEFAULT_CERT_LIFETIME, DEFAULT_INTERVAL, TrackerService
+from swarm.tracker.options import DEFAULT_CLIENT_TIMEOUT
+from swarm.tracker.service import TrackerService
 
 log = logging.getLogger("swarm.tracker.http")
 
 SERVICE: web.AppKey[TrackerService] = web.AppKey("service", TrackerService)
 CLIENT_TIMEOUT: web.AppKey[float] = web.AppKey("client_timeout", float)
-#: seconds a client has to send a whole request (headers, then its body), and idle keep-alive time
-DEFAULT_CLIENT_TIMEOUT = 15.0
 BENCODE = "text/plain"
 _SECRET_PATH = re.compile(r"^/(announce|scrape)/[^/?]*")
 _SECRET_PREFIX = re.compile(r"^/t/[^/?]*/")
 _BT_PATH = re.compile(r"^/(announce/|scrape/|t/[^/]*/(announce|scrape)$)")
-#: how long shutdown waits for requests in flight (watchers are woken at once)
-SHUTDOWN_TIMEOUT = 5.0
-#: the tracker's own HTTPS certificate, issued anew at every start
-TLS_LIFETIME = 365 * 24 * 3600
 
 
 def redact_path(path: str) -> str:
@@ -174,25 +159,6 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
-async def _expire_loop(service: TrackerService) -> None:
-    while True:
-        await asyncio.sleep(min(service.interval, 10))
-        try:
-            await service.sweep()
-        except SwarmError as exc:  # e.g. the shared peer store is away for a moment
-            log.warning("sweep failed: %s", exc)
-
-
-async def _background(app: web.Application) -> AsyncIterator[None]:
-    service = app[SERVICE]
-    task = asyncio.create_task(_expire_loop(service))
-    yield
-    service.shutdown()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 def make_app(service: TrackerService, client_timeout: float = DEFAULT_CLIENT_TIMEOUT) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
     app[SERVICE] = service
@@ -211,170 +177,4 @@ def make_app(service: TrackerService, client_timeout: float = DEFAULT_CLIENT_TIM
     app.router.add_get("/t/{secret}/announce", announce)
     app.router.add_get("/t/{secret}/scrape", scrape)
     app.router.add_get("/metrics", metrics)
-    app.cleanup_ctx.append(_background)
     return app
-
-
-def tls_context(service: TrackerService, host: str, public_url: str | None) -> ssl.SSLContext:
-    """Issue the tracker a server certificate from its own CA (anew at each start) and load it."""
-    cert_pem, key_pem = service.ca.issue_server_certificate(server_names(host, public_url), TLS_LIFETIME)
-    cert_path, key_path = service.data_dir / "tls.pem", service.data_dir / "tls.key"
-    cert_path.write_bytes(cert_pem)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_pem)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_path, key_path)
-    return context
-
-
-async def start_tracker(service: TrackerService, host: str, port: int, *,
-                        client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
-                        reuse_port: bool = False,
-                        ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
-    """Serve `service` on host:port (0: any free port); returns the runner and the bound port.
-
-    A client gets `client_timeout` seconds to send a request's headers (aiohttp's keep-alive
-    timer runs from the connection's start until a whole request has arrived) and as long
-    again for its body; idle keep-alive connections close after that time too."""
-    runner = web.AppRunner(make_app(service, client_timeout), access_log_class=RedactingAccessLogger,
-                           shutdown_timeout=SHUTDOWN_TIMEOUT, lingering_time=0, keepalive_timeout=client_timeout)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024,
-                          ssl_context=ssl_context).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise SwarmError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    bound = runner.addresses[0][1]
-    return runner, int(bound)
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-@dataclass
-class ServeOptions:
-    public_url: str | None = None
-    cert_lifetime: int = DEFAULT_CERT_LIFETIME
-    interval: int = DEFAULT_INTERVAL
-    min_interval: int | None = None
-    #: postgresql://... shared by replicas (None: SQLite in the data dir)
-    database: str | None = None
-    #: redis://... peer store shared by replicas and workers (None: in memory)
-    redis: str | None = None
-    auth_failure_limit: int = DEFAULT_LIMIT
-    client_timeout: float = DEFAULT_CLIENT_TIMEOUT
-    #: processes serving one port (SO_REUSEPORT); more than one needs `redis`
-    workers: int = 1
-    reuse_port: bool = False
-    #: serve HTTPS with a certificate from the swarm CA (hosts pin that CA by their token)
-    tls: bool = False
-
-
-def _worker_argv(data_dir: Path, host: str, port: int, o: ServeOptions) -> list[str]:
-    argv = [sys.executable, "-m", "swarm.cli.main", "tracker", "serve", "--data", str(data_dir),
-            "--listen", f"{_url_host(host)}:{port}", "--workers", "1", "--reuse-port",
-            "--cert-lifetime", str(o.cert_lifetime), "--announce-interval", str(o.interval),
-            "--auth-failure-limit", str(o.auth_failure_limit), "--client-timeout", str(o.client_timeout)]
-    if o.min_interval is not None:
-        argv += ["--min-interval", str(o.min_interval)]
-    if o.public_url:
-        argv += ["--public-url", o.public_url]
-    if o.tls:
-        argv += ["--tls"]
-    return argv
-
-
-async def _start_workers(data_dir: Path, host: str, port: int, o: ServeOptions) -> list[asyncio.subprocess.Process]:
-    """Start workers - 1 more processes on the same port; returns once each is listening."""
-    env = dict(os.environ)
-    # the URLs may hold passwords: through the environment, not the command line
-    env.pop("SWARM_DATABASE", None)
-    env.pop("SWARM_REDIS", None)
-    if o.database:
-        env["SWARM_DATABASE"] = o.database
-    if o.redis:
-        env["SWARM_REDIS"] = o.redis
-    procs = []
-    try:
-        for _ in range(o.workers - 1):
-            proc = await asyncio.create_subprocess_exec(*_worker_argv(data_dir, host, port, o), env=env,
-                                                        stdout=asyncio.subprocess.PIPE)
-            procs.append(proc)
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-            if not line.startswith(b"tracker listening"):
-                raise SwarmError("a tracker worker failed to start")
-    except BaseException:
-        await _stop_workers(procs)
-        raise
-    return procs
-
-
-async def _stop_workers(procs: list[asyncio.subprocess.Process]) -> None:
-    for proc in procs:
-        if proc.returncode is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            await asyncio.wait_for(proc.wait(), SHUTDOWN_TIMEOUT + 5)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
-def make_service(data_dir: Path, o: ServeOptions) -> TrackerService:
-    peer_store: PeerStore | None = None
-    if o.redis:
-        from swarm.tracker.peers.redis import RedisPeerStore
-
-        peer_store = RedisPeerStore(o.redis, ttl=2 * o.interval)
-    return TrackerService(data_dir, cert_lifetime=o.cert_lifetime, interval=o.interval, min_interval=o.min_interval,
-                          peer_store=peer_store, public_url=o.public_url, database=o.database,
-                          auth_failure_limit=o.auth_failure_limit)
-
-
-async def run_tracker(data_dir: Path, host: str = "127.0.0.1", port: int = 7070,
-                      options: ServeOptions | None = None) -> None:
-    """Run the tracker until SIGTERM or SIGINT; prints `tracker listening on http://HOST:PORT` once bound
-    (with several workers: once all of them are)."""
-    o = options or ServeOptions()
-    if o.workers > 1 and not o.redis:
-        raise SwarmError("several workers need a shared peer store: add --redis URL")
-    service = make_service(data_dir, o)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        if o.redis:
-            from swarm.tracker.peers.redis import RedisPeerStore
-
-            assert isinstance(service.peers, RedisPeerStore)
-            await service.peers.ping()
-        context = tls_context(service, host, o.public_url) if o.tls else None
-        runner, bound = await start_tracker(service, host, port, client_timeout=o.client_timeout,
-                                            reuse_port=o.reuse_port or o.workers > 1, ssl_context=context)
-        workers: list[asyncio.subprocess.Process] = []
-        try:
-            if o.workers > 1:
-                workers = await _start_workers(data_dir, host, bound, o)
-            scheme = "https" if o.tls else "http"
-            print(f"tracker listening on {scheme}://{_url_host(host)}:{bound}", flush=True)
-            log.info("storage %s, peers %s, %d worker(s)", service.storage.location,
-                     "redis" if o.redis else "in memory", o.workers)
-            if o.public_url:
-                log.info("public URL %s", o.public_url)
-            await stop.wait()
-            log.info("stopping")
-            service.shutdown()
-        finally:
-            await _stop_workers(workers)
-            await runner.cleanup()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await service.aclose()
-    sys.stdout.flush()

@@ -20,7 +20,8 @@ import libtorrent as lt
 import pytest
 
 from tests.support.redis import free_port
-from swarm.tracker.http import start_tracker
+from swarm.tracker.options import ServeOptions
+from swarm.tracker.server import open_service, start_tracker
 from swarm.tracker.service import TrackerService
 from tests.support.manifests import register_announce_hash
 
@@ -49,7 +50,7 @@ class V1:
 
 @pytest.fixture
 async def v1(tmp_path: Path) -> AsyncIterator[V1]:
-    service = TrackerService(tmp_path / "data", interval=5, min_interval=1)
+    service = open_service(ServeOptions(tmp_path / "data", interval=5, min_interval=1))
     runner, port = await start_tracker(service, "127.0.0.1", 0)
     seed = tmp_path / "seed"
     seed.mkdir()

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.redis import RedisServer
-from swarm.tracker.peers.base import MAX_NUMWANT, MemoryPeerStore, Peer, PeerStore, SwarmCounts
+from swarm.tracker.peers.base import MAX_NUMWANT, Peer, PeerStore, SwarmCounts
+from swarm.tracker.peers.memory import MemoryPeerStore
 from swarm.tracker.peers.redis import RedisPeerStore
 
 IH = bytes(range(200, 220))

@@ -12,7 +12,8 @@ from swarm.core.errors import InvalidInput
 from swarm.tracker.announce import (
     announce_response, failure, normalize_ip, parse_announce, parse_scrape, scrape_response,
 )
-from swarm.tracker.peers.base import MAX_NUMWANT, MemoryPeerStore, Peer, SwarmCounts
+from swarm.tracker.peers.base import MAX_NUMWANT, Peer, SwarmCounts
+from swarm.tracker.peers.memory import MemoryPeerStore
 
 IH = bytes(range(200, 220))           # not valid UTF-8, has '%' '&' '=' '+' free bytes after quoting
 PID = b"-LT2110-" + bytes([0, 37, 38, 43, 61, 255, 32, 1, 2, 3, 4, 5])  # includes % & + = and space
