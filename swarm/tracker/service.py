@@ -27,7 +27,7 @@ from pathlib import Path
 from swarm.core.api import MAX_WATCH_TIMEOUT, EnrollResponse, ManifestEntry
 from swarm.core.digest import digest_hex
 from swarm.core.errors import (
-    Forbidden, InvalidInput, NotFound, RateLimited, SwarmError, TrackerError, Unauthorized,
+    Forbidden, InvalidInput, NotFound, RateLimited, SwarmError, Unauthorized,
 )
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
