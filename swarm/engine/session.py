@@ -26,40 +26,13 @@ import libtorrent as lt
 from swarm.core.addresses import format_host, parse_listen
 from swarm.core.errors import TorrentError, UsageError
 from swarm.core.files import write_atomic
+from swarm.core.peerid import peer_identity
+from swarm.core.peerid import peer_name as peer_name
+from swarm.core.peerid import peer_tag as peer_tag
 
 log = logging.getLogger(__name__)
 
-#: peer ids look like `-SW0100-host1-....`: the host's name rides in the peer id
-#: (only peers inside the TLS tunnel ever see it) so stats can say who sent what
-PEER_ID_PREFIX = "-SW0100-"
 BLOCK = 16 * 1024
-
-
-def peer_tag(name: str, role: str = "host") -> str:
-    """The fingerprint prefix of this host's peer id: role letter and name (rest random)."""
-    clean = "".join(c for c in name if c.isalnum() or c in "._")[:8]
-    return f"{PEER_ID_PREFIX}{role[:1]}{clean}-"
-
-
-@dataclass(frozen=True)
-class PeerIdentity:
-    role: str       # "builder", "host" or "?" for a peer id swarm did not make
-    name: str
-
-
-def peer_identity(pid: bytes) -> PeerIdentity:
-    """Who a swarm peer id says it is (only CA-certified peers reach us at all)."""
-    text = pid.decode("latin-1")
-    rest = text[len(PEER_ID_PREFIX):]
-    if not text.startswith(PEER_ID_PREFIX) or "-" not in rest:
-        return PeerIdentity("?", "?")
-    tag = rest.split("-", 1)[0]
-    role = {"b": "builder", "h": "host"}.get(tag[:1], "?")
-    return PeerIdentity(role, tag[1:] or "?")
-
-
-def peer_name(pid: bytes) -> str:
-    return peer_identity(pid).name
 
 
 class EngineObserver(Protocol):

@@ -24,7 +24,7 @@ from swarm.core.errors import UsageError
 from swarm.core.tokens import ROLES
 from swarm.tracker.options import (
     DEFAULT_AUTH_FAILURE_LIMIT, DEFAULT_CERT_LIFETIME, DEFAULT_CLIENT_TIMEOUT, DEFAULT_INTERVAL, DEFAULT_LISTEN,
-    DEFAULT_WORKERS, MAX_WORKERS, MIN_CERT_LIFETIME, ServeOptions,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_PEERS_PER_HOST, DEFAULT_WORKERS, MAX_WORKERS, MIN_CERT_LIFETIME, ServeOptions,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +64,15 @@ def tracker() -> None:
 @click.option("--client-timeout", default=DEFAULT_CLIENT_TIMEOUT, show_default=True,
               type=click.FloatRange(min=0.1), envvar="SWARM_CLIENT_TIMEOUT", show_envvar=True,
               help="seconds a client has to send a request (and idle keep-alive time)")
+@click.option("--max-peers-per-host", default=DEFAULT_MAX_PEERS_PER_HOST, show_default=True,
+              type=click.IntRange(min=1), envvar="SWARM_MAX_PEERS_PER_HOST", show_envvar=True,
+              help="peers one token may have in one torrent's swarm (more replace its oldest)")
+@click.option("--max-connections", default=None, type=click.IntRange(min=1), envvar="SWARM_MAX_CONNECTIONS",
+              show_envvar=True, help="open client connections per process  [default: the file descriptor "
+                                     "limit less 64]")
+@click.option("--max-connections-per-address", default=DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, show_default=True,
+              type=click.IntRange(min=1), envvar="SWARM_MAX_CONNECTIONS_PER_ADDRESS", show_envvar=True,
+              help="open client connections from one address")
 @click.option("--workers", default=DEFAULT_WORKERS, show_default=True, type=click.IntRange(min=1, max=MAX_WORKERS),
               envvar="SWARM_WORKERS", show_envvar=True,
               help="processes sharing the port (SO_REUSEPORT); more than one needs --redis")
@@ -72,7 +81,8 @@ def tracker() -> None:
 @click.option("--reuse-port", is_flag=True, hidden=True)
 def serve(data: Path, listen: tuple[str, int], public_url: str | None, cert_lifetime: int, announce_interval: int,
           min_interval: int | None, database: str | None, redis: str | None, auth_failure_limit: int,
-          client_timeout: float, workers: int, tls: bool, reuse_port: bool) -> None:
+          client_timeout: float, max_peers_per_host: int, max_connections: int | None,
+          max_connections_per_address: int, workers: int, tls: bool, reuse_port: bool) -> None:
     """Run the tracker until SIGTERM."""
     from swarm.tracker.server import run_tracker
 
@@ -83,7 +93,8 @@ def serve(data: Path, listen: tuple[str, int], public_url: str | None, cert_life
     options = ServeOptions(data=data, host=host, port=port, public_url=public_url, cert_lifetime=cert_lifetime,
                            interval=announce_interval, min_interval=min_interval, database=database, redis=redis,
                            auth_failure_limit=auth_failure_limit, client_timeout=client_timeout,
-                           workers=workers, reuse_port=reuse_port, tls=tls)
+                           max_peers_per_host=max_peers_per_host, max_connections=max_connections,
+                           max_connections_per_address=max_connections_per_address, workers=workers, reuse_port=reuse_port, tls=tls)
     try:
         import uvloop
     except ImportError:  # plain asyncio works, a little slower

@@ -121,25 +121,44 @@ async def test_repeated_auth_failures_are_rate_limited_per_address(env: Env) -> 
     guesses = [f"{i:040x}" for i in range(5)]
     for g in guesses:
         assert await manifests(g) == 401
-    # the limit is reached: even a valid token from this address waits, and announce says why
-    assert await manifests(env.h1.secret) == 429
-    d = await env.bt("announce", env.h1.secret, q(env.ih, 7001, b"1" * 20, event="started"))
+    # the limit is reached: further guesses from this address wait, and announce says why
+    assert await manifests(f"{99:040x}") == 429
+    d = await env.bt("announce", f"{98:040x}", q(env.ih, 7001, b"1" * 20, event="started"))
     assert d == {b"failure reason": RATE_LIMITED.encode()}
-    async with env.http.post(env.url + "/v1/enroll", headers={"Authorization": f"Bearer {env.h1.secret}"},
+    async with env.http.post(env.url + "/v1/enroll", headers={"Authorization": f"Bearer {97:040x}"},
                              data=wire.pack({"csr": make_csr(new_private_key(), "x")})) as resp:
         assert resp.status == 429 and "retry later" in wire.unpack_map(await resp.read())["error"]
     assert await env.metric('swarm_tracker_auth_failures_total{reason="unknown"}') == 5
     assert await env.metric('swarm_tracker_auth_failures_total{reason="rate_limited"}') == 3
     # other addresses are not affected
     assert not env.service.limiter.blocked("127.0.0.2")
-    # a minute later the address is let in again
+    # a minute later the address may guess again
     env.clock.now += 61
-    assert await manifests(env.h1.secret) == 200
+    assert await manifests(f"{99:040x}") == 401
     # a revoked token retrying is refused, but not counted as a guess
     env.service.revoke_token("h2")
     for _ in range(10):
         assert await manifests(env.h2.secret) == 401
     assert await manifests(env.h1.secret) == 200
+
+
+async def test_a_stranger_behind_the_fleets_address_locks_nobody_out(env: Env) -> None:
+    """Attack: 20 bad-token requests from the address valid hosts share (a NAT, a proxy)."""
+    for i in range(20):
+        async with env.http.get(env.url + "/v1/manifests", headers={"Authorization": f"Bearer {i:040x}"}) as r:
+            assert r.status in (401, 429)
+    assert env.service.limiter.blocked("127.0.0.1")
+    # valid tokens on that address: every endpoint answers them as usual
+    async with env.http.get(env.url + "/v1/manifests", headers={"Authorization": f"Bearer {env.h1.secret}"}) as r:
+        assert r.status == 200
+    d = await env.bt("announce", env.h1.secret, q(env.ih, 7001, b"1" * 20, event="started"))
+    assert b"failure reason" not in d and b"peers" in d
+    async with env.http.post(env.url + "/v1/enroll", headers={"Authorization": f"Bearer {env.h2.secret}"},
+                             data=wire.pack({"csr": make_csr(new_private_key(), "h2")})) as resp:
+        assert resp.status == 200
+    # the stranger still waits
+    async with env.http.get(env.url + "/v1/manifests", headers={"Authorization": f"Bearer {21:040x}"}) as r:
+        assert r.status == 429
 
 
 async def test_slow_clients_are_cut_off(env: Env) -> None:

@@ -21,14 +21,14 @@ from typing import Any
 from swarm.core.errors import InvalidInput
 
 DIALECTS = ("sqlite", "postgresql")
-_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_FILE = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
 
 @functools.cache
 def scripts(dialect: str) -> dict[int, str]:
     """Version -> SQL script, 1 to the newest, for `dialect`."""
     folder = resources.files(__package__).joinpath("schema", dialect)
-    found = {int(m[1]): f.read_text() for f in folder.iterdir() if (m := _FILE.match(f.name))}
+    found = {int(m[1]): f.read_text() for f in folder.iterdir() if (m := _FILE.fullmatch(f.name))}
     if sorted(found) != list(range(1, len(found) + 1)):
         raise RuntimeError(f"the {dialect} schema files are not numbered 1..N: {sorted(found)}")
     return found
