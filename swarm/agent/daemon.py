@@ -78,10 +78,9 @@ class Agent:
                             config.download_limit, role=identity.role, resume_dir=paths.resume, observer=metrics)
             engine.start(asyncio.get_running_loop())
             undo.callback(engine.close)
-            puller = Puller(engine, blobs, manifests, tracker, config.trust, docker, identity.ca_pem, metrics,
-                            trust_resume=clean)
-            cache = CacheKeeper(config.cache_size, config.min_seed_time, blobs, manifests, engine,
-                                puller.busy_blobs)
+            cache = CacheKeeper(config.cache_size, config.min_seed_time, blobs, manifests, engine, metrics)
+            puller = Puller(engine, blobs, manifests, cache, tracker, config.trust, docker, identity.ca_pem,
+                            metrics, trust_resume=clean)
             ops = AgentOps(identity, tracker, engine, puller, cache, blobs, manifests, docker, config.trust)
             server = SocketServer(paths.socket, ops.handlers())
             await server.start()

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -26,6 +26,14 @@ class AgentMetrics:
         self.pull_seconds = Histogram("swarm_agent_pull_duration_seconds", "Time from pull start to image loaded",
                                       buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
                                       registry=self.registry)
+        self.cache_over_budget = Gauge("swarm_agent_cache_over_budget_bytes",
+                                       "Bytes the cache is over its budget with nothing left to evict "
+                                       "(downloads under way counted whole), at the last eviction",
+                                       registry=self.registry)
+        self.evicted_blobs = Counter("swarm_agent_cache_evicted_blobs", "Blobs evicted to keep the cache budget",
+                                     registry=self.registry)
+        self.evicted_bytes = Counter("swarm_agent_cache_evicted_bytes", "Bytes evicted to keep the cache budget",
+                                     registry=self.registry)
         for outcome in ("started", "completed", "failed"):
             self.pulls.labels(outcome)
         for source in ("builder", "host"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarm.agent.api import LayerProgress, PullProgress
+from swarm.agent.cache import CacheKeeper
 from swarm.agent.metrics import AgentMetrics
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
@@ -45,13 +46,17 @@ class PullState:
     started: float = field(default_factory=time.monotonic)
     cached: set[str] = field(default_factory=set)   # blobs that were already here
     note: str = ""
+    #: fetch the blobs even when Docker already holds the image, to seed them
+    seed: bool = False
+    outcome: str = "loaded"    # or "already-in-docker": nothing fetched, nothing loaded
 
 
 class Puller:
-    def __init__(self, engine: Engine, blobs: BlobStore, manifests: ManifestStore, tracker: TrackerClient,
-                 trusted: list[bytes], docker: Any, ca_pem: str, metrics: AgentMetrics,
+    def __init__(self, engine: Engine, blobs: BlobStore, manifests: ManifestStore, cache: CacheKeeper,
+                 tracker: TrackerClient, trusted: list[bytes], docker: Any, ca_pem: str, metrics: AgentMetrics,
                  trust_resume: bool = False) -> None:
         self._engine = engine
+        self._cache = cache
         self._blobs = blobs
         self._manifests = manifests
         self._tracker = tracker
@@ -62,12 +67,17 @@ class Puller:
         self.ca_pem = ca_pem
         self._active: dict[str, tuple[PullState, asyncio.Task[str]]] = {}
 
-    def start(self, ref: ImageRef) -> tuple[PullState, asyncio.Task[str]]:
-        """Start pulling `ref`, or join the pull of it already under way."""
+    def start(self, ref: ImageRef, seed: bool = False) -> tuple[PullState, asyncio.Task[str]]:
+        """Start pulling `ref`, or join the pull of it already under way.
+
+        `seed`: fetch its blobs even if Docker already holds the image, so this host serves them.
+        """
         key = str(ref)
         if key in self._active:
-            return self._active[key]
-        state = PullState(key)
+            state, task = self._active[key]
+            state.seed = state.seed or seed
+            return state, task
+        state = PullState(key, seed=seed)
         self._blobs.set_pending(key, True)
         self._metrics.pulls.labels("started").inc()
         task = asyncio.create_task(self._pull(ref, state), name=f"pull {key}")
@@ -77,6 +87,7 @@ class Puller:
 
     def _finished(self, key: str, state: PullState, task: asyncio.Task[str]) -> None:
         self._active.pop(key, None)
+        self._cache.release(key)
         if task.cancelled():
             return  # the agent is stopping: the pull stays pending and resumes on restart
         self._blobs.set_pending(key, False)
@@ -86,10 +97,6 @@ class Puller:
         else:
             self._metrics.pulls.labels("failed").inc()
             log.error("pull of %s failed: %s", key, task.exception())
-
-    def busy_blobs(self) -> set[str]:
-        return {layer.blob for state, _t in self._active.values() if state.manifest
-                for layer in state.manifest.layers}
 
     async def _pull(self, ref: ImageRef, state: PullState) -> str:
         try:
@@ -105,18 +112,35 @@ class Puller:
         for layer in manifest.layers:
             check_layer_torrent(layer.torrent, layer.info_hash, digest_hex(layer.blob), layer.blob_size, self.ca_pem)
         state.manifest = manifest
+        self._cache.hold(str(ref), (layer.blob for layer in manifest.layers))
         log.info("pulling %s (%s, %d layers)", ref, manifest.image_id[:19], len(manifest.layers))
 
-        if await self._loaded_id(ref) == manifest.image_id and self._all_verified(manifest):
-            state.cached = {layer.blob for layer in manifest.layers}
+        # Docker's image id is the config's digest and Docker checked every diff_id when it
+        # loaded it: holding this id, it holds exactly these layers
+        in_docker = await self._loaded_id(ref) == manifest.image_id
+        if in_docker and (self._all_verified(manifest) or not state.seed):
+            self._serve_cached(manifest, state)
+            state.outcome, state.note = "already-in-docker", "already in Docker"
         else:
             await self._fetch(manifest, state)
-            await self._load_with_retry(manifest, state)
-        self._blobs.touch([layer.blob for layer in manifest.layers])
+            if not in_docker:
+                await self._load_with_retry(manifest, state)
+        self._blobs.touch([layer.blob for layer in manifest.layers if self._blobs.is_verified(layer.blob)])
         self._manifests.save(envelope)
         state.stage = "done"
-        log.info("%s loaded as %s in %.1fs", ref, manifest.image_id[:19], time.monotonic() - state.started)
+        if state.outcome == "already-in-docker":
+            log.info("%s already in Docker as %s (%d of %d blobs cached)", ref, manifest.image_id[:19],
+                     len(state.cached), len({layer.blob for layer in manifest.layers}))
+        else:
+            log.info("%s loaded as %s in %.1fs", ref, manifest.image_id[:19], time.monotonic() - state.started)
         return manifest.image_id
+
+    def _serve_cached(self, manifest: Manifest, state: PullState) -> None:
+        """Seed whatever blobs of `manifest` are here (a no-op for torrents already running)."""
+        state.cached = {layer.blob for layer in manifest.layers if self._blobs.is_verified(layer.blob)}
+        for layer in manifest.layers:
+            if layer.blob in state.cached:
+                self._engine.add(layer.torrent, self._blobs.blobs_dir, self._tracker.announce_url, seed=True)
 
     def _all_verified(self, manifest: Manifest) -> bool:
         return all(self._blobs.is_verified(layer.blob) for layer in manifest.layers)
@@ -132,6 +156,7 @@ class Puller:
         state.cached = {b for b in unique if self._blobs.is_verified(b)}
         missing = [layer for b, layer in unique.items() if b not in state.cached]
         self._check_room(manifest, missing)
+        self._cache.reserve(str(manifest.ref), {layer.blob: layer.blob_size for layer in missing})
         for layer in unique.values():
             # blobs already here are seeded too: this host serves what it holds
             self._engine.add(layer.torrent, self._blobs.blobs_dir, self._tracker.announce_url,

@@ -14,7 +14,7 @@ from swarm.agent.config import AgentConfig
 from swarm.agent.paths import socket_path
 from swarm.builder.seed import seed as seed_images
 from swarm.cli.params import RATE, SIZE, one_secret, public_keys, split_words
-from swarm.cli.render import PullProgressBars, err, status_table
+from swarm.cli.render import PullProgressBars, err, pulled_note, status_table
 from swarm.cli.tracker_cmds import tracker
 from swarm.core.addresses import LISTEN, format_listen
 from swarm.core.errors import SwarmError
@@ -108,15 +108,20 @@ def _print_note(note: Note) -> None:
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
+@click.option("--seed", "reseed", is_flag=True,
+              help="Fetch the layers even of an image Docker already holds, so this host seeds it again.")
 @DATA
 @SOCKET
-def pull(images: tuple[str, ...], data: Path | None, socket: Path | None) -> None:
+def pull(images: tuple[str, ...], reseed: bool, data: Path | None, socket: Path | None) -> None:
     """Download IMAGE... from the swarm and load it into Docker."""
     refs = [str(ImageRef.parse(image)) for image in images]
     client = AgentClient(socket_path(data, socket))
     with PullProgressBars() as bars:
-        result = client.pull(refs, bars.update)
+        result = client.pull(refs, bars.update, seed=reseed)
     for img in result.images:
+        note = pulled_note(img)
+        if note:
+            err.print(note, markup=False, highlight=False)
         click.echo(f"{img.ref} {img.image_id}")
 
 
