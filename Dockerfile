@@ -27,7 +27,6 @@ RUN python3 -m venv /opt/swarm \
  && /opt/swarm/bin/python -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
 COPY pyproject.toml README.md /src/
 COPY swarm /src/swarm
-COPY tracker /src/tracker
 RUN /opt/swarm/bin/pip install /src \
  && rm -rf /src \
  && /opt/swarm/bin/swarm --version

@@ -28,7 +28,7 @@ from swarm.core.manifest import Layer, Manifest
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
 from swarm.core.units import human_bytes
-from swarm.engine.metainfo import check_layer_torrent
+from swarm.core.torrent import check_layer_torrent
 from swarm.engine.session import Engine
 from swarm.images import load as docker_load
 

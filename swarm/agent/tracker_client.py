@@ -12,15 +12,11 @@ from swarm.core import wire
 from swarm.core.api import MSGPACK, EnrollResponse, ManifestEntry
 from swarm.core.certs import ca_fingerprint
 from swarm.core.errors import (
-    Forbidden, InvalidInput, NotFound, RateLimited, TrackerError, TrackerUnreachable, Unauthorized,
-    UntrustedManifest,
+    InvalidInput, RateLimited, TrackerError, TrackerUnreachable, Unauthorized, UntrustedManifest, error_for_status,
 )
 from swarm.core.tokens import JoinToken
 
 HEALTH_TIMEOUT = 3.0
-
-_BY_STATUS: dict[int, type[TrackerError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound,
-                                             429: RateLimited}
 
 
 class TrackerClient:
@@ -98,7 +94,7 @@ class TrackerClient:
             message = str(wire.unpack_map(data).get("error", ""))
         except InvalidInput:
             message = ""
-        cls = _BY_STATUS.get(status, TrackerError)
+        cls = error_for_status(status)
         if cls is Unauthorized:
             message = f"the tracker refused the join token ({message or 'unknown or revoked'})"
         elif cls is RateLimited:

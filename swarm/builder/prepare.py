@@ -15,7 +15,8 @@ from typing import Any
 from swarm.core.digest import digest_hex
 from swarm.core.manifest import Layer, Manifest
 from swarm.core.refs import ImageRef
-from swarm.engine.metainfo import inspect_torrent, make_torrent
+from swarm.core.torrent import inspect_torrent
+from swarm.engine.metainfo import make_torrent
 from swarm.images.export import ExportedImage, export_image, read_archive
 
 Progress = Callable[[str], None]

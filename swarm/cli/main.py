@@ -15,9 +15,9 @@ from swarm.agent.paths import socket_path
 from swarm.builder.seed import seed as seed_images
 from swarm.cli.params import RATE, SIZE, one_secret, public_keys, split_words
 from swarm.cli.render import PullProgressBars, err, pulled_note, status_table
-from swarm.cli.tracker_cmds import tracker
 from swarm.core.addresses import LISTEN, format_listen
 from swarm.core.errors import SwarmError
+from swarm.tracker.cli import tracker
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SigningKey
 from swarm.core.tokens import JoinToken

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.redis import RedisServer
-from tracker.peers import MAX_NUMWANT, MemoryPeerStore, Peer, PeerStore, SwarmCounts
-from tracker.redispeers import RedisPeerStore
+from swarm.tracker.peers.base import MAX_NUMWANT, Peer, PeerStore, SwarmCounts
+from swarm.tracker.peers.memory import MemoryPeerStore
+from swarm.tracker.peers.redis import RedisPeerStore
 
 IH = bytes(range(200, 220))
 OTHER = bytes(20)

@@ -24,7 +24,7 @@ from tests.support.postgres import PostgresServer
 from tests.support.bt import bt
 from tests.support.procs import Tracker, run_swarm
 from tests.support.redis import RedisServer
-from tracker.testing import make_signed_manifest
+from tests.support.manifests import make_signed_manifest
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ import libtorrent as lt
 import pytest
 
 from swarm.core.errors import InvalidInput
-from tracker.announce import (
+from swarm.tracker.announce import (
     announce_response, failure, normalize_ip, parse_announce, parse_scrape, scrape_response,
 )
-from tracker.peers import MAX_NUMWANT, MemoryPeerStore, Peer, SwarmCounts
+from swarm.tracker.peers.base import MAX_NUMWANT, Peer, SwarmCounts
+from swarm.tracker.peers.memory import MemoryPeerStore
 
 IH = bytes(range(200, 220))           # not valid UTF-8, has '%' '&' '=' '+' free bytes after quoting
 PID = b"-LT2110-" + bytes([0, 37, 38, 43, 61, 255, 32, 1, 2, 3, 4, 5])  # includes % & + = and space

@@ -1,4 +1,4 @@
-"""Helpers for tests (tracker's and others'): real torrents and signed manifests on the spot."""
+"""Test data for the tracker (its tests, others' and bench/): real torrents and signed manifests on the spot."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 from swarm.core.digest import sha256_digest
 from swarm.core.manifest import Layer, Manifest
 from swarm.core.signing import SignedManifest, SigningKey
-from swarm.engine.metainfo import inspect_torrent, make_torrent
+from swarm.core.torrent import inspect_torrent
+from swarm.engine.metainfo import make_torrent
 
 
 def make_layer(workdir: Path, ca_pem: str, payload: bytes) -> Layer:

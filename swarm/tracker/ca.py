@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,9 +25,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from swarm.core.certs import ca_fingerprint, load_cert, new_private_key, private_key_pem
 from swarm.core.errors import InvalidInput
+from swarm.core.files import write_atomic
 
 if TYPE_CHECKING:
-    from tracker.storage import Storage
+    from swarm.tracker.storage.base import Storage
 
 CA_KEY = "ca.key"
 CA_CERT = "ca.pem"
@@ -179,8 +179,8 @@ def server_names(listen_host: str, public_url: str | None) -> list[str]:
 def _create(key_path: Path, cert_path: Path) -> None:
     key_pem, cert_pem = _new_ca()
     # the certificate first: a key file is the sign that both are complete
-    _write(cert_path, cert_pem, 0o644)
-    _write(key_path, key_pem, 0o600)
+    write_atomic(cert_path, cert_pem, 0o644)
+    write_atomic(key_path, key_pem, 0o600)
 
 
 def _new_ca() -> tuple[bytes, bytes]:
@@ -204,14 +204,3 @@ def _new_ca() -> tuple[bytes, bytes]:
         .sign(key, hashes.SHA256())
     )
     return private_key_pem(key), cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)

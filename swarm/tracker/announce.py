@@ -11,14 +11,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
-import libtorrent as lt
-
 from swarm.core.errors import InvalidInput
-from tracker.peers import MAX_NUMWANT, Peer, SwarmCounts
+from swarm.core.torrent import bencode
+from swarm.tracker.peers.base import MAX_NUMWANT, Peer, SwarmCounts
 
 EVENTS = ("", "started", "stopped", "completed", "paused")
 
@@ -135,11 +133,11 @@ def normalize_ip(remote: str) -> str:
 
 def announce_response(peers: Iterable[Peer], counts: SwarmCounts, interval: int, compact: bool,
                       no_peer_id: bool = False, min_interval: int | None = None) -> bytes:
-    out: dict[str, object] = {
-        "interval": interval,
-        "min interval": max(1, interval // 2) if min_interval is None else min_interval,
-        "complete": counts.complete,
-        "incomplete": counts.incomplete,
+    out: dict[bytes, object] = {
+        b"interval": interval,
+        b"min interval": max(1, interval // 2) if min_interval is None else min_interval,
+        b"complete": counts.complete,
+        b"incomplete": counts.incomplete,
     }
     if compact:
         v4, v6 = bytearray(), bytearray()
@@ -147,32 +145,27 @@ def announce_response(peers: Iterable[Peer], counts: SwarmCounts, interval: int,
             packed = _packed(peer.ip)
             target = v4 if len(packed) == 4 else v6
             target += packed + peer.port.to_bytes(2, "big")
-        out["peers"] = bytes(v4)
+        out[b"peers"] = bytes(v4)
         if v6:
-            out["peers6"] = bytes(v6)
+            out[b"peers6"] = bytes(v6)
     else:
-        out["peers"] = [_peer_dict(p, no_peer_id) for p in peers]
+        out[b"peers"] = [_peer_dict(p, no_peer_id) for p in peers]
     return bencode(out)
 
 
-def _peer_dict(peer: Peer, no_peer_id: bool) -> dict[str, object]:
-    d: dict[str, object] = {"ip": peer.ip.encode(), "port": peer.port}
+def _peer_dict(peer: Peer, no_peer_id: bool) -> dict[bytes, object]:
+    d: dict[bytes, object] = {b"ip": peer.ip.encode(), b"port": peer.port}
     if not no_peer_id:
-        d["peer id"] = peer.peer_id
+        d[b"peer id"] = peer.peer_id
     return d
 
 
 def scrape_response(files: Mapping[bytes, SwarmCounts]) -> bytes:
-    return bencode({"files": {
-        h: {"complete": c.complete, "downloaded": c.downloaded, "incomplete": c.incomplete}
+    return bencode({b"files": {
+        h: {b"complete": c.complete, b"downloaded": c.downloaded, b"incomplete": c.incomplete}
         for h, c in files.items()
     }})
 
 
 def failure(reason: str) -> bytes:
-    return bencode({"failure reason": reason.encode()})
-
-
-def bencode(obj: Any) -> bytes:
-    data: bytes = lt.bencode(obj)
-    return data
+    return bencode({b"failure reason": reason.encode()})

@@ -27,23 +27,24 @@ from pathlib import Path
 from swarm.core.api import MAX_WATCH_TIMEOUT, EnrollResponse, ManifestEntry
 from swarm.core.digest import digest_hex
 from swarm.core.errors import (
-    Forbidden, InvalidInput, NotFound, RateLimited, SwarmError, TrackerError, Unauthorized,
+    Forbidden, InvalidInput, NotFound, RateLimited, SwarmError, Unauthorized,
 )
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
 from swarm.core.tokens import ROLES, JoinToken, hash_secret, is_secret_shaped
-from swarm.engine.metainfo import check_layer_torrent
-from tracker import announce as bt
-from tracker.ca import CertificateAuthority
-from tracker.metrics import TrackerMetrics
-from tracker.peers import MemoryPeerStore, Peer, PeerStore, SwarmCounts
-from tracker.ratelimit import DEFAULT_LIMIT, DEFAULT_WINDOW, FailureLimiter
-from tracker.storage import Generation, Storage, TokenRecord, open_storage
+from swarm.core.torrent import check_layer_torrent
+from swarm.tracker import announce as bt
+from swarm.tracker.ca import CertificateAuthority
+from swarm.tracker.metrics import TrackerMetrics
+from swarm.tracker.options import (
+    DEFAULT_AUTH_FAILURE_LIMIT, DEFAULT_CERT_LIFETIME, DEFAULT_INTERVAL, MIN_CERT_LIFETIME,
+)
+from swarm.tracker.peers.base import Peer, PeerStore, SwarmCounts
+from swarm.tracker.ratelimit import DEFAULT_WINDOW, FailureLimiter
+from swarm.tracker.storage.base import Generation, Storage, TokenRecord
 
 log = logging.getLogger("swarm.tracker")
 
-DEFAULT_CERT_LIFETIME = 3600
-DEFAULT_INTERVAL = 30
 DEFAULT_TOKEN_CACHE_TTL = 5.0
 #: remembered announce answers at most (for min interval); past that the memory starts over
 MAX_CACHED_ANSWERS = 500_000
@@ -57,15 +58,16 @@ _AnswerKey = tuple[bytes, bytes, str, bool, bool]
 
 
 class TrackerService:
-    def __init__(self, data_dir: Path, *, cert_lifetime: int = DEFAULT_CERT_LIFETIME,
-                 interval: int = DEFAULT_INTERVAL, min_interval: int | None = None,
-                 peer_store: PeerStore | None = None, public_url: str | None = None,
-                 database: str | None = None, storage: Storage | None = None,
-                 auth_failure_limit: int = DEFAULT_LIMIT, auth_failure_window: float = DEFAULT_WINDOW,
+    """The tracker over its parts (see swarm/tracker/server.py, which puts them together)."""
+
+    def __init__(self, storage: Storage, ca: CertificateAuthority, peers: PeerStore, data_dir: Path, *,
+                 cert_lifetime: int = DEFAULT_CERT_LIFETIME, interval: int = DEFAULT_INTERVAL,
+                 min_interval: int | None = None, public_url: str | None = None,
+                 auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT, auth_failure_window: float = DEFAULT_WINDOW,
                  token_cache_ttl: float = DEFAULT_TOKEN_CACHE_TTL,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if cert_lifetime < 60:
-            raise InvalidInput("certificate lifetime must be at least 60 seconds")
+        if cert_lifetime < MIN_CERT_LIFETIME:
+            raise InvalidInput(f"certificate lifetime must be at least {MIN_CERT_LIFETIME} seconds")
         if interval < 1:
             raise InvalidInput("announce interval must be at least 1 second")
         min_interval = max(1, interval // 2) if min_interval is None else min_interval
@@ -74,18 +76,14 @@ class TrackerService:
         if auth_failure_limit < 0:
             raise InvalidInput("the auth failure limit must not be negative")
         self.data_dir = data_dir
-        self.storage = storage or open_storage(data_dir, database)
-        self.shared = not self.storage.location.startswith("sqlite:")
-        try:
-            self.ca = CertificateAuthority.for_storage(self.storage, data_dir)
-        except BaseException:
-            self.storage.close()
-            raise
+        self.storage = storage
+        self.shared = not storage.location.startswith("sqlite:")
+        self.ca = ca
         self.cert_lifetime = cert_lifetime
         self.interval = interval
         self.min_interval = min_interval
         self.public_url = public_url
-        self.peers: PeerStore = peer_store or MemoryPeerStore(ttl=2 * interval)
+        self.peers = peers
         self.metrics = TrackerMetrics()
         self.limiter = FailureLimiter(auth_failure_limit, auth_failure_window, clock)
         self.token_cache_ttl = token_cache_ttl

@@ -1,6 +1,6 @@
 """PostgreSQL storage (psycopg 3) for tracker replicas: `--database postgresql://...`.
 
-The same tables as SQLite (tracker/storage.py) plus `ca`: replicas have no
+The same tables as SQLite plus `ca` (schema/postgresql/): replicas have no
 shared disk, so the CA key and certificate live in the database. The first
 tracker to start stores its freshly made CA (INSERT ... ON CONFLICT DO
 NOTHING) and every replica then reads that one row, so all of them sign host
@@ -21,56 +21,12 @@ from typing import Any
 
 import psycopg
 
-from swarm.core.errors import InvalidInput, SwarmError
-from tracker.storage import _SQLStorage
+from swarm.core.errors import SwarmError
+from swarm.tracker.storage import migrations
+from swarm.tracker.storage.sql import SQLStorage
 
-PG_SCHEMA_VERSION = 1
+PG_SCHEMA_VERSION = migrations.latest("postgresql")
 _MIGRATION_LOCK = 0x5357524D  # "SWRM"
-
-_PG_V1 = """
-CREATE TABLE tokens (
-    name        TEXT PRIMARY KEY,
-    role        TEXT NOT NULL CHECK (role IN ('builder', 'host')),
-    secret_hash TEXT NOT NULL UNIQUE,
-    created     BIGINT NOT NULL,
-    revoked_at  BIGINT NULL,
-    builder_key BYTEA NULL
-);
-CREATE TABLE manifests (
-    ref       TEXT PRIMARY KEY,
-    envelope  BYTEA NOT NULL,
-    image_id  TEXT NOT NULL,
-    seq       BIGINT NOT NULL UNIQUE,
-    published BIGINT NOT NULL,
-    publisher TEXT NOT NULL
-);
-CREATE TABLE torrents (
-    announce_hash BYTEA NOT NULL CHECK (length(announce_hash) = 20),
-    blob          TEXT NOT NULL,
-    ref           TEXT NOT NULL REFERENCES manifests(ref),
-    PRIMARY KEY (announce_hash, ref)
-);
-CREATE INDEX torrents_ref ON torrents(ref);
-CREATE TABLE certificates (
-    serial    TEXT NOT NULL,
-    name      TEXT NOT NULL,
-    not_after BIGINT NOT NULL,
-    issued_at BIGINT NOT NULL
-);
-CREATE INDEX certificates_name ON certificates(name);
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value BIGINT NOT NULL
-);
-INSERT INTO meta (key, value) VALUES ('revocations', 0);
-CREATE TABLE ca (
-    id       INTEGER PRIMARY KEY CHECK (id = 1),
-    key_pem  TEXT NOT NULL,
-    cert_pem TEXT NOT NULL
-);
-"""
-
-_PG_MIGRATIONS = {1: _PG_V1}
 
 
 def _redact(url: str) -> str:
@@ -82,7 +38,7 @@ def _redact(url: str) -> str:
     return f"{scheme}{sep}{creds.split(':', 1)[0]}@{host}"
 
 
-class PostgresStorage(_SQLStorage):
+class PostgresStorage(SQLStorage):
     _insert_ignore = "INSERT INTO"
     _ignore_tail = " ON CONFLICT DO NOTHING"
     _integrity = (psycopg.errors.UniqueViolation,)
@@ -104,17 +60,7 @@ class PostgresStorage(_SQLStorage):
     def _migrate(self) -> None:
         with self._tx() as c:
             c.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = c.execute("SELECT version FROM schema_version").fetchone()
-            version = int(row[0]) if row else 0
-            if version > PG_SCHEMA_VERSION:
-                raise InvalidInput(f"tracker database schema {version} is newer than this tracker "
-                                   f"({PG_SCHEMA_VERSION})")
-            while version < PG_SCHEMA_VERSION:
-                version += 1
-                c.execute(_PG_MIGRATIONS[version])
-                c.execute("DELETE FROM schema_version")
-                c.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            migrations.migrate(c.execute, "postgresql")
 
     @property
     def schema_version(self) -> int:

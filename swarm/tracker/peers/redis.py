@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from swarm.core.errors import SwarmError
-from tracker.peers import MAX_NUMWANT, Handout, Peer, SwarmCounts
+from swarm.tracker.peers.base import MAX_NUMWANT, Handout, Peer, SwarmCounts
 
 _LIB = r"""
 local P = ARGV[1]
