@@ -88,7 +88,14 @@ class AgentOps:
         pulls = [self.puller.start(ref, seed=request.seed) for ref in refs]
         tasks = [task for _s, task in pulls]
         while not all(t.done() for t in tasks):
-            await asyncio.wait(tasks, timeout=PROGRESS_EVERY)
+            # a message every PROGRESS_EVERY, and one at each change of stage (verifying and
+            # loading may take less than that)
+            changes = [asyncio.create_task(state.next_change()) for state, _t in pulls]
+            try:
+                await asyncio.wait([*tasks, *changes], timeout=PROGRESS_EVERY, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for change in changes:
+                    change.cancel()
             for state, _t in pulls:
                 await emit(self.puller.progress(state))
         ids = [task.result() for task in tasks]   # re-raises a failed pull's error

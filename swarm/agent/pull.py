@@ -49,6 +49,19 @@ class PullState:
     #: fetch the blobs even when Docker already holds the image, to seed them
     seed: bool = False
     outcome: str = "loaded"    # or "already-in-docker": nothing fetched, nothing loaded
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def set_stage(self, stage: str, note: str | None = None) -> None:
+        if note is not None:
+            self.note = note
+        if stage != self.stage:
+            self.stage = stage
+            self._changed.set()
+            self._changed = asyncio.Event()   # one event per change: every waiter sees each one
+
+    async def next_change(self) -> None:
+        """Return at the next change of stage."""
+        await self._changed.wait()
 
 
 class Puller:
@@ -127,7 +140,7 @@ class Puller:
                 await self._load_with_retry(manifest, state)
         self._blobs.touch([layer.blob for layer in manifest.layers if self._blobs.is_verified(layer.blob)])
         self._manifests.save(envelope)
-        state.stage = "done"
+        state.set_stage("done")
         if state.outcome == "already-in-docker":
             log.info("%s already in Docker as %s (%d of %d blobs cached)", ref, manifest.image_id[:19],
                      len(state.cached), len({layer.blob for layer in manifest.layers}))
@@ -161,10 +174,10 @@ class Puller:
             # blobs already here are seeded too: this host serves what it holds
             self._engine.add(layer.torrent, self._blobs.blobs_dir, self._tracker.announce_url,
                              seed=layer.blob in state.cached, trust_resume=self._trust_resume)
-        state.stage = "downloading"
+        state.set_stage("downloading")
         try:
             await asyncio.gather(*(self._engine.wait_finished(layer.info_hash) for layer in missing))
-            state.stage = "verifying"
+            state.set_stage("verifying")
             for layer in missing:
                 await self._blobs.verify(layer.blob)
         except (TorrentError, SwarmError, OSError) as exc:
@@ -200,7 +213,7 @@ class Puller:
     async def _load_with_retry(self, manifest: Manifest, state: PullState) -> None:
         delay, waited = 1.0, 0.0
         while True:
-            state.stage = "loading"
+            state.set_stage("loading")
             try:
                 await self._load(manifest)
                 state.note = ""
@@ -208,7 +221,7 @@ class Puller:
             except DockerUnreachable as exc:
                 if waited >= DOCKER_PATIENCE:
                     raise
-                state.stage, state.note = "waiting-for-docker", str(exc)
+                state.set_stage("waiting-for-docker", str(exc))
                 log.warning("%s; retrying in %.0fs", exc, delay)
                 await asyncio.sleep(delay)
                 waited += delay

@@ -14,7 +14,8 @@ from swarm.agent.config import AgentConfig
 from swarm.agent.paths import socket_path
 from swarm.builder.seed import seed as seed_images
 from swarm.cli.params import RATE, SIZE, one_secret, public_keys, split_words
-from swarm.cli.render import PullProgressBars, err, pulled_note, status_table
+from swarm.cli.progress import pull_view
+from swarm.cli.render import err, pulled_note, status_table
 from swarm.core.addresses import LISTEN, format_listen
 from swarm.core.errors import SwarmError
 from swarm.tracker.cli import tracker
@@ -110,19 +111,17 @@ def _print_note(note: Note) -> None:
 @click.argument("images", nargs=-1, required=True)
 @click.option("--seed", "reseed", is_flag=True,
               help="Fetch the layers even of an image Docker already holds, so this host seeds it again.")
+@click.option("--json", "as_json", is_flag=True, help="Progress and results as JSON lines on stdout.")
 @DATA
 @SOCKET
-def pull(images: tuple[str, ...], reseed: bool, data: Path | None, socket: Path | None) -> None:
+def pull(images: tuple[str, ...], reseed: bool, as_json: bool, data: Path | None, socket: Path | None) -> None:
     """Download IMAGE... from the swarm and load it into Docker."""
     refs = [str(ImageRef.parse(image)) for image in images]
     client = AgentClient(socket_path(data, socket))
-    with PullProgressBars() as bars:
-        result = client.pull(refs, bars.update, seed=reseed)
+    with pull_view(as_json, err) as view:
+        result = client.pull(refs, view.update, seed=reseed)
     for img in result.images:
-        note = pulled_note(img)
-        if note:
-            err.print(note, markup=False, highlight=False)
-        click.echo(f"{img.ref} {img.image_id}")
+        view.pulled(img, pulled_note(img))
 
 
 @cli.command()

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
-from rich.table import Table
 
+from swarm.cli.tables import print_table
 from swarm.core.addresses import LISTEN
 from swarm.core.errors import UsageError
 from swarm.core.tokens import ROLES
@@ -142,11 +142,9 @@ def token_list(data: Path, database: str | None) -> None:
         records = service.list_tokens()
     finally:
         service.close()
-    table = Table("name", "role", "created", "revoked")
-    for r in records:
-        table.add_row(r.name, r.role, _when(r.created), _when(r.revoked_at) if r.revoked_at else "")
-    Console().print(table)
+    print_table(Console(), ("name", "role", "created", "revoked"),
+                [(r.name, r.role, _when(r.created), _when(r.revoked_at) if r.revoked_at else "") for r in records])
 
 
 def _when(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

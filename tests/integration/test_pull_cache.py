@@ -1,15 +1,18 @@
 """Pull and cache correctness, as an operator sees it: exit codes when the agent dies under a
 waiting command, status that matches the disk, no re-download of what Docker already holds,
-and a cache budget that is kept without noise.
+a cache budget that is kept without noise, and pull progress at a terminal, in a pipe, as JSON.
 
 Real agent processes, a real tracker process, real dockerds (the bed of test_agent_production).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,9 @@ import pytest
 from tests.integration.test_agent_production import (  # noqa: F401  (bed: a module fixture)
     MIB, Bed, bed, big_torrent, builder_id, free_port, image_id, metric,
 )
+from swarm.cli.progress import PLAIN_EVERY
 from tests.support.procs import SWARM, Agent, wait_for
+from tests.support.terminal import DRAWING, run_in_pty
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -164,3 +169,57 @@ def test_over_budget_is_logged_when_it_starts_and_ends_not_on_every_eviction(bed
     assert metric(_metrics(port), "swarm_agent_cache_over_budget_bytes") == 0
     assert metric(_metrics(port), "swarm_agent_cache_evicted_blobs_total") >= 2
     assert small.status()["cache"]["bytes"] <= 5_000_000
+
+
+# -- progress, as a person at a terminal, a log file and a script see it ---------------------------
+
+
+def _layer_ids(bed: Bed, ref: str) -> list[str]:
+    return [blob[7:19] for blob in dict.fromkeys(bed.blobs[ref])]
+
+
+def test_pull_progress_at_a_terminal(bed: Bed, dockerd_factory: Any) -> None:
+    host = bed.host("watched", dockerd_factory(), "--download-limit", "2MB/s")
+    code, screen = run_in_pty([*SWARM, "pull", "prod/big:1", "--data", str(host.data)])
+    assert code == 0, screen
+    assert "\x1b[" in screen, "drawn in place"
+    for short in _layer_ids(bed, "prod/big:1"):
+        assert short in screen
+    assert "10.0 MiB" in screen                      # the big layer's size on its row
+    assert re.search(r"downloading .* of .*MiB \(\d+%\), [0-9.]+ [KM]iB/s, ETA \d+:\d\d, 1 peer", screen), screen
+    for stage in ("verifying sha256", "loading into Docker", "done"):
+        assert stage in screen
+    for word in ("checking-resume", "downloading-metadata", "seeding"):   # libtorrent's words stay inside
+        assert word not in screen
+    assert f"prod/big:1 {builder_id(bed, 'prod/big:1')}" in screen
+
+
+def test_pull_progress_in_a_pipe_is_plain_lines(bed: Bed, dockerd_factory: Any) -> None:
+    host = bed.host("logged", dockerd_factory(), "--download-limit", "2MB/s")
+    started = time.monotonic()
+    result = host.swarm("pull", "prod/big:1")
+    elapsed = time.monotonic() - started
+    err = result.stderr
+    assert not DRAWING & set(err) and "\x1b" not in err, err
+    lines = err.splitlines()
+    assert all(line.startswith("prod/big:1: ") for line in lines), lines
+    assert all(short in lines[0] for short in _layer_ids(bed, "prod/big:1")) and "10.0 MiB" in lines[0]
+    downloading = [line for line in lines if re.search(r": downloading .* ETA .*, 1 peer$", line)]
+    assert 1 <= len(downloading) <= elapsed / PLAIN_EVERY + 2, lines
+    stages = [line.split(": ", 1)[1] for line in lines if line not in downloading][1:]
+    assert stages == ["verifying sha256", "loading into Docker", "done"], lines
+    assert result.stdout == f"prod/big:1 {builder_id(bed, 'prod/big:1')}\n"
+
+
+def test_pull_json_progress_events(bed: Bed, dockerd_factory: Any) -> None:
+    host = bed.host("scripted", dockerd_factory(), "--download-limit", "4MB/s")
+    result = host.swarm("pull", "--json", "prod/big:1")
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["stage"] for e in progress if e["stage"] != "downloading"][-3:] == ["verifying", "loading", "done"]
+    assert any(e["stage"] == "downloading" and 0 < e["done"] < e["total"] and e["eta"] is not None
+               for e in progress)
+    assert {layer["id"] for layer in progress[-1]["layers"]} == set(_layer_ids(bed, "prod/big:1"))
+    assert events[-1] == {"event": "pulled", "ref": "prod/big:1", "image_id": builder_id(bed, "prod/big:1"),
+                          "outcome": "loaded", "seeding": True}
+    assert result.stderr == ""
