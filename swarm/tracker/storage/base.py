@@ -99,8 +99,6 @@ class Storage(Protocol):
 
     def certificates(self, name: str) -> list[tuple[str, int, int]]: ...
 
-    def certificate_count(self) -> int: ...
-
     def shared_ca(self, key_pem: str, cert_pem: str) -> tuple[str, str] | None:
         """The CA kept in the database, storing (key_pem, cert_pem) first if there is none
         (the first replica's CA wins); None when this storage keeps no CA (SQLite: files)."""
