@@ -78,6 +78,7 @@ class Reporter:
         else:
             report = self._report(state, "failed", now, error=(error or "failed").splitlines()[0][:MAX_TEXT])
         self._final[state.ref] = report
+        self._beat_due = True  # the cache changed
         while len(self._final) > MAX_QUEUED:
             oldest = min(self._final, key=lambda ref: self._final[ref].updated)
             self._final.pop(oldest)

@@ -15,6 +15,7 @@ from swarm.agent.paths import socket_path
 from swarm.builder.seed import seed as seed_images
 from swarm.cli.params import RATE, SIZE, one_secret, public_keys, split_words
 from swarm.cli.render import PullProgressBars, err, status_table
+from swarm.cli.rollout import hosts as tracker_hosts, rollout
 from swarm.core.addresses import LISTEN, format_listen
 from swarm.core.errors import SwarmError
 from swarm.tracker.cli import tracker
@@ -35,6 +36,8 @@ def cli() -> None:
 
 
 cli.add_command(tracker)
+tracker.add_command(tracker_hosts)
+cli.add_command(rollout)
 
 
 @cli.command()
