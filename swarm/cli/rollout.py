@@ -138,7 +138,7 @@ def status(image: str, tracker_url: str | None, token: str | None, token_file: P
     table = Table("host", "state", "progress", "from peers", "from builder", "stages", "image", "note")
     for h in view["hosts"]:
         progress = f"{100 * h['done'] // h['total']}%" if h["total"] else ""
-        stages = " ".join(f"{s['name']} {s['seconds']:.0f}s" for s in h["stages"])
+        stages = " ".join(f"{s['name']} {s['seconds']:.1f}s" for s in h["stages"])
         note = h["error"] or ("stale" if h["stale"] else "") or ("" if h["current"] else "older image")
         table.add_row(h["host"], h["state"], progress, human_bytes(h["from_peers"]), human_bytes(h["from_builder"]),
                       stages, h["image_id"][7:19], note)

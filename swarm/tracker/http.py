@@ -26,6 +26,7 @@ from swarm.tracker.fleet import Fleet
 from swarm.tracker.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from swarm.tracker.options import DEFAULT_CLIENT_TIMEOUT
 from swarm.tracker.service import TrackerService
+from swarm.tracker.ui import FleetPage
 
 log = logging.getLogger("swarm.tracker.http")
 
@@ -192,6 +193,7 @@ def make_app(service: TrackerService, client_timeout: float = DEFAULT_CLIENT_TIM
     fleet = Fleet(service.storage, service.ca)
     fleet.register_metrics(service.metrics.registry)
     app[FLEET] = fleet
+    FleetPage(service, fleet).routes(app)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/ca", ca)
     app.router.add_post("/v1/enroll", enroll)

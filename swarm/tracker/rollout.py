@@ -134,7 +134,9 @@ def percentile(values: list[float], p: float) -> float | None:
 
 
 def _secs(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0f} s"
+    if v is None:
+        return "-"
+    return f"{v:.1f} s" if v < 10 else f"{v:.0f} s"
 
 
 def is_stale(last_seen: float | None, now: float) -> bool:

@@ -184,6 +184,73 @@ def test_host_tokens_see_nothing_of_the_fleet(fleet: Fleet, rolled_out: str) -> 
         assert result.stderr.startswith("error: ") and "host" in result.stderr and "Traceback" not in result.stderr
 
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOT = Path("/tmp/swarm-fleet-page.png")
+
+
+def test_fleet_page_in_a_real_browser(fleet: Fleet, rolled_out: str) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("no chromium: apt-get install chromium (scripts/setup.sh does)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    url = fleet.tracker.url + "/ui"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            # without a session: the login form and nothing else
+            page.goto(url)
+            assert page.locator("form#login").is_visible()
+            assert page.locator("#rollouts").count() == 0 and "host1" not in page.content()
+            assert page.request.get(fleet.tracker.url + "/ui/state").status == 401
+            # a host token may not log in; a wrong one neither
+            for token, status in ((fleet.tracker.token("peeker", "host"), 403), ("swarm1." + "0" * 40, 401)):
+                page.fill("#token", token)
+                with page.expect_response(lambda r: r.url.endswith("/ui/login")) as answer:
+                    page.click("button[type=submit]")
+                assert answer.value.status == status
+                assert page.locator("#message").inner_text() and page.locator("#rollouts").count() == 0
+            # an admin: the rollout with 3/3 hosts and a row per host
+            page.fill("#token", fleet.admin)
+            page.click("button[type=submit]")
+            card = page.locator('article[data-ref="myapp:1"]')
+            card.locator(".done").filter(has_text="3/3 hosts").wait_for(timeout=15_000)
+            rows = card.locator("tr.host")
+            assert rows.count() == 3
+            for name in HOSTS:
+                assert card.locator(f'tr[data-host="{name}"] .state').inner_text() == "loaded"
+            assert card.locator("svg.cdf path.curve").count() == 1
+            page.locator('#hosts tr[data-host="host3"]').wait_for(timeout=10_000)
+            assert fleet.admin.split(".")[1] not in page.url
+            cookie = next(c for c in context.cookies() if c["name"] == "swarm_session")
+            assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            assert SCREENSHOT.stat().st_size > 10_000
+        finally:
+            browser.close()
+
+
+def test_fleet_page_login_refuses_other_origins(fleet: Fleet) -> None:
+    import requests
+
+    for headers in ({"Origin": "http://evil.invalid"}, {}):
+        resp = requests.post(fleet.tracker.url + "/ui/login", data={"token": fleet.admin}, headers=headers,
+                             allow_redirects=False, timeout=10)
+        assert resp.status_code == 403 and "swarm_session" not in resp.cookies
+    resp = requests.post(fleet.tracker.url + "/ui/login", data={"token": fleet.admin},
+                         headers={"Origin": fleet.tracker.url}, allow_redirects=False, timeout=10)
+    assert resp.status_code == 303 and "HttpOnly" in resp.headers["Set-Cookie"]
+    state = requests.get(fleet.tracker.url + "/ui/state", cookies={"swarm_session": resp.cookies["swarm_session"]},
+                         timeout=10)
+    assert state.status_code == 200 and state.json()["me"] == {"name": "ops", "role": "admin"}
+    forged = resp.cookies["swarm_session"][:-4] + "0000"
+    assert requests.get(fleet.tracker.url + "/ui/state", cookies={"swarm_session": forged},
+                        timeout=10).status_code == 401
+
+
 def test_rollout_wait_names_the_host_whose_docker_is_down(fleet: Fleet, rolled_out: str) -> None:
     image_id = _seed(fleet, "myapp:2")
     fleet.engines["host3"].stop()

@@ -106,7 +106,7 @@ async def test_reports_make_the_rollout_view(rig: Rig) -> None:
     status, view = await rig.call("GET", "/v1/rollouts/demo/app:v1", rig.admin)
     assert status == 200
     assert (view["loaded"], view["total"], view["missing"]) == (1, 2, ["h2"])
-    assert view["summary"] == "1/2 loaded, p50 5 s, p99 5 s, 1 downloading, 0 failed"
+    assert view["summary"] == "1/2 loaded, p50 5.0 s, p99 5.0 s, 1 downloading, 0 failed"
     by_host = {h["host"]: h for h in view["hosts"]}
     assert [s["name"] for s in by_host["h1"]["stages"]] == ["resolving", "downloading", "loading"]
     assert by_host["h1"]["receipt"] is True and by_host["h1"]["image_id"] == rig.image_id
