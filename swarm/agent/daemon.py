@@ -17,9 +17,11 @@ from swarm.agent.metrics import AgentMetrics, serve_metrics
 from swarm.agent.ops import AgentOps
 from swarm.agent.paths import AgentPaths
 from swarm.agent.pull import Puller
+from swarm.agent.reporter import Reporter, agent_version, receipt_signer
 from swarm.agent.server import SocketServer
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
+from swarm.core.api import Heartbeat
 from swarm.core.errors import TrackerError
 from swarm.core.refs import ImageRef, matches
 from swarm.engine.session import Engine
@@ -49,6 +51,7 @@ class Agent:
         self.server = server
         self._metrics_runner = metrics_runner
         self._tasks: list[asyncio.Task[None]] = []
+        self.reporter: Reporter | None = None
 
     @classmethod
     async def create(cls, config: AgentConfig) -> Agent:
@@ -81,12 +84,17 @@ class Agent:
             cache = CacheKeeper(config.cache_size, config.min_seed_time, blobs, manifests, engine, metrics)
             puller = Puller(engine, blobs, manifests, cache, tracker, config.trust, docker, identity.ca_pem,
                             metrics, trust_resume=clean)
+            reporter = Reporter(tracker, engine, lambda: identity.name, receipt_signer(paths.key, paths.cert),
+                                lambda: Heartbeat(agent_version(), blobs.usage()[0], config.cache_size,
+                                                  identity.not_after))
+            puller.observer = reporter
             ops = AgentOps(identity, tracker, engine, puller, cache, blobs, manifests, docker, config.trust)
             server = SocketServer(paths.socket, ops.handlers())
             await server.start()
             undo.push_async_callback(server.close)
             runner = await serve_metrics(metrics, config.metrics_listen) if config.metrics_listen else None
             agent = cls(config, paths, tracker, identity, blobs, manifests, engine, puller, cache, server, runner)
+            agent.reporter = reporter
             metrics.add_live(agent.live_metrics)
             undo.pop_all()  # from here on, `Agent.stop` owns them
         return agent
@@ -98,6 +106,8 @@ class Agent:
         self._tasks.append(asyncio.create_task(
             self.identity.renew_forever(lambda: engine.set_certificate(paths.cert, paths.key))))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        if self.reporter is not None:
+            self._tasks.append(asyncio.create_task(self.reporter.run()))
         if self.config.watch:
             self._tasks.append(asyncio.create_task(self._watch()))
         for ref in self.blobs.pending_pulls():

@@ -13,7 +13,8 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from swarm.agent.api import LayerProgress, PullProgress
 from swarm.agent.cache import CacheKeeper
@@ -62,6 +63,28 @@ class PullState:
     async def next_change(self) -> None:
         """Return at the next change of stage."""
         await self._changed.wait()
+    #: (stage, unix time it began), oldest first: every `state.stage = ...` is recorded (see __setattr__)
+    history: list[tuple[str, float]] = field(default_factory=list)
+    #: told of every stage change (the rollout reporter); must not raise or block
+    listener: Callable[[PullState], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.history.append((self.stage, time.time()))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "stage" and "listener" in self.__dict__:  # not while __init__ sets the fields
+            self.history.append((value, time.time()))
+            if self.listener is not None:
+                self.listener(self)
+
+
+class PullObserver(Protocol):
+    """Told of every pull: its stage changes, and its end (`error` None: loaded as `image_id`)."""
+
+    def changed(self, state: PullState) -> None: ...
+
+    def finished(self, state: PullState, image_id: str | None, error: str | None) -> None: ...
 
 
 class Puller:
@@ -79,6 +102,7 @@ class Puller:
         self._trust_resume = trust_resume
         self.ca_pem = ca_pem
         self._active: dict[str, tuple[PullState, asyncio.Task[str]]] = {}
+        self.observer: PullObserver | None = None
 
     def start(self, ref: ImageRef, seed: bool = False) -> tuple[PullState, asyncio.Task[str]]:
         """Start pulling `ref`, or join the pull of it already under way.
@@ -91,6 +115,9 @@ class Puller:
             state.seed = state.seed or seed
             return state, task
         state = PullState(key, seed=seed)
+        if self.observer is not None:
+            state.listener = self.observer.changed
+            self.observer.changed(state)
         self._blobs.set_pending(key, True)
         self._metrics.pulls.labels("started").inc()
         task = asyncio.create_task(self._pull(ref, state), name=f"pull {key}")
@@ -104,6 +131,10 @@ class Puller:
         if task.cancelled():
             return  # the agent is stopping: the pull stays pending and resumes on restart
         self._blobs.set_pending(key, False)
+        if self.observer is not None:
+            error = task.exception()
+            self.observer.finished(state, task.result() if error is None else None,
+                                   None if error is None else str(error) or type(error).__name__)
         if task.exception() is None:
             self._metrics.pulls.labels("completed").inc()
             self._metrics.pull_seconds.observe(time.monotonic() - state.started)

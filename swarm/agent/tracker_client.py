@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 
 from swarm.core import wire
-from swarm.core.api import MSGPACK, EnrollResponse, ManifestEntry
+from swarm.core.api import MSGPACK, EnrollResponse, ManifestEntry, ReportBatch
 from swarm.core.certs import ca_fingerprint
 from swarm.core.errors import (
     InvalidInput, RateLimited, TrackerError, TrackerUnreachable, Unauthorized, UntrustedManifest, error_for_status,
@@ -119,6 +119,20 @@ class TrackerClient:
         data = wire.unpack_map(await self._request(
             "GET", "/v1/watch", params={"since": str(since), "timeout": str(timeout)}))
         return int(data.get("seq", since)), [ManifestEntry.from_map(m) for m in _list(data.get("manifests"))]
+
+    # rollout view
+
+    async def report(self, batch: ReportBatch, timeout: float) -> None:
+        await self._request("POST", "/v1/reports", wire.pack(batch.to_map()), timeout=timeout)
+
+    async def hosts(self) -> list[dict[str, Any]]:
+        return _list(wire.unpack_map(await self._request("GET", "/v1/hosts")).get("hosts"))
+
+    async def rollouts(self) -> list[dict[str, Any]]:
+        return _list(wire.unpack_map(await self._request("GET", "/v1/rollouts")).get("rollouts"))
+
+    async def rollout(self, ref: str) -> dict[str, Any]:
+        return wire.unpack_map(await self._request("GET", f"/v1/rollouts/{ref}"))
 
     async def health(self) -> bool:
         try:

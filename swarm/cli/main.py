@@ -16,6 +16,7 @@ from swarm.builder.seed import seed as seed_images
 from swarm.cli.params import RATE, SIZE, one_secret, public_keys, split_words
 from swarm.cli.progress import pull_view
 from swarm.cli.render import err, pulled_note, status_table
+from swarm.cli.rollout import hosts as tracker_hosts, rollout
 from swarm.core.addresses import LISTEN, format_listen
 from swarm.core.errors import SwarmError
 from swarm.tracker.cli import tracker
@@ -36,6 +37,8 @@ def cli() -> None:
 
 
 cli.add_command(tracker)
+tracker.add_command(tracker_hosts)
+cli.add_command(rollout)
 
 
 @cli.command()

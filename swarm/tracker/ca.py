@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import hashlib
+import hmac
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +83,13 @@ class CertificateAuthority:
         if shared is not None:
             return cls.from_pem(*shared)
         return cls.load_or_create(data_dir)
+
+    def derive_secret(self, purpose: str) -> bytes:
+        """A 32-byte secret for `purpose`, the same in every process and replica sharing this CA
+        (e.g. the key that signs the fleet page's session cookies)."""
+        der = self._key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+        return hmac.new(der, b"swarm/" + purpose.encode(), hashlib.sha256).digest()
 
     def sign_csr(self, csr_pem: str, name: str, lifetime_s: int) -> IssuedCertificate:
         """Issue a certificate for the CSR's key: CN=name, SAN DNS "*", server+client auth."""

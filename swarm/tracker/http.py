@@ -22,14 +22,17 @@ from aiohttp.web_response import StreamResponse
 from swarm.core import wire
 from swarm.core.api import MAX_BODY, MSGPACK
 from swarm.core.errors import InvalidInput, SwarmError, status_for
+from swarm.tracker.fleet import Fleet
 from swarm.tracker.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from swarm.tracker.options import DEFAULT_CLIENT_TIMEOUT
 from swarm.tracker.service import TrackerService
+from swarm.tracker.ui import FleetPage
 
 log = logging.getLogger("swarm.tracker.http")
 
 SERVICE: web.AppKey[TrackerService] = web.AppKey("service", TrackerService)
 CLIENT_TIMEOUT: web.AppKey[float] = web.AppKey("client_timeout", float)
+FLEET: web.AppKey[Fleet] = web.AppKey("fleet", Fleet)
 BENCODE = "text/plain"
 _SECRET_PATH = re.compile(r"^/(announce|scrape)/[^/?]*")
 _SECRET_PREFIX = re.compile(r"^/t/[^/?]*/")
@@ -159,10 +162,38 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
+# rollout view (swarm/tracker/fleet.py)
+
+async def report(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    record = service.authenticate(_secret(request), _ip(request))
+    request.app[FLEET].report(record, await _body(request), request.remote or "")
+    return _msgpack({"ok": True})
+
+
+async def list_hosts(request: web.Request) -> web.Response:
+    record = request.app[SERVICE].authenticate(_secret(request), _ip(request))
+    return _msgpack({"hosts": [h.to_map() for h in request.app[FLEET].hosts(record)]})
+
+
+async def list_rollouts(request: web.Request) -> web.Response:
+    record = request.app[SERVICE].authenticate(_secret(request), _ip(request))
+    return _msgpack({"rollouts": [v.to_map(with_hosts=False) for v in request.app[FLEET].rollouts(record)]})
+
+
+async def get_rollout(request: web.Request) -> web.Response:
+    record = request.app[SERVICE].authenticate(_secret(request), _ip(request))
+    return _msgpack(request.app[FLEET].rollout(record, request.match_info["ref"]).to_map())
+
+
 def make_app(service: TrackerService, client_timeout: float = DEFAULT_CLIENT_TIMEOUT) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
     app[SERVICE] = service
     app[CLIENT_TIMEOUT] = client_timeout
+    fleet = Fleet(service.storage, service.ca)
+    fleet.register_metrics(service.metrics.registry)
+    app[FLEET] = fleet
+    FleetPage(service, fleet).routes(app)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/ca", ca)
     app.router.add_post("/v1/enroll", enroll)
@@ -177,4 +208,8 @@ def make_app(service: TrackerService, client_timeout: float = DEFAULT_CLIENT_TIM
     app.router.add_get("/t/{secret}/announce", announce)
     app.router.add_get("/t/{secret}/scrape", scrape)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/reports", report)
+    app.router.add_get("/v1/hosts", list_hosts)
+    app.router.add_get("/v1/rollouts", list_rollouts)
+    app.router.add_get("/v1/rollouts/{ref:.+}", get_rollout)
     return app

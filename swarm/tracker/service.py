@@ -199,6 +199,8 @@ class TrackerService:
 
     def enroll(self, secret: str | None, csr_pem: str, ip: str | None = None) -> EnrollResponse:
         record = self.authenticate(secret, ip)
+        if record.role == "admin":
+            raise Forbidden(f"token {record.name!r} has role admin: it reads fleet state and joins no swarm")
         issued = self.ca.sign_csr(csr_pem, record.name, self.cert_lifetime)
         self.storage.record_certificate(issued.serial, record.name, issued.not_after)
         self.metrics.certificates.inc()

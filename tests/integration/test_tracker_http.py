@@ -314,7 +314,7 @@ def test_cli_tokens(tmp_path: Path) -> None:
     assert service.authenticate(token.secret).name == "b1"
     assert [t.revoked for t in service.list_tokens()] == [False, True]
     service.close()
-    res = run_swarm("tracker", "token", "create", "x", "--role", "admin", "--data", data, check=False)
+    res = run_swarm("tracker", "token", "create", "x", "--role", "root", "--data", data, check=False)
     assert res.returncode == 2
 
 

@@ -97,7 +97,7 @@ def test_token_lifecycle_and_hashes_only(service: TrackerService) -> None:
     with pytest.raises(InvalidInput):
         service.create_token("b1", "host")
     with pytest.raises(InvalidInput):
-        service.create_token("x", "admin")
+        service.create_token("x", "root")
     with pytest.raises(InvalidInput):
         service.create_token("bad name", "host")
     h = service.create_token("h1", "host")

@@ -21,6 +21,10 @@ Tables:
                 current manifest names (a blob shared by several manifests has one row each)
   certificates  serial, name, not_after, issued_at
   meta          key PK, value: counters; `revocations` grows by one per revocation
+  host_reports  name PK, address, version, cache_bytes, cache_budget, cert_not_after, last_seen:
+                each agent's latest heartbeat (storage/rollout.py)
+  pull_reports  (host, ref) PK, report (msgpack PullReport), state, image_id, updated: the latest
+                state of each pull on each host, at most MAX_PULLS_PER_HOST per host
   ca            one row: the CA key and certificate, PEM (PostgreSQL only: in SQLite
                 mode the CA lives in files beside the database, see swarm/tracker/ca.py)
 """
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from swarm.core.api import ManifestEntry
+from swarm.tracker.storage.rollout import RolloutStore
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class Generation:
     seq: int
 
 
-class Storage(Protocol):
+class Storage(RolloutStore, Protocol):
     """Durable tracker state: tokens, manifests and their announce hashes, certificates, the CA."""
 
     #: where the state is, for logs ("sqlite:/path" or "postgresql://host/db")

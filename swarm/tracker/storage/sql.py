@@ -12,9 +12,10 @@ from typing import Any
 from swarm.core.api import ManifestEntry
 from swarm.core.errors import Forbidden, InvalidInput
 from swarm.tracker.storage.base import Generation, TokenRecord
+from swarm.tracker.storage.rollout import RolloutSQL
 
 
-class SQLStorage:
+class SQLStorage(RolloutSQL):
     """The SQL both backends run; subclasses give connections, transactions and dialect."""
 
     location = ""
