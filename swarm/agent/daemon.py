@@ -6,8 +6,11 @@ import asyncio
 import logging
 import os
 import signal
+import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
+import click
 from aiohttp import web
 
 from swarm.agent.cache import CacheKeeper
@@ -20,7 +23,8 @@ from swarm.agent.pull import Puller
 from swarm.agent.server import SocketServer
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
-from swarm.core.errors import TrackerError
+from swarm.core import logs
+from swarm.core.errors import SwarmError, TrackerError, TrackerUnreachable
 from swarm.core.refs import ImageRef, matches
 from swarm.engine.session import Engine
 from swarm.images.docker_client import connect as docker_connect
@@ -29,6 +33,31 @@ log = logging.getLogger(__name__)
 
 #: how often resume data is saved and the cache budget enforced
 HOUSEKEEPING_EVERY = 30.0
+#: first and longest pause between attempts to reach the tracker at start
+RETRY_FIRST, RETRY_MAX = 1.0, 60.0
+#: settings SIGHUP applies to the running agent; any other change waits for a restart
+LIVE_SETTINGS = ("upload_limit", "download_limit", "watch", "trust", "log_level")
+
+
+async def enroll_when_reachable(identity: Identity, tracker_url: str, wait: float) -> None:
+    """Enroll, retrying an unreachable tracker with back-off for `wait` seconds (0: forever).
+
+    A refusal (bad or revoked token, foreign CA) is final at once; one line per attempt, and the
+    pauses double up to a minute, so an agent started before its tracker neither dies nor floods."""
+    deadline = None if wait == 0 else time.monotonic() + wait
+    delay = RETRY_FIRST
+    while True:
+        try:
+            await identity.enroll()
+            return
+        except TrackerUnreachable as exc:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise
+            pause = delay if left is None else min(delay, left)
+            log.warning("%s; retrying in %.0fs", exc, pause)
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, RETRY_MAX)
 
 
 class Agent:
@@ -49,6 +78,7 @@ class Agent:
         self.server = server
         self._metrics_runner = metrics_runner
         self._tasks: list[asyncio.Task[None]] = []
+        self._watching: asyncio.Task[None] | None = None
 
     @classmethod
     async def create(cls, config: AgentConfig) -> Agent:
@@ -62,7 +92,7 @@ class Agent:
             tracker = TrackerClient(config.tracker, config.token)
             undo.push_async_callback(tracker.close)
             identity = Identity(paths, tracker, config.token)
-            await identity.enroll()
+            await enroll_when_reachable(identity, config.tracker, config.tracker_wait)
             # libtorrent's HTTPS announces trust exactly the pinned swarm CA
             os.environ["SSL_CERT_FILE"] = str(paths.ca)
             docker = await asyncio.to_thread(docker_connect, config.docker_host)
@@ -86,9 +116,10 @@ class Agent:
             server = SocketServer(paths.socket, ops.handlers())
             await server.start()
             undo.push_async_callback(server.close)
-            runner = await serve_metrics(metrics, config.metrics_listen) if config.metrics_listen else None
-            agent = cls(config, paths, tracker, identity, blobs, manifests, engine, puller, cache, server, runner)
+            agent = cls(config, paths, tracker, identity, blobs, manifests, engine, puller, cache, server, None)
             metrics.add_live(agent.live_metrics)
+            if config.metrics_listen:
+                agent._metrics_runner = await serve_metrics(metrics, config.metrics_listen, agent.readiness)
             undo.pop_all()  # from here on, `Agent.stop` owns them
         return agent
 
@@ -100,7 +131,7 @@ class Agent:
             self.identity.renew_forever(lambda: engine.set_certificate(paths.cert, paths.key))))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.config.watch:
-            self._tasks.append(asyncio.create_task(self._watch()))
+            self._start_watch()
         for ref in self.blobs.pending_pulls():
             log.info("resuming the pull of %s that was in flight", ref)
             self.puller.start(ImageRef.parse(ref))
@@ -116,6 +147,35 @@ class Agent:
         await asyncio.to_thread(self.engine.close)  # announces `stopped`
         self.paths.running.unlink(missing_ok=True)
         await self.tracker.close()
+
+    def _start_watch(self) -> None:
+        self._watching = asyncio.create_task(self._watch())
+        self._tasks.append(self._watching)
+
+    def reload(self, new: AgentConfig) -> None:
+        """Apply what can change while running (SIGHUP); say which other changes need a restart."""
+        old = self.config
+        changed = [name for name in LIVE_SETTINGS if getattr(old, name) != getattr(new, name)]
+        if new.upload_limit != old.upload_limit or new.download_limit != old.download_limit:
+            self.engine.set_rate_limits(new.upload_limit, new.download_limit)
+            old.upload_limit, old.download_limit = new.upload_limit, new.download_limit
+        old.trust[:] = new.trust  # the puller and the socket API hold this very list
+        old.watch[:] = new.watch
+        if old.watch and self._watching is None:
+            self._start_watch()
+        if new.log_level != old.log_level:
+            logs.set_level(new.log_level)
+            old.log_level = new.log_level
+        later = [name for name in ("tracker", "token", "data", "listen", "docker_host", "cache_size",
+                                   "min_seed_time", "metrics_listen") if getattr(old, name) != getattr(new, name)]
+        log.info("reloaded: %s changed%s", ", ".join(changed) or "nothing",
+                 f"; restart to apply {', '.join(later)}" if later else "")
+
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz reports: the torrent session up, a valid certificate, the tracker answering."""
+        return {"session": self.engine.ssl_port > 0,
+                "certificate": self.identity.not_after > time.time(),
+                "tracker": await self.tracker.health()}
 
     async def _housekeeping(self) -> None:
         while True:
@@ -155,9 +215,11 @@ class Agent:
                     self.puller.start(ref)
 
 
-async def serve(config: AgentConfig) -> None:
-    """Run an agent until SIGTERM or SIGINT (a second one exits at once)."""
+async def serve(config: AgentConfig, reload: Callable[[], AgentConfig] | None = None) -> None:
+    """Run an agent until SIGTERM or SIGINT (a second one exits at once); SIGHUP calls `reload` and applies
+    the live settings. A stop signal while the agent still waits for its tracker ends the wait."""
     stopping = asyncio.Event()
+    running: Agent | None = None
 
     def on_signal() -> None:
         if stopping.is_set():
@@ -166,10 +228,28 @@ async def serve(config: AgentConfig) -> None:
         log.info("stopping: saving resume data and announcing stopped (signal again to exit at once)")
         stopping.set()
 
+    def on_hangup() -> None:
+        if running is None or reload is None:
+            log.warning("SIGHUP: nothing to reload yet (still starting)")
+            return
+        try:
+            running.reload(reload())
+        except (SwarmError, click.ClickException) as exc:  # a malformed file or variable
+            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", exc)
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    agent = await Agent.create(config)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    creating = asyncio.create_task(Agent.create(config))
+    stop_wait = asyncio.create_task(stopping.wait())
+    await asyncio.wait({creating, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if not creating.done():
+        creating.cancel()  # Agent.create undoes whatever it had started
+        await asyncio.gather(creating, return_exceptions=True)
+        return
+    stop_wait.cancel()
+    running = agent = creating.result()
     try:
         agent.start()
         print(f"agent ready: {agent.identity.name} ({agent.identity.role}), peers on port "
@@ -179,7 +259,6 @@ async def serve(config: AgentConfig) -> None:
         await agent.stop()
 
 
-def run_agent(config: AgentConfig) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    asyncio.run(serve(config))
+def run_agent(config: AgentConfig, reload: Callable[[], AgentConfig] | None = None) -> None:
+    """Logging is set up by the caller (swarm.core.logs.configure)."""
+    asyncio.run(serve(config, reload))

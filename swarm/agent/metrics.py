@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -65,12 +65,24 @@ class _Live(Collector):
                                 "Unix time at which the host certificate expires", value=values["cert_expiry"])
 
 
-async def serve_metrics(metrics: AgentMetrics, listen: tuple[str, int]) -> web.AppRunner:
+async def serve_metrics(metrics: AgentMetrics, listen: tuple[str, int],
+                        readiness: Callable[[], Awaitable[dict[str, bool]]]) -> web.AppRunner:
+    """/metrics; /healthz (the process answers); /readyz (200 if every check of `readiness` holds, else 503)."""
     async def handle(_request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"alive": True})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        checks = await readiness()
+        ready = all(checks.values())
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
     app = web.Application()
     app.router.add_get("/metrics", handle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = listen

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +17,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from swarm.cli.config import TRACKER_CONFIG, config_option, default_tracker_data
+from swarm.core import logs
 from swarm.core.addresses import LISTEN
 from swarm.core.errors import UsageError
 from swarm.core.tokens import ROLES
@@ -32,8 +32,10 @@ if TYPE_CHECKING:
 
 _DATABASE = click.option("--database", default=None, envvar="SWARM_DATABASE", show_envvar=True,
                          help="postgresql://... shared by tracker replicas (default: SQLite in --data)")
-_DATA = click.option("--data", "data", required=True, envvar="SWARM_DATA", show_envvar=True,
+_DATA = click.option("--data", "data", default=default_tracker_data, show_default=str(default_tracker_data()),
+                     envvar="SWARM_DATA", show_envvar=True,
                      type=click.Path(file_okay=False, path_type=Path), help="the tracker's data directory")
+_FILE = config_option(TRACKER_CONFIG, strict=False)
 
 
 @click.group()
@@ -42,6 +44,7 @@ def tracker() -> None:
 
 
 @tracker.command()
+@config_option(TRACKER_CONFIG, strict=True)
 @_DATA
 @click.option("--listen", type=LISTEN, default=DEFAULT_LISTEN, show_default=True, envvar="SWARM_LISTEN",
               show_envvar=True, help="HOST:PORT to serve HTTP on (port 0: any free port)")
@@ -69,21 +72,28 @@ def tracker() -> None:
               help="processes sharing the port (SO_REUSEPORT); more than one needs --redis")
 @click.option("--tls", is_flag=True, envvar="SWARM_TLS", show_envvar=True,
               help="serve HTTPS with a certificate from the swarm CA (hosts pin it by their join token)")
+@click.option("--log-level", type=click.Choice(logs.LEVELS), default=logs.DEFAULT_LEVEL, show_default=True,
+              envvar="SWARM_LOG_LEVEL", show_envvar=True,
+              help="least severe level logged (debug also logs /healthz, /readyz and /metrics hits)")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default=logs.DEFAULT_FORMAT, show_default=True,
+              envvar="SWARM_LOG_FORMAT", show_envvar=True, help="text lines, or one JSON object per line")
 @click.option("--reuse-port", is_flag=True, hidden=True)
 def serve(data: Path, listen: tuple[str, int], public_url: str | None, cert_lifetime: int, announce_interval: int,
           min_interval: int | None, database: str | None, redis: str | None, auth_failure_limit: int,
-          client_timeout: float, workers: int, tls: bool, reuse_port: bool) -> None:
+          client_timeout: float, workers: int, tls: bool, log_level: str, log_format: str,
+          reuse_port: bool) -> None:
     """Run the tracker until SIGTERM."""
     from swarm.tracker.server import run_tracker
 
     if min_interval is not None and min_interval > announce_interval:
         raise UsageError("--min-interval must not exceed --announce-interval")
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logs.configure(log_level, log_format)
     host, port = listen
     options = ServeOptions(data=data, host=host, port=port, public_url=public_url, cert_lifetime=cert_lifetime,
                            interval=announce_interval, min_interval=min_interval, database=database, redis=redis,
                            auth_failure_limit=auth_failure_limit, client_timeout=client_timeout,
-                           workers=workers, reuse_port=reuse_port, tls=tls)
+                           workers=workers, reuse_port=reuse_port, tls=tls, log_level=log_level,
+                           log_format=log_format)
     try:
         import uvloop
     except ImportError:  # plain asyncio works, a little slower
@@ -107,6 +117,7 @@ def _service(data: Path, database: str | None) -> TrackerService:
 @token.command("create")
 @click.argument("name")
 @click.option("--role", required=True, type=click.Choice(ROLES), envvar="SWARM_ROLE", show_envvar=True)
+@_FILE
 @_DATA
 @_DATABASE
 def token_create(name: str, role: str, data: Path, database: str | None) -> None:
@@ -120,6 +131,7 @@ def token_create(name: str, role: str, data: Path, database: str | None) -> None
 
 @token.command("revoke")
 @click.argument("name")
+@_FILE
 @_DATA
 @_DATABASE
 def token_revoke(name: str, data: Path, database: str | None) -> None:
@@ -133,6 +145,7 @@ def token_revoke(name: str, data: Path, database: str | None) -> None:
 
 
 @token.command("list")
+@_FILE
 @_DATA
 @_DATABASE
 def token_list(data: Path, database: str | None) -> None:

@@ -111,6 +111,33 @@ class TrackerService:
         await self.peers.aclose()
         self.close()
 
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz reports: the database and the peer store both answer."""
+        checks = {}
+        try:
+            self.storage.ping()
+            checks["database"] = True
+        except Exception as exc:  # any driver's failure means "not ready", never a 500
+            log.warning("readiness: database %s: %s", self.storage.location, exc)
+            checks["database"] = False
+        try:
+            await self.peers.ping()
+            checks["peers"] = True
+        except Exception as exc:
+            log.warning("readiness: peer store: %s", exc)
+            checks["peers"] = False
+        return checks
+
+    def token_name(self, secret: str | None) -> str | None:
+        """The name of the token `secret` is, for logs; None if none (never counted as a failure)."""
+        if not secret or not is_secret_shaped(secret):
+            return None
+        try:
+            record = self.storage.token_by_hash(hash_secret(secret))
+        except Exception:
+            return None
+        return record.name if record else None
+
     # tokens
 
     def create_token(self, name: str, role: str) -> JoinToken:
