@@ -126,7 +126,7 @@ def _own_args(command: str) -> list[str]:
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--key", type=click.Path(path_type=Path), required=True, envvar="SWARM_KEY",
+@click.option("--key", type=click.Path(path_type=Path), required=True, envvar="SWARM_KEY", show_envvar=True,
               help="The builder's Ed25519 signing key.")
 @click.option("--from-archive", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Read the image from a `docker save`/OCI archive instead of Docker.")

@@ -1,0 +1,157 @@
+"""Running swarm as an operator does: start order, SIGHUP, probes, logs.
+
+Real tracker and agent processes, a real dockerd, HTTP on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swarm.core.signing import SigningKey
+from tests.support.procs import Agent, Tracker, run_swarm, wait_for
+from tests.support.redis import RedisServer, free_port
+
+pytestmark = [pytest.mark.slow]
+
+
+def probe(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.docker
+def test_agent_started_before_its_tracker_waits_then_enrolls(tmp_path: Path, dockerd: Any) -> None:
+    port = free_port()
+    data = tmp_path / "tracker"
+    token = run_swarm("tracker", "token", "create", "early", "--role", "host", "--data", str(data)).stdout.strip()
+    agent = Agent.start(tmp_path, "early", f"http://127.0.0.1:{port}", token, "--docker-host", dockerd.host,
+                        wait=False)
+    agent.proc.wait_line(r"tracker unreachable at http://127\.0\.0\.1:\d+.*; retrying in 2s", timeout=60)
+    assert agent.proc.popen is not None and agent.proc.popen.poll() is None
+    tracker = Tracker.start(tmp_path, listen=f"127.0.0.1:{port}")
+    try:
+        agent.proc.wait_line(r"agent ready: early \(host\)", timeout=120)
+        retries = agent.proc.text().count("retrying in")
+        assert retries <= 8, "the pauses between attempts must grow"
+        assert agent.status()["name"] == "early"
+    finally:
+        assert agent.stop() == 0
+        tracker.proc.stop()
+
+
+@pytest.mark.docker
+def test_stop_signal_while_waiting_for_the_tracker_exits_cleanly(tmp_path: Path, dockerd: Any) -> None:
+    token = "swarm1." + "a" * 40 + "." + "b" * 64
+    agent = Agent.start(tmp_path, "patient", f"http://127.0.0.1:{free_port()}", token,
+                        "--docker-host", dockerd.host, wait=False)
+    agent.proc.wait_line("retrying in", timeout=60)
+    assert agent.stop() == 0
+    assert not (agent.data / "agent.sock").exists()
+
+
+@pytest.mark.docker
+def test_sighup_reloads_trust_watch_limits_and_log_level(tmp_path: Path, dockerd: Any) -> None:
+    tracker = Tracker.start(tmp_path)
+    key_a, key_b = SigningKey.generate().public_text, SigningKey.generate().public_text
+    config = tmp_path / "agent.toml"
+    config.write_text(f'trust = ["{key_a}"]\nupload-limit = "1MB/s"\n')
+    metrics = free_port()
+    agent = Agent.start(tmp_path, "reloaded", tracker.url, tracker.token("reloaded", "host"),
+                        "--docker-host", dockerd.host, "--config", str(config),
+                        "--metrics-listen", f"127.0.0.1:{metrics}")
+    try:
+        assert agent.status()["trusted_keys"] == [key_a]
+        config.write_text(f'trust = ["{key_a}", "{key_b}"]\nupload-limit = "2MB/s"\nwatch = ["app:*"]\n'
+                          'log-level = "debug"\ncache-size = "1GB"\n')
+        assert agent.proc.popen is not None
+        agent.proc.popen.send_signal(signal.SIGHUP)
+        agent.proc.wait_line(r"reloaded: upload_limit, watch, trust, log_level changed; "
+                             r"restart to apply cache_size", timeout=30)
+        assert agent.status()["trusted_keys"] == [key_a, key_b]
+        assert agent.proc.popen.poll() is None and (agent.data / "agent.sock").exists()
+        # a broken file keeps the running configuration
+        config.write_text('trust = ["not-a-key"]\n')
+        agent.proc.popen.send_signal(signal.SIGHUP)
+        agent.proc.wait_line(r"configuration not reloaded, keeping the running one: .*invalid public key", 30)
+        assert agent.status()["trusted_keys"] == [key_a, key_b]
+        assert probe(f"http://127.0.0.1:{metrics}/readyz")[0] == 200
+    finally:
+        assert agent.stop() == 0
+        tracker.proc.stop()
+
+
+@pytest.mark.docker
+def test_agent_probes_follow_the_tracker(tmp_path: Path, dockerd: Any) -> None:
+    tracker = Tracker.start(tmp_path)
+    port = free_port()
+    agent = Agent.start(tmp_path, "probed", tracker.url, tracker.token("probed", "host"),
+                        "--docker-host", dockerd.host, "--metrics-listen", f"127.0.0.1:{port}")
+    try:
+        assert probe(f"http://127.0.0.1:{port}/healthz") == (200, {"alive": True})
+        assert probe(f"http://127.0.0.1:{port}/readyz") == (
+            200, {"ready": True, "checks": {"session": True, "certificate": True, "tracker": True}})
+        tracker.proc.stop()
+        status, body = probe(f"http://127.0.0.1:{port}/readyz")
+        assert status == 503 and body["checks"]["tracker"] is False and body["checks"]["session"] is True
+        assert probe(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    finally:
+        agent.stop()
+
+
+def test_tracker_readyz_false_when_the_database_or_redis_is_gone(tmp_path: Path) -> None:
+    tracker = Tracker.start(tmp_path)
+    try:
+        assert probe(tracker.url + "/healthz") == (200, {"alive": True})
+        assert probe(tracker.url + "/readyz") == (200, {"ready": True, "checks": {"database": True, "peers": True}})
+        (tracker.data / "tracker.db").unlink()
+        status, body = probe(tracker.url + "/readyz")
+        assert status == 503 and body == {"ready": False, "checks": {"database": False, "peers": True}}
+        assert probe(tracker.url + "/healthz")[0] == 200
+    finally:
+        tracker.proc.stop()
+    with RedisServer.start(tmp_path / "redis") as redis:
+        tracker = Tracker.start(tmp_path / "r", "--redis", redis.url)
+        try:
+            assert probe(tracker.url + "/readyz")[0] == 200
+            redis.stop()
+            status, body = probe(tracker.url + "/readyz")
+            assert status == 503 and body["checks"] == {"database": True, "peers": False}
+        finally:
+            tracker.proc.stop()
+
+
+def test_tracker_json_logs_parse_and_name_every_refusal(tmp_path: Path) -> None:
+    tracker = Tracker.start(tmp_path, "--log-format", "json")
+    try:
+        revoked = tracker.token("gone", "host")
+        run_swarm("tracker", "token", "revoke", "gone", "--data", str(tracker.data))
+        request = urllib.request.Request(tracker.url + "/v1/manifests",
+                                         headers={"Authorization": f"Bearer {revoked.split('.')[1]}"})
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(request, timeout=10)
+        for path in ("/healthz", "/readyz", "/metrics", "/v1/health"):
+            urllib.request.urlopen(tracker.url + path, timeout=10).read()
+
+        def refusal() -> dict[str, Any] | None:
+            return next((e for e in entries() if e["level"] == "warning" and " 401 " in e["message"]), None)
+
+        def entries() -> list[dict[str, Any]]:
+            lines = [ln for ln in tracker.proc.text().splitlines() if not ln.startswith("tracker listening on")]
+            return [json.loads(ln) for ln in lines]  # every other line is one JSON object
+
+        entry = wait_for(refusal, 20, "the 401 in the log")
+        assert "from 127.0.0.1 token gone:" in entry["message"] and entry["logger"] == "aiohttp.access"
+        assert revoked.split(".")[1] not in tracker.proc.text()
+        assert not any(p in e["message"] for e in entries() for p in ("/healthz", "/readyz", "/metrics"))
+    finally:
+        tracker.proc.stop()
