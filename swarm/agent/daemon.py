@@ -189,7 +189,7 @@ class Agent:
         peers = sum(1 for ih in torrents for p in self.engine.status(ih).peers if p.connected)
         return {"cache_bytes": used, "cache_budget": self.config.cache_size, "connected_peers": peers,
                 "torrents": len(torrents), "sent_bytes": self.engine.uploaded_total(),
-                "cert_expiry": self.identity.not_after}
+                "cert_expiry": self.identity.not_after, "pulls_in_flight": len(self.puller.progress_all())}
 
     def _reseed(self) -> None:
         """Serve again every verified blob of every manifest this host knows."""

@@ -1,4 +1,8 @@
-"""The agent's Prometheus metrics (served on --metrics-listen)."""
+"""The agent's Prometheus metrics (served on --metrics-listen).
+
+  swarm_agent_pulls_total{outcome}   started, completed, failed: started = completed + failed + pulls_in_flight
+  swarm_agent_certificate_expiry_timestamp_seconds, swarm_agent_build_info{version, python}
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from swarm.core.buildinfo import BuildInfo
 
 
 
@@ -26,6 +32,7 @@ class AgentMetrics:
         self.pull_seconds = Histogram("swarm_agent_pull_duration_seconds", "Time from pull start to image loaded",
                                       buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
                                       registry=self.registry)
+        self.registry.register(BuildInfo("swarm_agent"))
         for outcome in ("started", "completed", "failed"):
             self.pulls.labels(outcome)
         for source in ("builder", "host"):
@@ -61,8 +68,11 @@ class _Live(Collector):
         yield GaugeMetricFamily("swarm_agent_torrents", "Torrents in the session", value=values["torrents"])
         yield CounterMetricFamily("swarm_agent_sent_bytes", "Payload bytes sent to other agents",
                                   value=values["sent_bytes"])
-        yield GaugeMetricFamily("swarm_agent_certificate_expiry_seconds",
+        yield GaugeMetricFamily("swarm_agent_certificate_expiry_timestamp_seconds",
                                 "Unix time at which the host certificate expires", value=values["cert_expiry"])
+        yield GaugeMetricFamily("swarm_agent_pulls_in_flight",
+                                "Pulls under way: pulls_total{started} = completed + failed + this",
+                                value=values["pulls_in_flight"])
 
 
 async def serve_metrics(metrics: AgentMetrics, listen: tuple[str, int],

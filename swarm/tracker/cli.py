@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,11 +85,13 @@ def serve(data: Path, listen: tuple[str, int], public_url: str | None, cert_life
           client_timeout: float, workers: int, tls: bool, log_level: str, log_format: str,
           reuse_port: bool) -> None:
     """Run the tracker until SIGTERM."""
-    from swarm.tracker.server import run_tracker
-
     if min_interval is not None and min_interval > announce_interval:
         raise UsageError("--min-interval must not exceed --announce-interval")
     logs.configure(log_level, log_format)
+    if workers > 1:
+        _share_metrics(data)
+    from swarm.tracker.server import run_tracker  # imports prometheus_client: after _share_metrics
+
     host, port = listen
     options = ServeOptions(data=data, host=host, port=port, public_url=public_url, cert_lifetime=cert_lifetime,
                            interval=announce_interval, min_interval=min_interval, database=database, redis=redis,
@@ -101,6 +105,18 @@ def serve(data: Path, listen: tuple[str, int], public_url: str | None, cert_life
     else:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(run_tracker(options))
+
+
+def _share_metrics(data: Path) -> None:
+    """Let the workers count into one directory, summed at each scrape (see swarm/tracker/metrics.py).
+
+    Must run before prometheus_client is imported; the workers inherit the variable."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    directory = data / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)  # counts of an earlier run: a restart resets counters
+    directory.mkdir(parents=True, mode=0o700)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 @tracker.group()

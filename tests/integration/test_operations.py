@@ -6,6 +6,7 @@ Real tracker and agent processes, a real dockerd, HTTP on loopback.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import urllib.error
 import urllib.request
@@ -155,3 +156,33 @@ def test_tracker_json_logs_parse_and_name_every_refusal(tmp_path: Path) -> None:
         assert not any(p in e["message"] for e in entries() for p in ("/healthz", "/readyz", "/metrics"))
     finally:
         tracker.proc.stop()
+
+
+def metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+    assert m, f"{name} not in metrics:\n{text}"
+    return float(m.group(1))
+
+
+def test_counters_never_go_backwards_across_scrapes_with_three_workers(tmp_path: Path) -> None:
+    with RedisServer.start(tmp_path / "redis") as redis:
+        tracker = Tracker.start(tmp_path, "--redis", redis.url, "--workers", "3", "--auth-failure-limit", "0")
+        try:
+            last = 0.0
+            for i in range(1, 31):
+                # a new connection each time, so SO_REUSEPORT spreads requests and scrapes over the workers
+                request = urllib.request.Request(tracker.url + "/v1/manifests",
+                                                 headers={"Authorization": "Bearer " + "0" * 40})
+                with pytest.raises(urllib.error.HTTPError):
+                    urllib.request.urlopen(request, timeout=10)
+                with urllib.request.urlopen(tracker.url + "/metrics", timeout=10) as resp:
+                    text = resp.read().decode()
+                value = metric(text, 'swarm_tracker_auth_failures_total{reason="unknown"}')
+                assert value >= last, f"scrape {i}: the counter went back from {last} to {value}"
+                last = value
+                assert metric(text, "swarm_tracker_enrolled_hosts") == 0
+            assert last == 30, "every worker's refusals are counted, once"
+            assert re.search(r'^swarm_tracker_build_info\{python="[\d.]+",version="[^"]+"\} 1\.0$', text, re.M)
+        finally:
+            tracker.proc.stop()
+        assert len(list((tracker.data / "metrics").glob("counter_*.db"))) == 3, "three processes counted"
