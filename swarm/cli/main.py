@@ -175,6 +175,19 @@ def status(as_json: bool, data: Path | None, socket: Path | None) -> None:
         status_table(result)
 
 
+@cli.command()
+@click.argument("url", envvar="SWARM_PROBE_URL")
+@click.option("--ca", type=click.Path(path_type=Path, dir_okay=False), envvar="SWARM_PROBE_CA", show_envvar=True,
+              help="Verify an https:// URL against this CA (the tracker's DATA/ca.pem).")
+@click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, envvar="SWARM_PROBE_WAIT",
+              show_envvar=True, help="Keep asking for up to this many seconds until the answer is 200.")
+def probe(url: str, ca: Path | None, wait: float) -> None:
+    """Ask a /healthz or /readyz URL (or $SWARM_PROBE_URL): exit 0 on 200, else 1 with the reason."""
+    from swarm.cli.probe import probe_until
+
+    click.echo(probe_until(url, ca, wait))
+
+
 def _socket(data: Path | None, socket: Path | None) -> Path:
     """--socket, --data, else the default data dir's socket if an agent made it there."""
     if data is None and socket is None:

@@ -6,8 +6,11 @@ Real tracker and agent processes, a real dockerd, HTTP on loopback.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -186,3 +189,36 @@ def test_counters_never_go_backwards_across_scrapes_with_three_workers(tmp_path:
         finally:
             tracker.proc.stop()
         assert len(list((tracker.data / "metrics").glob("counter_*.db"))) == 3, "three processes counted"
+
+
+def test_probe_checks_a_tls_tracker_against_its_ca(tmp_path: Path) -> None:
+    tracker = Tracker.start(tmp_path, "--tls")
+    try:
+        assert tracker.url.startswith("https://")
+        ok = run_swarm("probe", tracker.url + "/readyz", "--ca", str(tracker.data / "ca.pem"))
+        assert json.loads(ok.stdout)["ready"] is True
+        unverified = run_swarm("probe", tracker.url + "/healthz", check=False)
+        assert unverified.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in unverified.stderr
+        assert "Traceback" not in unverified.stderr
+        (tracker.data / "tracker.db").unlink()
+        gone = run_swarm("probe", tracker.url + "/readyz", "--ca", str(tracker.data / "ca.pem"), check=False)
+        assert gone.returncode == 1 and gone.stderr.startswith(f"error: {tracker.url}/readyz answered 503")
+    finally:
+        tracker.proc.stop()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_container_healthcheck_script_probes_the_tracker(tmp_path: Path, tls: bool) -> None:
+    port = free_port()
+    tracker = Tracker.start(tmp_path, *(["--tls"] if tls else []), listen=f"127.0.0.1:{port}")
+    script = Path(__file__).parents[2] / "deploy" / "docker" / "healthcheck.sh"
+    env = {**os.environ, "SWARM_LISTEN": f"0.0.0.0:{port}", "SWARM_DATA": str(tracker.data),
+           "SWARM_TLS": "true" if tls else "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    try:
+        result = subprocess.run(["sh", str(script), "tracker"], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["ready"] is True
+    finally:
+        tracker.proc.stop()
+    result = subprocess.run(["sh", str(script), "tracker"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.startswith("error: ")
