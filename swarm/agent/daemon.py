@@ -24,6 +24,7 @@ from swarm.agent.server import SocketServer
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
 from swarm.core import logs
+from swarm.core.api import ManifestEntry
 from swarm.core.errors import SwarmError, TrackerError, TrackerUnreachable
 from swarm.core.refs import ImageRef, matches
 from swarm.engine.session import Engine
@@ -199,20 +200,36 @@ class Agent:
                     self.engine.add(layer.torrent, self.blobs.blobs_dir, self.tracker.announce_url, seed=True)
 
     async def _watch(self) -> None:
-        """Preheat: pull every newly published tag matching a --watch pattern."""
+        """Preheat: keep the newest matching tag of each repository pulled.
+
+        The first answer is everything published so far: of it, only the newest matching tag
+        of each repository is pulled (an agent started today does not fetch every tag since
+        the first); after that, every matching tag as it is published."""
         since = 0
         while True:
             try:
-                since, entries = await self.tracker.watch(since, 30)
+                seq, entries = await self.tracker.watch(since, 30)
             except TrackerError as exc:
                 log.warning("watch: %s", exc)
                 await asyncio.sleep(5)
                 continue
-            for entry in entries:
-                ref = ImageRef.parse(entry.ref)
-                if any(matches(p, ref) for p in self.config.watch):
-                    log.info("watch: %s published, pulling", ref)
-                    self.puller.start(ref)
+            matching = [(ImageRef.parse(e.ref), e) for e in entries]
+            matching = [(ref, e) for ref, e in matching if any(matches(p, ref) for p in self.config.watch)]
+            if since == 0:
+                matching = list(newest_per_repository(matching).values())
+            since = seq
+            for ref, _entry in matching:
+                log.info("watch: %s published, pulling", ref)
+                self.puller.start(ref)
+
+
+def newest_per_repository(entries: list[tuple[ImageRef, ManifestEntry]]) -> dict[str, tuple[ImageRef, ManifestEntry]]:
+    """Of each repository, the entry published last (highest sequence number)."""
+    newest: dict[str, tuple[ImageRef, ManifestEntry]] = {}
+    for ref, entry in entries:
+        if ref.repository not in newest or entry.seq > newest[ref.repository][1].seq:
+            newest[ref.repository] = (ref, entry)
+    return newest
 
 
 async def serve(config: AgentConfig, reload: Callable[[], AgentConfig] | None = None) -> None:
