@@ -179,3 +179,58 @@ def token_list(data: Path, database: str | None) -> None:
 
 def _when(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@tracker.command("backup")
+@click.argument("archive", type=click.Path(path_type=Path, dir_okay=False))
+@_FILE
+@_DATA
+@_DATABASE
+def backup_command(archive: Path, data: Path, database: str | None) -> None:
+    """Write the database (online, while the tracker runs) and the CA to ARCHIVE (tar, mode 0600)."""
+    from swarm.tracker.backup import backup
+
+    names = backup(data, database, archive)
+    click.echo(f"backed up {', '.join(names)} to {archive}", err=True)
+
+
+@tracker.command("restore")
+@click.argument("archive", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--force", is_flag=True, help="replace the database already in --data (stop the tracker first)")
+@_FILE
+@_DATA
+@_DATABASE
+def restore_command(archive: Path, force: bool, data: Path, database: str | None) -> None:
+    """Put a backup's database and CA into --data; run it while the tracker is stopped."""
+    from swarm.tracker.backup import restore
+
+    version = restore(archive, data, database, force)
+    click.echo(f"restored {archive} into {data} (schema {version}; `swarm tracker db migrate` if older)", err=True)
+
+
+@tracker.group()
+def db() -> None:
+    """The database's schema version, and its upgrade."""
+
+
+@db.command("status")
+@_FILE
+@_DATA
+@_DATABASE
+def db_status(data: Path, database: str | None) -> None:
+    """Show the schema version (changes nothing)."""
+    from swarm.tracker.backup import schema_status
+
+    click.echo(schema_status(data, database).summary)
+
+
+@db.command("migrate")
+@_FILE
+@_DATA
+@_DATABASE
+def db_migrate(data: Path, database: str | None) -> None:
+    """Bring the schema to this swarm's version (what `serve` also does at start)."""
+    from swarm.tracker.backup import migrate
+
+    before, after = migrate(data, database)
+    click.echo(f"migrated from schema {before}: {after.summary}" if before != after.version else after.summary)

@@ -222,3 +222,75 @@ def test_container_healthcheck_script_probes_the_tracker(tmp_path: Path, tls: bo
         tracker.proc.stop()
     result = subprocess.run(["sh", str(script), "tracker"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stderr.startswith("error: ")
+
+
+def test_backup_while_running_then_restore_keeps_tokens_and_ca(tmp_path: Path) -> None:
+    tracker = Tracker.start(tmp_path)
+    try:
+        kept = tracker.token("kept", "host")
+        archive = tmp_path / "tracker-backup.tar"
+        run_swarm("tracker", "backup", str(archive), "--data", str(tracker.data))
+        assert archive.stat().st_mode & 0o777 == 0o600
+        later = tracker.token("after-backup", "host")
+    finally:
+        tracker.proc.stop()
+    target = tmp_path / "restored" / "tracker"
+    assert run_swarm("tracker", "db", "status", "--data", str(target)).stdout.startswith(
+        f"sqlite:{target}/tracker.db: schema 0")
+    run_swarm("tracker", "restore", str(archive), "--data", str(target))
+    again = run_swarm("tracker", "restore", str(archive), "--data", str(target), check=False)
+    assert again.returncode == 2 and "add --force" in again.stderr
+    assert (target / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert "up to date" in run_swarm("tracker", "db", "status", "--data", str(target)).stdout
+    restored = Tracker.start(tmp_path / "restored")
+    try:
+        assert urllib.request.urlopen(restored.url + "/v1/ca", timeout=10).read() == \
+            (tracker.data / "ca.pem").read_bytes(), "the tokens handed out pin this CA"
+
+        def status_for(token: str) -> int:
+            request = urllib.request.Request(restored.url + "/v1/manifests",
+                                             headers={"Authorization": f"Bearer {token.split('.')[1]}"})
+            try:
+                return int(urllib.request.urlopen(request, timeout=10).status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert status_for(kept) == 200 and status_for(later) == 401
+    finally:
+        restored.proc.stop()
+
+
+def test_backup_and_restore_refuse_bad_input_in_one_line(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar")
+    result = run_swarm("tracker", "restore", str(junk), "--data", str(tmp_path / "d"), check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: cannot read backup")
+    result = run_swarm("tracker", "backup", str(tmp_path / "b.tar"), "--data", str(tmp_path / "none"), check=False)
+    assert result.returncode == 2 and "no tracker database" in result.stderr
+    result = run_swarm("tracker", "backup", str(tmp_path / "b.tar"), "--database", "postgresql://x/y", check=False)
+    assert result.returncode == 2 and "pg_dump" in result.stderr
+    for out in (result.stderr,):
+        assert "Traceback" not in out
+
+
+def test_db_status_shows_pending_migrations_and_migrate_applies_them(tmp_path: Path) -> None:
+    import sqlite3
+
+    from swarm.tracker.storage import migrations
+
+    data = tmp_path / "old"
+    data.mkdir()
+    conn = sqlite3.connect(data / "tracker.db")
+    for statement in migrations.statements(migrations.scripts("sqlite")[1]):
+        conn.execute(statement)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+    conn.commit()
+    conn.close()
+    latest = migrations.latest("sqlite")
+    assert latest > 1
+    status = run_swarm("tracker", "db", "status", "--data", str(data)).stdout
+    assert f"schema 1, this swarm's {latest} ({latest - 1} migration(s) pending" in status
+    assert "schema 1" in run_swarm("tracker", "db", "status", "--data", str(data)).stdout, "status changes nothing"
+    migrated = run_swarm("tracker", "db", "migrate", "--data", str(data)).stdout
+    assert migrated.startswith("migrated from schema 1:") and f"schema {latest}" in migrated and "up to date" in migrated
