@@ -25,8 +25,15 @@ from swarm.core.addresses import LISTEN
 from swarm.core.errors import UsageError
 from swarm.core.tokens import ROLES
 from swarm.tracker.options import (
-    DEFAULT_AUTH_FAILURE_LIMIT, DEFAULT_CERT_LIFETIME, DEFAULT_CLIENT_TIMEOUT, DEFAULT_INTERVAL, DEFAULT_LISTEN,
-    DEFAULT_WORKERS, MAX_WORKERS, MIN_CERT_LIFETIME, ServeOptions,
+    DEFAULT_AUTH_FAILURE_LIMIT,
+    DEFAULT_CERT_LIFETIME,
+    DEFAULT_CLIENT_TIMEOUT,
+    DEFAULT_INTERVAL,
+    DEFAULT_LISTEN,
+    DEFAULT_WORKERS,
+    MAX_WORKERS,
+    MIN_CERT_LIFETIME,
+    ServeOptions,
 )
 
 if TYPE_CHECKING:

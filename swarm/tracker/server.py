@@ -26,9 +26,9 @@ from swarm.core.files import write_atomic
 from swarm.tracker.ca import CertificateAuthority, server_names
 from swarm.tracker.http import RedactingAccessLogger, make_app
 from swarm.tracker.options import DEFAULT_CLIENT_TIMEOUT, ServeOptions
-from swarm.tracker.peers.base import open_peer_store
+from swarm.tracker.peers import open_peer_store
 from swarm.tracker.service import TrackerService
-from swarm.tracker.storage.base import open_storage
+from swarm.tracker.storage import open_storage
 
 log = logging.getLogger("swarm.tracker.server")
 

@@ -27,7 +27,12 @@ from pathlib import Path
 from swarm.core.api import MAX_WATCH_TIMEOUT, EnrollResponse, ManifestEntry
 from swarm.core.digest import digest_hex
 from swarm.core.errors import (
-    Forbidden, InvalidInput, NotFound, RateLimited, SwarmError, Unauthorized,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    SwarmError,
+    Unauthorized,
 )
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
@@ -37,7 +42,10 @@ from swarm.tracker import announce as bt
 from swarm.tracker.ca import CertificateAuthority
 from swarm.tracker.metrics import TrackerMetrics
 from swarm.tracker.options import (
-    DEFAULT_AUTH_FAILURE_LIMIT, DEFAULT_CERT_LIFETIME, DEFAULT_INTERVAL, MIN_CERT_LIFETIME,
+    DEFAULT_AUTH_FAILURE_LIMIT,
+    DEFAULT_CERT_LIFETIME,
+    DEFAULT_INTERVAL,
+    MIN_CERT_LIFETIME,
 )
 from swarm.tracker.peers.base import Peer, PeerStore, SwarmCounts
 from swarm.tracker.ratelimit import DEFAULT_WINDOW, FailureLimiter

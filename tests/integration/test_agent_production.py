@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -23,6 +22,7 @@ import docker
 import pytest
 
 from swarm.images.synthetic import build_image, payload, run_image
+from tests.support.bt import free_port
 from tests.support.dockerd import Dockerd, stop_all
 from tests.support.procs import SWARM, Agent, Proc, Tracker, run_swarm, wait_for
 
@@ -243,13 +243,6 @@ def test_download_limit_is_honoured(bed: Bed, dockerd_factory: Any) -> None:
     rate = got / elapsed
     assert rate <= 2_000_000 * 1.10, f"{rate / 1e6:.2f} MB/s over a 2 MB/s limit"
     assert rate >= 2_000_000 * 0.5, f"{rate / 1e6:.2f} MB/s: the transfer should run near its limit"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def metric(text: str, name: str) -> float:
     m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)

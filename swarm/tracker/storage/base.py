@@ -29,11 +29,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from swarm.core.api import ManifestEntry
-from swarm.core.errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -102,21 +100,6 @@ class Storage(Protocol):
 
     def certificates(self, name: str) -> list[tuple[str, int, int]]: ...
 
-    def certificate_count(self) -> int: ...
-
     def shared_ca(self, key_pem: str, cert_pem: str) -> tuple[str, str] | None:
         """The CA kept in the database, storing (key_pem, cert_pem) first if there is none
         (the first replica's CA wins); None when this storage keeps no CA (SQLite: files)."""
-
-
-def open_storage(data_dir: Path, database: str | None = None) -> Storage:
-    """SQLite in `data_dir`, or the PostgreSQL database at `database` (postgresql://...)."""
-    if database is None or database.startswith("sqlite:"):
-        from swarm.tracker.storage.sqlite import SQLiteStorage
-
-        return SQLiteStorage(Path(database[len("sqlite:"):]) if database else data_dir)
-    if database.startswith(("postgresql://", "postgres://")):
-        from swarm.tracker.storage.postgres import PostgresStorage  # psycopg loads only for PostgreSQL
-
-        return PostgresStorage(database)
-    raise InvalidInput(f"unsupported database URL {database.split(':', 1)[0]!r}: expected postgresql://...")

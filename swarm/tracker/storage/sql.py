@@ -154,9 +154,6 @@ class SQLStorage:
                          (name,))
         return [(r[0], int(r[1]), int(r[2])) for r in rows]
 
-    def certificate_count(self) -> int:
-        return int(self._one("SELECT count(*) FROM certificates")[0])
-
 
 def _token(row: Any) -> TokenRecord:
     name, role, created, revoked_at, key = row
