@@ -157,7 +157,7 @@ def _postgres_status(url: str) -> SchemaStatus:
 def migrate(data: Path, database: str | None) -> tuple[int, SchemaStatus]:
     """Bring the schema to this swarm's version; returns (version before, status after)."""
     before = schema_status(data, database).version
-    from swarm.tracker.storage.base import open_storage
+    from swarm.tracker.storage import open_storage
 
     open_storage(data, database).close()  # opening migrates, in one exclusive transaction
     return before, schema_status(data, database)
