@@ -188,6 +188,33 @@ def _when(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+@tracker.group()
+def image() -> None:
+    """The published images (manifests by repository:tag)."""
+
+
+@image.command("list")
+@click.argument("pattern", required=False)
+@_FILE
+@_DATA
+@_DATABASE
+def image_list(pattern: str | None, data: Path, database: str | None) -> None:
+    """List published images, newest last; PATTERN as for `agent --watch` (`myapp/*`, `myapp:prod-*`)."""
+    from swarm.core.refs import ImageRef, matches
+    from swarm.tracker.storage import open_storage
+
+    storage = open_storage(data, database)
+    try:
+        entries = storage.manifests()
+    finally:
+        storage.close()
+    table = Table("ref", "image id", "seq", "published", "publisher")
+    for e in entries:
+        if pattern is None or matches(pattern, ImageRef.parse(e.ref)):
+            table.add_row(e.ref, e.image_id[:19], str(e.seq), _when(e.published), e.publisher)
+    Console().print(table)
+
+
 @tracker.command("backup")
 @click.argument("archive", type=click.Path(path_type=Path, dir_okay=False))
 @_FILE

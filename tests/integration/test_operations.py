@@ -294,3 +294,25 @@ def test_db_status_shows_pending_migrations_and_migrate_applies_them(tmp_path: P
     assert "schema 1" in run_swarm("tracker", "db", "status", "--data", str(data)).stdout, "status changes nothing"
     migrated = run_swarm("tracker", "db", "migrate", "--data", str(data)).stdout
     assert migrated.startswith("migrated from schema 1:") and f"schema {latest}" in migrated and "up to date" in migrated
+
+
+@pytest.mark.docker
+def test_image_list_shows_published_tags_by_pattern(tmp_path: Path, dockerd: Any) -> None:
+    from swarm.images.synthetic import build_image, payload
+
+    tracker = Tracker.start(tmp_path)
+    key = tmp_path / "builder.key"
+    run_swarm("keygen", str(key))
+    builder = Agent.start(tmp_path, "lister", tracker.url, tracker.token("lister", "builder"),
+                          "--docker-host", dockerd.host)
+    try:
+        for ref in ("listed/app:1", "listed/web:1"):
+            build_image(dockerd.api(), ref, [{"/x.bin": payload(1000, seed=len(ref))}], cmd=["/x.bin"])
+            builder.swarm("seed", ref, "--key", str(key))
+        every = run_swarm("tracker", "image", "list", "--data", str(tracker.data)).stdout
+        assert "listed/app:1" in every and "listed/web:1" in every and "lister" in every
+        some = run_swarm("tracker", "image", "list", "listed/web", "--data", str(tracker.data)).stdout
+        assert "listed/web:1" in some and "listed/app:1" not in some
+    finally:
+        builder.stop()
+        tracker.proc.stop()
