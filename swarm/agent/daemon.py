@@ -205,14 +205,19 @@ class Agent:
         The first answer is everything published so far: of it, only the newest matching tag
         of each repository is pulled (an agent started today does not fetch every tag since
         the first); after that, every matching tag as it is published."""
-        since = 0
+        since, failing = 0, False
         while True:
             try:
                 seq, entries = await self.tracker.watch(since, 30)
             except TrackerError as exc:
-                log.warning("watch: %s", exc)
+                if not failing:  # one line when the tracker goes, one when it is back
+                    log.warning("watch: %s; retrying every 5s", exc)
+                failing = True
                 await asyncio.sleep(5)
                 continue
+            if failing:
+                log.info("watch: tracker answering again")
+                failing = False
             matching = [(ImageRef.parse(e.ref), e) for e in entries]
             matching = [(ref, e) for ref, e in matching if any(matches(p, ref) for p in self.config.watch)]
             if since == 0:

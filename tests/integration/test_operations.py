@@ -316,3 +316,30 @@ def test_image_list_shows_published_tags_by_pattern(tmp_path: Path, dockerd: Any
     finally:
         builder.stop()
         tracker.proc.stop()
+
+
+@pytest.mark.docker
+def test_tracker_outage_is_one_line_when_lost_and_one_when_regained(tmp_path: Path, dockerd: Any) -> None:
+    from swarm.images.synthetic import build_image, payload
+
+    port = free_port()
+    tracker = Tracker.start(tmp_path, "--announce-interval", "2", "--min-interval", "0", listen=f"127.0.0.1:{port}")
+    key = tmp_path / "builder.key"
+    run_swarm("keygen", str(key))
+    builder = Agent.start(tmp_path, "outage", tracker.url, tracker.token("outage", "builder"),
+                          "--docker-host", dockerd.host, "--log-level", "debug")
+    try:
+        build_image(dockerd.api(), "outage/app:1", [{"/a.bin": payload(1000, seed=1)}, {"/b.bin": payload(900, seed=2)},
+                                                   {"/c.bin": payload(800, seed=3)}], cmd=["/a.bin"])
+        builder.swarm("seed", "outage/app:1", "--key", str(key))
+        tracker.proc.stop()
+        # libtorrent retries every torrent's announce: debug lines, each of them
+        wait_for(lambda: builder.proc.text().count("DEBUG swarm.engine.session: tracker: ") >= 4, 120,
+                 "several failed announces")
+        assert builder.proc.text().count("WARNING swarm.engine.session: tracker lost") == 1
+        tracker = Tracker.start(tmp_path, listen=f"127.0.0.1:{port}", log=tmp_path / "logs" / "tracker2.log")
+        builder.proc.wait_line("tracker regained", timeout=120)
+        assert builder.proc.text().count("tracker regained") == 1
+    finally:
+        builder.stop()
+        tracker.proc.stop()
