@@ -146,6 +146,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: Any = None
+        #: the tracker error being seen, if announces are failing: one line when lost, one when back
+        self._tracker_lost: str | None = None
 
     # -- life cycle ---------------------------------------------------------
 
@@ -420,7 +422,15 @@ class Engine:
                 entry.handle.pause()  # a disk error repeats for every block otherwise
                 self._signal(entry)
         elif isinstance(alert, lt.tracker_error_alert):
-            log.warning("tracker: %s", _redact(alert.message()))
+            message = _redact(alert.message())
+            if self._tracker_lost is None:
+                log.warning("tracker lost (announces failing; logged once until it answers): %s", message)
+            else:
+                log.debug("tracker: %s", message)
+            self._tracker_lost = message
+        elif isinstance(alert, lt.tracker_reply_alert) and self._tracker_lost is not None:
+            self._tracker_lost = None
+            log.info("tracker regained: announces answered again")
 
     def _entry_for(self, alert: Any) -> _Torrent | None:
         try:

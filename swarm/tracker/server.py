@@ -114,7 +114,8 @@ def _worker_argv(o: ServeOptions, port: int) -> list[str]:
     argv = [sys.executable, "-m", "swarm.cli.main", "tracker", "serve", "--data", str(o.data),
             "--listen", f"{format_host(o.host)}:{port}", "--workers", "1", "--reuse-port",
             "--cert-lifetime", str(o.cert_lifetime), "--announce-interval", str(o.interval),
-            "--auth-failure-limit", str(o.auth_failure_limit), "--client-timeout", str(o.client_timeout)]
+            "--auth-failure-limit", str(o.auth_failure_limit), "--client-timeout", str(o.client_timeout),
+            "--log-level", o.log_level, "--log-format", o.log_format]
     if o.min_interval is not None:
         argv += ["--min-interval", str(o.min_interval)]
     if o.public_url:

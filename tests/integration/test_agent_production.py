@@ -222,6 +222,17 @@ def test_preheat_pulls_tags_published_after_the_agent_started(bed: Bed, dockerd_
     assert image_id(engine, "prod/big:1") is None, "tags not matching the pattern are left alone"
 
 
+def test_watch_after_a_restart_pulls_only_the_newest_tag_of_each_repository(bed: Bed, dockerd_factory: Any) -> None:
+    for tag, source in (("1", "prod/app:1"), ("2", "prod/app:2")):
+        bed.builder_engine.api().tag(source, "history/app", tag)
+        bed.seed(f"history/app:{tag}")
+    engine = dockerd_factory()
+    host = bed.host("latecomer", engine, "--watch", "history/*")
+    wait_for(lambda: image_id(engine, "history/app:2"), 90, "the newest tag to be loaded")
+    assert host.proc.text().count("watch: history/app:") == 1, host.proc.text()
+    assert image_id(engine, "history/app:1") is None, "an older tag of the same repository is not pulled"
+
+
 def test_download_limit_is_honoured(bed: Bed, dockerd_factory: Any) -> None:
     host = bed.host("throttled", dockerd_factory(), "--download-limit", "2MB/s")
     started = time.monotonic()

@@ -67,6 +67,9 @@ class Storage(RolloutStore, Protocol):
 
     def close(self) -> None: ...
 
+    def ping(self) -> None:
+        """Raise if the database cannot answer a query now (/readyz)."""
+
     def add_token(self, name: str, role: str, secret_hash: str) -> None: ...
 
     def token_by_hash(self, secret_hash: str) -> TokenRecord | None: ...

@@ -42,6 +42,9 @@ class SQLStorage(RolloutSQL):
         """Execute in transaction `c`."""
         return c.execute(sql, params)
 
+    def ping(self) -> None:
+        self._one("SELECT 1")
+
     # tokens
 
     def add_token(self, name: str, role: str, secret_hash: str) -> None:
