@@ -8,8 +8,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from swarm.agent.api import (
-    Message, Note, PrepareRequest, PrepareResponse, PublishRequest, PublishResponse, PullProgress, PullRequest,
-    PullResponse, StatusRequest, StatusResponse,
+    Message,
+    Note,
+    PrepareRequest,
+    PrepareResponse,
+    PublishRequest,
+    PublishResponse,
+    PullProgress,
+    PullRequest,
+    PullResponse,
+    StatusRequest,
+    StatusResponse,
 )
 from swarm.core import wire
 from swarm.core.errors import AgentNotRunning, InvalidInput, error_from_kind

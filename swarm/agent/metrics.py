@@ -17,7 +17,6 @@ from prometheus_client.registry import Collector
 from swarm.core.buildinfo import BuildInfo
 
 
-
 class AgentMetrics:
     """Counters fed by the engine (alert thread) and the pull pipeline; gauges read at scrape time."""
 

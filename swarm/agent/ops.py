@@ -9,8 +9,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from swarm.agent.api import (
-    CACHED, NOT_CACHED, PARTLY_CACHED, CacheInfo, ImageInfo, Message, Note, PeerInfo, PrepareRequest, PrepareResponse, PublishRequest,
-    PublishResponse, PulledImage, PullRequest, PullResponse, StatusRequest, StatusResponse, TorrentInfo,
+    CACHED,
+    NOT_CACHED,
+    PARTLY_CACHED,
+    CacheInfo,
+    ImageInfo,
+    Message,
+    Note,
+    PeerInfo,
+    PrepareRequest,
+    PrepareResponse,
+    PublishRequest,
+    PublishResponse,
+    PulledImage,
+    PullRequest,
+    PullResponse,
+    StatusRequest,
+    StatusResponse,
+    TorrentInfo,
 )
 from swarm.agent.cache import CacheKeeper
 from swarm.agent.identity import Identity
@@ -102,7 +118,7 @@ class AgentOps:
         self.cache.evict()
         return PullResponse(tuple(
             PulledImage(str(ref), image_id, state.outcome, self._all_cached(state.manifest))
-            for ref, image_id, (state, _t) in zip(refs, ids, pulls)))
+            for ref, image_id, (state, _t) in zip(refs, ids, pulls, strict=True)))
 
     def _all_cached(self, manifest: Manifest | None) -> bool:
         return manifest is not None and all(self.blobs.is_verified(layer.blob) for layer in manifest.layers)

@@ -12,8 +12,8 @@ import asyncio
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from swarm.agent.api import LayerProgress, PullProgress
@@ -23,13 +23,19 @@ from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
 from swarm.core.digest import digest_hex
 from swarm.core.errors import (
-    DockerError, DockerUnreachable, ImageNotFound, NotFound, SwarmError, TorrentError, UntrustedManifest,
+    DockerError,
+    DockerUnreachable,
+    ImageNotFound,
+    NotFound,
+    SwarmError,
+    TorrentError,
+    UntrustedManifest,
 )
 from swarm.core.manifest import Layer, Manifest
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
-from swarm.core.units import human_bytes
 from swarm.core.torrent import check_layer_torrent
+from swarm.core.units import human_bytes
 from swarm.engine.session import Engine
 from swarm.images import load as docker_load
 

@@ -18,15 +18,16 @@ from swarm.cli.config import AGENT_CONFIG, config_option, default_agent_data
 from swarm.cli.params import RATE, SIZE, one_secret, public_keys, split_words
 from swarm.cli.progress import pull_view
 from swarm.cli.render import err, pulled_note, status_table
-from swarm.cli.rollout import hosts as tracker_hosts, rollout
+from swarm.cli.rollout import hosts as tracker_hosts
+from swarm.cli.rollout import rollout
 from swarm.core import logs
 from swarm.core.addresses import LISTEN, format_listen
 from swarm.core.errors import SwarmError
 from swarm.core.logs import DEFAULT_FORMAT, DEFAULT_LEVEL, FORMATS, LEVELS
-from swarm.tracker.cli import tracker
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SigningKey
 from swarm.core.tokens import JoinToken
+from swarm.tracker.cli import tracker
 
 DATA = click.option("--data", type=click.Path(path_type=Path), envvar="SWARM_DATA", show_envvar=True,
                     help="The agent's data dir (its socket is DATA/agent.sock)  "
@@ -71,7 +72,8 @@ LOG_FORMAT = click.option("--log-format", type=click.Choice(FORMATS), default=DE
               help="Join token from `swarm tracker token create`.")
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), envvar="SWARM_TOKEN_FILE",
               show_envvar=True, help="Read the join token from this file instead (keeps it out of the process list).")
-@click.option("--data", type=click.Path(path_type=Path), default=default_agent_data, show_default=str(default_agent_data()),
+@click.option("--data", type=click.Path(path_type=Path), default=default_agent_data,
+              show_default=str(default_agent_data()),
               envvar="SWARM_DATA", show_envvar=True, help="Data dir (identity, blobs, agent.sock).")
 @click.option("--listen", type=LISTEN, default=AgentConfig.listen, show_default=format_listen(AgentConfig.listen),
               envvar="SWARM_LISTEN", show_envvar=True, help="HOST:PORT for peer (TLS) connections; port 0 picks one.")

@@ -226,4 +226,4 @@ def hosts(tracker_url: str | None, token: str | None, token_file: Path | None, d
 
 
 def _when(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")

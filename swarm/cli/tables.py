@@ -23,5 +23,5 @@ def print_table(console: Console, headers: Sequence[str], rows: Sequence[Sequenc
     if title:
         console.print(f"{title}:", markup=False, highlight=False, soft_wrap=True)
     for r in plain:
-        line = "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip()
+        line = "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False)).rstrip()
         console.print(line, markup=False, highlight=False, soft_wrap=True)

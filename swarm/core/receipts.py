@@ -69,7 +69,7 @@ def verify_receipt(receipt: Receipt, ca_cert: x509.Certificate) -> LoadClaim:
     if names != [claim.host]:
         raise InvalidInput(f"the receipt's certificate belongs to {names[0] if names else '?'!s}, "
                            f"not to {claim.host}")
-    when = dt.datetime.fromtimestamp(claim.loaded_at, dt.timezone.utc)
+    when = dt.datetime.fromtimestamp(claim.loaded_at, dt.UTC)
     if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
         raise InvalidInput("the receipt was signed outside its certificate's validity")
     public = cert.public_key()

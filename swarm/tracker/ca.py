@@ -113,7 +113,7 @@ class CertificateAuthority:
                 raise InvalidInput("the CSR key must be EC P-256 or RSA of 2048 bits or more")
         else:
             raise InvalidInput("the CSR key must be EC P-256 or RSA of 2048 bits or more")
-        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         not_after = now + dt.timedelta(seconds=lifetime_s)
         serial = x509.random_serial_number()
         cert = (
@@ -154,7 +154,7 @@ class CertificateAuthority:
                 sans.append(x509.IPAddress(ipaddress.ip_address(name)))
             except ValueError:
                 sans.append(x509.DNSName(name))
-        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "swarm-tracker")]))
@@ -196,7 +196,7 @@ def _new_ca() -> tuple[bytes, bytes]:
     """A new CA: (key PEM, self-signed certificate PEM)."""
     key = new_private_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "swarm CA")])
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
-from swarm.cli.tables import print_table
 from swarm.cli.config import TRACKER_CONFIG, config_option, default_tracker_data
+from swarm.cli.tables import print_table
 from swarm.core import logs
 from swarm.core.addresses import LISTEN
 from swarm.core.errors import UsageError
@@ -183,7 +183,7 @@ def token_list(data: Path, database: str | None) -> None:
 
 
 def _when(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @tracker.group()

@@ -14,8 +14,8 @@ operator on the tracker's data dir.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import Histogram

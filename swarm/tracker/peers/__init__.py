@@ -1,4 +1,7 @@
-"""Peer stores: the interface and records in `base`, in memory (`memory`) or in Redis (`redis`), opened by `open_peer_store`."""
+"""Peer stores: the interface and records in `base`, in memory (`memory`) or in Redis (`redis`).
+
+Opened by `open_peer_store`.
+"""
 
 from __future__ import annotations
 
