@@ -28,9 +28,9 @@ from swarm.tracker.ca import CertificateAuthority, server_names
 from swarm.tracker.connlimit import ConnectionLimits, LimitedSite
 from swarm.tracker.http import RedactingAccessLogger, make_app
 from swarm.tracker.options import DEFAULT_CLIENT_TIMEOUT, ServeOptions
-from swarm.tracker.peers.base import open_peer_store
+from swarm.tracker.peers import open_peer_store
 from swarm.tracker.service import TrackerService
-from swarm.tracker.storage.base import open_storage
+from swarm.tracker.storage import open_storage
 
 log = logging.getLogger("swarm.tracker.server")
 
@@ -121,6 +121,7 @@ def _worker_argv(o: ServeOptions, port: int) -> list[str]:
             "--listen", f"{format_host(o.host)}:{port}", "--workers", "1", "--reuse-port",
             "--cert-lifetime", str(o.cert_lifetime), "--announce-interval", str(o.interval),
             "--auth-failure-limit", str(o.auth_failure_limit), "--client-timeout", str(o.client_timeout),
+            "--log-level", o.log_level, "--log-format", o.log_format,
             "--max-peers-per-host", str(o.max_peers_per_host),
             "--max-connections-per-address", str(o.max_connections_per_address)]
     if o.max_connections is not None:

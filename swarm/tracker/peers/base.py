@@ -1,4 +1,4 @@
-"""Who is in each torrent's swarm: the store interface, its records, and `open_peer_store`.
+"""Who is in each torrent's swarm: the store interface and its records (`open_peer_store` is in the package).
 
 Peers are keyed by their peer_id within a torrent. A peer that stops
 announcing for `ttl` seconds (twice the announce interval) is dropped; a
@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from swarm.core.errors import InvalidInput
 
 #: most peers handed out per announce, whatever numwant asks (libtorrent asks 200)
 MAX_NUMWANT = 50
@@ -89,18 +88,3 @@ class PeerStore(Protocol):
         """Raise SwarmError now if the store cannot be reached (checked once at start)."""
 
     async def aclose(self) -> None: ...
-
-
-def open_peer_store(redis_url: str | None, ttl: float, per_host: int = MAX_PEERS_PER_HOST) -> PeerStore:
-    """The store in Redis at `redis_url` (shared by replicas and workers), else in this process.
-
-    Peers not seen for `ttl` seconds leave it; one host holds at most `per_host` entries per torrent."""
-    if per_host < 1:
-        raise InvalidInput("the peers per host limit must be at least 1")
-    if redis_url:
-        from swarm.tracker.peers.redis import RedisPeerStore  # redis loads only for a Redis store
-
-        return RedisPeerStore(redis_url, ttl=ttl, per_host=per_host)
-    from swarm.tracker.peers.memory import MemoryPeerStore
-
-    return MemoryPeerStore(ttl=ttl, per_host=per_host)

@@ -12,9 +12,10 @@ from typing import Any
 from swarm.core.api import ManifestEntry
 from swarm.core.errors import Forbidden, InvalidInput
 from swarm.tracker.storage.base import Generation, TokenRecord
+from swarm.tracker.storage.rollout import RolloutSQL
 
 
-class SQLStorage:
+class SQLStorage(RolloutSQL):
     """The SQL both backends run; subclasses give connections, transactions and dialect."""
 
     location = ""
@@ -40,6 +41,9 @@ class SQLStorage:
     def _x(self, c: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
         """Execute in transaction `c`."""
         return c.execute(sql, params)
+
+    def ping(self) -> None:
+        self._one("SELECT 1")
 
     # tokens
 
@@ -150,9 +154,6 @@ class SQLStorage:
         rows = self._all("SELECT serial, not_after, issued_at FROM certificates WHERE name = ? ORDER BY issued_at",
                          (name,))
         return [(r[0], int(r[1]), int(r[2])) for r in rows]
-
-    def certificate_count(self) -> int:
-        return int(self._one("SELECT count(*) FROM certificates")[0])
 
 
 def _token(row: Any) -> TokenRecord:
