@@ -23,14 +23,14 @@ def peer_tag(name: str, role: str = "host") -> str:
 
 @dataclass(frozen=True)
 class PeerIdentity:
-    role: str       # "builder", "host" or "?" for a peer id swarm did not make
+    role: str  # "builder", "host" or "?" for a peer id swarm did not make
     name: str
 
 
 def peer_identity(pid: bytes) -> PeerIdentity:
     """Who a swarm peer id says it is (a claim, not a proof)."""
     text = pid.decode("latin-1")
-    rest = text[len(PEER_ID_PREFIX):]
+    rest = text[len(PEER_ID_PREFIX) :]
     if not text.startswith(PEER_ID_PREFIX) or "-" not in rest:
         return PeerIdentity("?", "?")
     tag = rest.split("-", 1)[0]

@@ -55,8 +55,12 @@ class ConnectionLimits:
         if self.open >= self.total or self._by_address.get(address, 0) >= self.per_address:
             self.refused += 1
             if not self._warned:
-                log.warning("connection limit reached (%d open, %d from %s): closing new ones",
-                            self.open, self._by_address.get(address, 0), address)
+                log.warning(
+                    "connection limit reached (%d open, %d from %s): closing new ones",
+                    self.open,
+                    self._by_address.get(address, 0),
+                    address,
+                )
                 self._warned = True
             return False
         self.open += 1
@@ -121,9 +125,18 @@ class LimitedSite(web.TCPSite):
 
     __slots__ = ("_limits", "_tls", "_handshake_timeout")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, limits: ConnectionLimits, *,
-                 tls: ssl.SSLContext | None = None, handshake_timeout: float = 15.0,
-                 backlog: int = 1024, reuse_port: bool | None = None) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        limits: ConnectionLimits,
+        *,
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float = 15.0,
+        backlog: int = 1024,
+        reuse_port: bool | None = None,
+    ) -> None:
         super().__init__(runner, host, port, backlog=backlog, reuse_port=reuse_port)
         self._limits = limits
         self._tls = tls
@@ -139,7 +152,14 @@ class LimitedSite(web.TCPSite):
         assert server is not None
         limits = self._limits
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Guard(limits, server), self._host, self._port, ssl=self._tls,
-            ssl_handshake_timeout=self._handshake_timeout if self._tls else None, backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+            lambda: _Guard(limits, server),
+            self._host,
+            self._port,
+            ssl=self._tls,
+            ssl_handshake_timeout=self._handshake_timeout if self._tls else None,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

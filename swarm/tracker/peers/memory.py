@@ -8,16 +8,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from swarm.tracker.peers.base import (
-    ENDPOINT_TAKEN, MAX_NUMWANT, MAX_PEERS_PER_HOST, PEER_ID_TAKEN, Handout, Peer, SwarmCounts,
+    ENDPOINT_TAKEN,
+    MAX_NUMWANT,
+    MAX_PEERS_PER_HOST,
+    PEER_ID_TAKEN,
+    Handout,
+    Peer,
+    SwarmCounts,
 )
 
 
 @dataclass
 class _Swarm:
-    seeds: dict[bytes, Peer] = field(default_factory=dict)       # by peer_id
+    seeds: dict[bytes, Peer] = field(default_factory=dict)  # by peer_id
     leechers: dict[bytes, Peer] = field(default_factory=dict)
     endpoints: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (ip, port) -> peer_id
-    owned: dict[str, set[bytes]] = field(default_factory=dict)   # host -> its peer_ids here
+    owned: dict[str, set[bytes]] = field(default_factory=dict)  # host -> its peer_ids here
     downloaded: int = 0
     expired_at: float = float("-inf")  # the store's clock when stale peers were last dropped
 
@@ -83,8 +89,13 @@ EXPIRE_EVERY = 1.0
 
 
 class MemoryPeerStore:
-    def __init__(self, ttl: float, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic, per_host: int = MAX_PEERS_PER_HOST) -> None:
+    def __init__(
+        self,
+        ttl: float,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        per_host: int = MAX_PEERS_PER_HOST,
+    ) -> None:
         self.ttl = ttl
         self.per_host = per_host
         self._swarms: dict[bytes, _Swarm] = {}
