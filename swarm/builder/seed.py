@@ -29,14 +29,24 @@ class Published(Protocol):
 
 
 class SeedingAgent(Protocol):
-    def prepare(self, images: Sequence[str], key_id: str, archive: Path | None = None,
-                on_note: Callable[[Any], None] | None = None) -> Prepared: ...
+    def prepare(
+        self,
+        images: Sequence[str],
+        key_id: str,
+        archive: Path | None = None,
+        on_note: Callable[[Any], None] | None = None,
+    ) -> Prepared: ...
 
     def publish(self, envelopes: Sequence[bytes], on_note: Callable[[Any], None] | None = None) -> Published: ...
 
 
-def seed(agent: SeedingAgent, images: Sequence[str], key: SigningKey, archive: Path | None = None,
-         on_note: Callable[[Any], None] | None = None) -> list[ManifestEntry]:
+def seed(
+    agent: SeedingAgent,
+    images: Sequence[str],
+    key: SigningKey,
+    archive: Path | None = None,
+    on_note: Callable[[Any], None] | None = None,
+) -> list[ManifestEntry]:
     """Publish `images` (from Docker, or all from one `docker save`/OCI `archive`) signed with `key`."""
     for image in images:
         ImageRef.parse(image)  # a malformed name fails here, before any work

@@ -68,12 +68,22 @@ _AnswerKey = tuple[bytes, bytes, str, bool, bool]
 class TrackerService:
     """The tracker over its parts (see swarm/tracker/server.py, which puts them together)."""
 
-    def __init__(self, storage: Storage, ca: CertificateAuthority, peers: PeerStore, data_dir: Path, *,
-                 cert_lifetime: int = DEFAULT_CERT_LIFETIME, interval: int = DEFAULT_INTERVAL,
-                 min_interval: int | None = None, public_url: str | None = None,
-                 auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT, auth_failure_window: float = DEFAULT_WINDOW,
-                 token_cache_ttl: float = DEFAULT_TOKEN_CACHE_TTL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        ca: CertificateAuthority,
+        peers: PeerStore,
+        data_dir: Path,
+        *,
+        cert_lifetime: int = DEFAULT_CERT_LIFETIME,
+        interval: int = DEFAULT_INTERVAL,
+        min_interval: int | None = None,
+        public_url: str | None = None,
+        auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT,
+        auth_failure_window: float = DEFAULT_WINDOW,
+        token_cache_ttl: float = DEFAULT_TOKEN_CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if cert_lifetime < MIN_CERT_LIFETIME:
             raise InvalidInput(f"certificate lifetime must be at least {MIN_CERT_LIFETIME} seconds")
         if interval < 1:
@@ -253,11 +263,17 @@ class TrackerService:
         except SwarmError as exc:
             raise InvalidInput(str(exc)) from exc
         for layer in manifest.layers:
-            check_layer_torrent(layer.torrent, layer.info_hash, digest_hex(layer.blob), layer.blob_size,
-                                self.ca.cert_pem)
+            check_layer_torrent(
+                layer.torrent, layer.info_hash, digest_hex(layer.blob), layer.blob_size, self.ca.cert_pem
+            )
         entry = self.storage.publish(
-            str(manifest.ref), signed.to_bytes(), manifest.image_id, record.name, signed.public_key,
-            [(layer.announce_hash, layer.blob) for layer in manifest.layers])
+            str(manifest.ref),
+            signed.to_bytes(),
+            manifest.image_id,
+            record.name,
+            signed.public_key,
+            [(layer.announce_hash, layer.blob) for layer in manifest.layers],
+        )
         log.info("%s published %s (seq %d)", record.name, entry.ref, entry.seq)
         self.metrics.publications.inc()
         self._refresh()
@@ -280,8 +296,9 @@ class TrackerService:
         self.authenticate(secret, ip)
         return self.storage.manifests()
 
-    async def watch(self, secret: str | None, since: int, timeout: float,
-                    ip: str | None = None) -> tuple[int, list[ManifestEntry]]:
+    async def watch(
+        self, secret: str | None, since: int, timeout: float, ip: str | None = None
+    ) -> tuple[int, list[ManifestEntry]]:
         """Entries published after `since`, waiting up to `timeout` s (max 60) for one; (seq, entries).
 
         With a shared database another replica may publish: the database is polled every second too."""
@@ -350,8 +367,9 @@ class TrackerService:
         peer = Peer(ip, req.port, req.peer_id, req.left, record.name)
         handout = await self.peers.handle(req.info_hash, peer, req.event, req.numwant)
         peers = [p for p in handout.peers if p.host not in self._revoked]
-        body = bt.announce_response(peers, handout.counts, self.interval, req.compact, req.no_peer_id,
-                                    self.min_interval)
+        body = bt.announce_response(
+            peers, handout.counts, self.interval, req.compact, req.no_peer_id, self.min_interval
+        )
         if req.event == "stopped":
             self._answers.pop(key, None)
             announces.labels("stopped").inc()

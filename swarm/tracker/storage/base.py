@@ -55,6 +55,7 @@ class TokenRecord:
 @dataclass(frozen=True)
 class Generation:
     """What a tracker's in-process caches depend on; both only grow."""
+
     revocations: int
     seq: int
 
@@ -88,8 +89,15 @@ class Storage(RolloutStore, Protocol):
 
     def generation(self) -> Generation: ...
 
-    def publish(self, ref: str, envelope: bytes, image_id: str, publisher: str, builder_key: bytes,
-                layers: Iterable[tuple[bytes, str]]) -> ManifestEntry: ...
+    def publish(
+        self,
+        ref: str,
+        envelope: bytes,
+        image_id: str,
+        publisher: str,
+        builder_key: bytes,
+        layers: Iterable[tuple[bytes, str]],
+    ) -> ManifestEntry: ...
 
     def envelope(self, ref: str) -> bytes | None: ...
 

@@ -50,14 +50,18 @@ class SQLStorage(RolloutSQL):
     def add_token(self, name: str, role: str, secret_hash: str) -> None:
         try:
             with self._tx() as c:
-                self._x(c, "INSERT INTO tokens (name, role, secret_hash, created) VALUES (?, ?, ?, ?)",
-                        (name, role, secret_hash, int(time.time())))
+                self._x(
+                    c,
+                    "INSERT INTO tokens (name, role, secret_hash, created) VALUES (?, ?, ?, ?)",
+                    (name, role, secret_hash, int(time.time())),
+                )
         except self._integrity as exc:
             raise InvalidInput(f"a token named {name!r} already exists") from exc
 
     def token_by_hash(self, secret_hash: str) -> TokenRecord | None:
-        row = self._one("SELECT name, role, created, revoked_at, builder_key FROM tokens WHERE secret_hash = ?",
-                        (secret_hash,))
+        row = self._one(
+            "SELECT name, role, created, revoked_at, builder_key FROM tokens WHERE secret_hash = ?", (secret_hash,)
+        )
         return _token(row) if row else None
 
     def token(self, name: str) -> TokenRecord | None:
@@ -71,8 +75,9 @@ class SQLStorage(RolloutSQL):
     def revoke_token(self, name: str) -> bool:
         """Marks the token revoked and bumps the revocation counter; False when there is no such token."""
         with self._tx() as c:
-            cur = self._x(c, "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-                          (int(time.time()), name))
+            cur = self._x(
+                c, "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (int(time.time()), name)
+            )
             if cur.rowcount:
                 self._x(c, "UPDATE meta SET value = value + 1 WHERE key = 'revocations'")
                 return True
@@ -88,8 +93,9 @@ class SQLStorage(RolloutSQL):
         return int(self._one("SELECT count(*) FROM tokens WHERE revoked_at IS NULL")[0])
 
     def generation(self) -> Generation:
-        row = self._one("SELECT (SELECT value FROM meta WHERE key = 'revocations'), "
-                        "(SELECT coalesce(max(seq), 0) FROM manifests)")
+        row = self._one(
+            "SELECT (SELECT value FROM meta WHERE key = 'revocations'), (SELECT coalesce(max(seq), 0) FROM manifests)"
+        )
         return Generation(int(row[0]), int(row[1]))
 
     # manifests
@@ -97,8 +103,15 @@ class SQLStorage(RolloutSQL):
     def _lock_manifests(self, c: Any) -> None:
         """Serialize publications (seq allocation) across processes; SQLite's BEGIN IMMEDIATE does."""
 
-    def publish(self, ref: str, envelope: bytes, image_id: str, publisher: str, builder_key: bytes,
-                layers: Iterable[tuple[bytes, str]]) -> ManifestEntry:
+    def publish(
+        self,
+        ref: str,
+        envelope: bytes,
+        image_id: str,
+        publisher: str,
+        builder_key: bytes,
+        layers: Iterable[tuple[bytes, str]],
+    ) -> ManifestEntry:
         """Store a manifest with the next seq and the announce hashes it names.
 
         Binds the publisher's token to `builder_key` on its first publication,
@@ -116,11 +129,17 @@ class SQLStorage(RolloutSQL):
             seq = int(self._x(c, "SELECT coalesce(max(seq), 0) + 1 FROM manifests").fetchone()[0])
             self._x(c, "DELETE FROM torrents WHERE ref = ?", (ref,))
             self._x(c, "DELETE FROM manifests WHERE ref = ?", (ref,))
-            self._x(c, "INSERT INTO manifests (ref, envelope, image_id, seq, published, publisher) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (ref, envelope, image_id, seq, now, publisher))
+            self._x(
+                c,
+                "INSERT INTO manifests (ref, envelope, image_id, seq, published, publisher) VALUES (?, ?, ?, ?, ?, ?)",
+                (ref, envelope, image_id, seq, now, publisher),
+            )
             for h, blob in dict(layers).items():
-                self._x(c, f"{self._insert_ignore} torrents (announce_hash, blob, ref) VALUES (?, ?, ?)"
-                        + self._ignore_tail, (h, blob, ref))
+                self._x(
+                    c,
+                    f"{self._insert_ignore} torrents (announce_hash, blob, ref) VALUES (?, ?, ?)" + self._ignore_tail,
+                    (h, blob, ref),
+                )
         return ManifestEntry(ref, image_id, seq, now, publisher)
 
     _ignore_tail = ""
@@ -130,8 +149,9 @@ class SQLStorage(RolloutSQL):
         return bytes(row[0]) if row else None
 
     def manifests(self, since: int = 0) -> list[ManifestEntry]:
-        rows = self._all("SELECT ref, image_id, seq, published, publisher FROM manifests WHERE seq > ? ORDER BY seq",
-                         (since,))
+        rows = self._all(
+            "SELECT ref, image_id, seq, published, publisher FROM manifests WHERE seq > ? ORDER BY seq", (since,)
+        )
         return [ManifestEntry(r[0], r[1], int(r[2]), int(r[3]), r[4]) for r in rows]
 
     def manifest_count(self) -> int:
@@ -147,16 +167,21 @@ class SQLStorage(RolloutSQL):
 
     def record_certificate(self, serial: int, name: str, not_after: int) -> None:
         with self._tx() as c:
-            self._x(c, "INSERT INTO certificates (serial, name, not_after, issued_at) VALUES (?, ?, ?, ?)",
-                    (format(serial, "x"), name, not_after, int(time.time())))
+            self._x(
+                c,
+                "INSERT INTO certificates (serial, name, not_after, issued_at) VALUES (?, ?, ?, ?)",
+                (format(serial, "x"), name, not_after, int(time.time())),
+            )
 
     def certificates(self, name: str) -> list[tuple[str, int, int]]:
-        rows = self._all("SELECT serial, not_after, issued_at FROM certificates WHERE name = ? ORDER BY issued_at",
-                         (name,))
+        rows = self._all(
+            "SELECT serial, not_after, issued_at FROM certificates WHERE name = ? ORDER BY issued_at", (name,)
+        )
         return [(r[0], int(r[1]), int(r[2])) for r in rows]
 
 
 def _token(row: Any) -> TokenRecord:
     name, role, created, revoked_at, key = row
-    return TokenRecord(name, role, int(created), None if revoked_at is None else int(revoked_at),
-                       None if key is None else bytes(key))
+    return TokenRecord(
+        name, role, int(created), None if revoked_at is None else int(revoked_at), None if key is None else bytes(key)
+    )
