@@ -123,7 +123,7 @@ class _Guard(asyncio.Protocol):
 class LimitedSite(web.TCPSite):
     """aiohttp's TCPSite, with every connection going through ConnectionLimits."""
 
-    __slots__ = ("_limits", "_tls", "_handshake_timeout")
+    __slots__ = ("_handshake_timeout", "_limits", "_tls")
 
     def __init__(
         self,

@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from swarm.core import redact
 from swarm.core.addresses import format_host
 from swarm.core.errors import SwarmError
 from swarm.core.files import write_atomic
-from swarm.core import redact
 from swarm.tracker.ca import CertificateAuthority, server_names
 from swarm.tracker.connlimit import ConnectionLimits, LimitedSite
 from swarm.tracker.http import RedactingAccessLogger, make_app

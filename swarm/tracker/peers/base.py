@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-
 #: most peers handed out per announce, whatever numwant asks (libtorrent asks 200)
 MAX_NUMWANT = 50
 #: entries one token may hold in one torrent's swarm (an agent needs one; restarts replace theirs)
