@@ -199,3 +199,74 @@ async def test_metrics(env: Env) -> None:
     env.service.revoke_token("h2")
     assert await env.metric("swarm_tracker_enrolled_hosts") == 2
     assert await env.metric("swarm_tracker_revoked_tokens") == 1
+
+
+def _ports(d: dict[bytes, Any]) -> list[int]:
+    peers = d[b"peers"]
+    return [int.from_bytes(peers[i + 4 : i + 6], "big") for i in range(0, len(peers), 6)]
+
+
+async def test_a_host_cannot_stop_or_move_another_hosts_peer(env: Env) -> None:
+    """Attack: h2 announces `stopped`, then `left=0`, with h1's peer id (and from h1's address)."""
+    p1 = b"-SW0100-hh1-" + b"a" * 8
+    assert b"failure reason" not in await env.bt("announce", env.h1.secret, q(env.ih, 7001, p1, event="started"))
+    for query in (q(env.ih, 7002, p1, event="stopped"), q(env.ih, 7002, p1, left=0),
+                  q(env.ih, 7001, b"2" * 20, event="stopped"), q(env.ih, 7001, b"2" * 20, left=0)):
+        d = await env.bt("announce", env.h2.secret, query)
+        assert b"failure reason" in d and b"another host" in d[b"failure reason"]
+    assert await env.metric('swarm_tracker_announces_total{result="refused"}') == 4
+    # h1's entry is untouched: still there, still a leecher, handed out to others
+    d = await env.bt("announce", env.h2.secret, q(env.ih, 7003, b"3" * 20, event="started"))
+    assert _ports(d) == [7001] and (d[b"complete"], d[b"incomplete"]) == (0, 2)
+    # h1 itself stops its peer as before
+    d = await env.bt("announce", env.h1.secret, q(env.ih, 7001, p1, event="stopped"))
+    assert d[b"incomplete"] == 1
+
+
+async def test_a_peer_id_naming_another_host_is_refused(env: Env) -> None:
+    """Attack: h2 claims h1's or a builder's peer id prefix (the role and name swarm peer ids carry)."""
+    from swarm.core.peerid import peer_tag
+    from swarm.tracker.service import PEER_ID_IMPERSONATION
+
+    for tag in (peer_tag("h1"), peer_tag("b1", "builder")):
+        pid = tag.encode() + b"x" * (20 - len(tag))
+        d = await env.bt("announce", env.h2.secret, q(env.ih, 7002, pid, event="started"))
+        assert d == {b"failure reason": PEER_ID_IMPERSONATION.encode()}
+    own = peer_tag("h2").encode()
+    d = await env.bt("announce", env.h2.secret, q(env.ih, 7002, own + b"x" * (20 - len(own)), event="started"))
+    assert b"failure reason" not in d
+
+
+async def test_thousands_of_fake_peers_cannot_eclipse_the_real_seed(env: Env) -> None:
+    """Attack: h2 announces 2,000 fake complete peers; the builder's seed must stay in every handout."""
+    b1 = env.service.create_token("seeder", "host")
+    await env.bt("announce", b1.secret, q(env.ih, 6000, b"S" * 20, left=0, event="started"))
+    for i in range(2000):
+        await env.bt("announce", env.h2.secret, q(env.ih, 10000 + i, f"{i:020d}".encode(), left=0, event="started"))
+    for i in range(20):
+        env.clock.now += 21  # past the minimum interval: a fresh answer each time
+        d = await env.bt("announce", env.h1.secret, q(env.ih, 7001, b"1" * 20))
+        assert 6000 in _ports(d), i
+        assert d[b"complete"] <= 1 + 4  # the seed and h2's most recent 4 (the per-host cap)
+
+
+async def test_hostile_request_shapes_get_4xx(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    secret = env.h1.secret
+    # an over-long request line carrying a secret: refused, and no log line shows the secret
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.port)
+    writer.write(f"GET /announce/{secret}?{'a' * 20000} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    async with asyncio.timeout(10):
+        answer = await reader.read()
+    writer.close()
+    assert re.match(rb"HTTP/1\.[01] 4\d\d", answer), answer[:80]
+    # a sequence number past 64 bits, a negative one, a tag with a trailing newline
+    headers = {"Authorization": f"Bearer {secret}"}
+    for since in (str(2**63), str(2**64 + 5), "-1", "1\n"):
+        async with env.http.get(env.url + "/v1/watch", params={"since": since, "timeout": "0"}, headers=headers) as r:
+            assert r.status == 400, since
+    async with env.http.get(env.url + "/v1/manifests/myapp:1%0A", headers=headers) as r:
+        assert 400 <= r.status < 500
+    async with env.http.get(env.url + "/v1/health") as r:
+        assert r.status == 200
+    assert secret not in caplog.text
