@@ -56,8 +56,17 @@ def test_sizes_and_rates() -> None:
 
 def test_one_status_table_both_ways() -> None:
     from swarm.core.errors import (
-        Forbidden, InvalidInput, NotFound, RateLimited, SwarmError, TrackerError, TrackerUnreachable, Unauthorized,
-        UntrustedManifest, error_for_status, status_for,
+        Forbidden,
+        InvalidInput,
+        NotFound,
+        RateLimited,
+        SwarmError,
+        TrackerError,
+        TrackerUnreachable,
+        Unauthorized,
+        UntrustedManifest,
+        error_for_status,
+        status_for,
     )
 
     for cls, status in ((Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (RateLimited, 429)):
