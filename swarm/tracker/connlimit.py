@@ -43,37 +43,52 @@ def default_total() -> int:
 
 
 class ConnectionLimits:
+    """Open connections per address and in total.
+
+    At the total, a new connection from an address with fewer open than the busiest one
+    closes the busiest address's oldest connection instead of being refused: a flood from
+    a few addresses cannot keep everyone else out."""
+
     def __init__(self, total: int | None = None, per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS) -> None:
         self.total = default_total() if total is None else total
         self.per_address = per_address
         self.open = 0
         self.refused = 0
-        self._by_address: dict[str, int] = {}
+        self._by_address: dict[str, dict[object, Callable[[], None]]] = {}  # oldest first
         self._warned = False
 
-    def admit(self, address: str) -> bool:
-        if self.open >= self.total or self._by_address.get(address, 0) >= self.per_address:
+    def admit(self, address: str, key: object, close: Callable[[], None]) -> bool:
+        """Count connection `key` from `address` (`close` aborts it), or refuse it (False)."""
+        mine = len(self._by_address.get(address, ()))
+        if mine >= self.per_address or (self.open >= self.total and not self._evict_for(mine)):
             self.refused += 1
             if not self._warned:
                 log.warning(
-                    "connection limit reached (%d open, %d from %s): closing new ones",
-                    self.open,
-                    self._by_address.get(address, 0),
-                    address,
+                    "connection limit reached (%d open, %d from %s): closing new ones", self.open, mine, address
                 )
                 self._warned = True
             return False
         self.open += 1
-        self._by_address[address] = self._by_address.get(address, 0) + 1
+        self._by_address.setdefault(address, {})[key] = close
         return True
 
-    def release(self, address: str) -> None:
+    def _evict_for(self, mine: int) -> bool:
+        busiest = max(self._by_address, key=lambda a: len(self._by_address[a]), default=None)
+        if busiest is None or len(self._by_address[busiest]) <= mine + 1:
+            return False
+        oldest = next(iter(self._by_address[busiest]))
+        close = self._by_address[busiest][oldest]
+        self.release(busiest, oldest)
+        close()
+        return True
+
+    def release(self, address: str, key: object) -> None:
+        conns = self._by_address.get(address)
+        if conns is None or conns.pop(key, None) is None:
+            return  # evicted earlier
         self.open -= 1
-        left = self._by_address.get(address, 1) - 1
-        if left > 0:
-            self._by_address[address] = left
-        else:
-            self._by_address.pop(address, None)
+        if not conns:
+            del self._by_address[address]
         if self.open < self.total * 0.9:
             self._warned = False
 
@@ -90,8 +105,9 @@ class _Guard(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        if not self._limits.admit(address):
-            cast(asyncio.Transport, transport).abort()  # uvloop's transports are not asyncio.Transport subclasses
+        abort = cast(asyncio.Transport, transport).abort  # uvloop's transports are not asyncio.Transport subclasses
+        if not self._limits.admit(address, self, abort):
+            abort()
             return
         self._address = address
         self._inner = self._factory()
@@ -114,7 +130,7 @@ class _Guard(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._address is not None:
-            self._limits.release(self._address)
+            self._limits.release(self._address, self)
             self._address = None
         if self._inner is not None:
             self._inner.connection_lost(exc)

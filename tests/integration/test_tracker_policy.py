@@ -270,3 +270,31 @@ async def test_hostile_request_shapes_get_4xx(env: Env, caplog: pytest.LogCaptur
     async with env.http.get(env.url + "/v1/health") as r:
         assert r.status == 200
     assert secret not in caplog.text
+
+
+async def test_a_flood_of_half_open_connections_leaves_the_tracker_answering(tmp_path: Path) -> None:
+    """Attack: 1,100 connections that never finish their headers, against a tracker with 1,024 descriptors."""
+    import resource
+
+    from tests.support.procs import Tracker
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1300:
+        pytest.skip("this test needs 1,300 descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    tracker = Tracker.start(tmp_path, "--client-timeout", "30", prefix=["prlimit", "--nofile=1024:1024", "--"])
+    port = int(tracker.url.rsplit(":", 1)[1])
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        for i in range(1100):
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.0.{2 + i % 4}", 0))
+            writer.write(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+            writers.append(writer)
+        async with aiohttp.ClientSession() as http, asyncio.timeout(10), http.get(tracker.url + "/v1/health") as resp:
+            assert resp.status == 200  # from 127.0.0.1, while the flood holds
+        tracker.proc.wait_line(r"connection limit reached")
+    finally:
+        for writer in writers:
+            writer.close()
+        tracker.proc.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
