@@ -22,6 +22,7 @@ from aiohttp.web_response import StreamResponse
 from swarm.core import wire
 from swarm.core.api import MAX_BODY, MSGPACK
 from swarm.core.errors import InvalidInput, SwarmError, status_for
+from swarm.core.redact import escape_path
 from swarm.tracker.fleet import Fleet
 from swarm.tracker.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from swarm.tracker.options import DEFAULT_CLIENT_TIMEOUT
@@ -40,7 +41,8 @@ _BT_PATH = re.compile(r"^/(announce/|scrape/|t/[^/]*/(announce|scrape)\Z)")
 
 
 def redact_path(path: str) -> str:
-    return _SECRET_PREFIX.sub("/t/<secret>/", _SECRET_PATH.sub(r"/\1/<secret>", path))
+    """A request path for a log line: secrets out, control characters (a decoded %0A) escaped."""
+    return escape_path(_SECRET_PREFIX.sub("/t/<secret>/", _SECRET_PATH.sub(r"/\1/<secret>", path)))
 
 
 #: probes and scrapes: logged only at debug level
