@@ -46,6 +46,8 @@ if [[ $profile != demo ]]; then
     want pg_ctlcluster postgresql
     want aria2c aria2
     want transmission-show transmission-cli
+    # the fleet page's browser test (tests/integration/test_fleet_page.py): Debian's chromium, driven by playwright
+    want chromium chromium
 fi
 if [[ $profile == bench ]]; then
     extras="test,bench"

@@ -15,14 +15,16 @@ from typing import Any
 from swarm.core.digest import digest_hex
 from swarm.core.manifest import Layer, Manifest
 from swarm.core.refs import ImageRef
-from swarm.engine.metainfo import inspect_torrent, make_torrent
+from swarm.core.torrent import inspect_torrent
+from swarm.engine.metainfo import make_torrent
 from swarm.images.export import ExportedImage, export_image, read_archive
 
 Progress = Callable[[str], None]
 
 
-def manifest_for(exported: ExportedImage, ref: ImageRef, blobs_dir: Path, ca_pem: str, key_id: str,
-                 progress: Progress) -> Manifest:
+def manifest_for(
+    exported: ExportedImage, ref: ImageRef, blobs_dir: Path, ca_pem: str, key_id: str, progress: Progress
+) -> Manifest:
     torrents: dict[str, tuple[bytes, bytes]] = {}
     layers = []
     for i, x in enumerate(exported.layers, 1):
@@ -31,22 +33,37 @@ def manifest_for(exported: ExportedImage, ref: ImageRef, blobs_dir: Path, ca_pem
             meta = make_torrent(blobs_dir / digest_hex(x.blob), ca_pem)
             torrents[x.blob] = (inspect_torrent(meta).info_hash, meta)
         info_hash, meta = torrents[x.blob]
-        layers.append(Layer(diff_id=x.diff_id, size=x.size, blob=x.blob, blob_size=x.blob_size,
-                            compression=x.compression, info_hash=info_hash, torrent=meta))
-    return Manifest(repository=ref.repository, tag=ref.tag, config=exported.config, layers=tuple(layers),
-                    key_id=key_id, created=int(time.time()))
+        layers.append(
+            Layer(
+                diff_id=x.diff_id,
+                size=x.size,
+                blob=x.blob,
+                blob_size=x.blob_size,
+                compression=x.compression,
+                info_hash=info_hash,
+                torrent=meta,
+            )
+        )
+    return Manifest(
+        repository=ref.repository,
+        tag=ref.tag,
+        config=exported.config,
+        layers=tuple(layers),
+        key_id=key_id,
+        created=int(time.time()),
+    )
 
 
-def prepare_image(api: Any, image: str, blobs_dir: Path, ca_pem: str, key_id: str,
-                  progress: Progress) -> Manifest:
+def prepare_image(api: Any, image: str, blobs_dir: Path, ca_pem: str, key_id: str, progress: Progress) -> Manifest:
     ref = ImageRef.parse(image)
     progress(f"{ref}: exporting from Docker")
     exported = export_image(api, str(ref), blobs_dir)
     return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, progress)
 
 
-def prepare_archive(archive: Path, image: str, blobs_dir: Path, ca_pem: str, key_id: str,
-                    progress: Progress) -> Manifest:
+def prepare_archive(
+    archive: Path, image: str, blobs_dir: Path, ca_pem: str, key_id: str, progress: Progress
+) -> Manifest:
     ref = ImageRef.parse(image)
     progress(f"{ref}: reading {archive.name}")
     with open(archive, "rb") as f:

@@ -24,14 +24,24 @@ SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _externally_managed(python: Path) -> bool:
-    stdlib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
-                            capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    stdlib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
     return (Path(stdlib) / "EXTERNALLY-MANAGED").exists()
 
 
 def _copy_checkout(dest: Path) -> Path:
-    shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "__pycache__", "*.egg-info", ".mypy_cache", ".pytest_cache", "results"))
+    shutil.copytree(
+        ROOT,
+        dest,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "__pycache__", "*.egg-info", ".mypy_cache", ".pytest_cache", "results"
+        ),
+    )
     return dest
 
 
@@ -43,13 +53,15 @@ def _run(argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProc
 
 def test_setup_makes_a_venv_of_an_externally_managed_python(tmp_path: Path) -> None:
     if not DEBIAN_PYTHON.exists() or not _externally_managed(DEBIAN_PYTHON):
-        pytest.fail(f"{DEBIAN_PYTHON} is not Debian's externally managed python3 (apt-get install python3)",
-                    pytrace=False)
+        pytest.fail(
+            f"{DEBIAN_PYTHON} is not Debian's externally managed python3 (apt-get install python3)", pytrace=False
+        )
     checkout = _copy_checkout(tmp_path / "swarm")
     if _run([str(DEBIAN_PYTHON), "-m", "pip", "--version"], checkout, 30).returncode == 0:
         # what the old setup did: install into the system Python, which refuses
-        refused = _run([str(DEBIAN_PYTHON), "-m", "pip", "install", "--dry-run", "--no-index", "-e", "."],
-                       checkout, 120)
+        refused = _run(
+            [str(DEBIAN_PYTHON), "-m", "pip", "install", "--dry-run", "--no-index", "-e", "."], checkout, 120
+        )
         assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr, refused.stderr
 
     setup = _run(["bash", "scripts/setup.sh", "--demo"], checkout, 900)
@@ -59,9 +71,17 @@ def test_setup_makes_a_venv_of_an_externally_managed_python(tmp_path: Path) -> N
     config = (venv / "pyvenv.cfg").read_text()
     assert "home = /usr/bin" in config and "include-system-site-packages = false" in config, config
     python = str(venv / "bin" / "python")
-    probe = _run([python, "-c", "import importlib.util as u, swarm, libtorrent, docker; print(swarm.__file__); "
-                                "print([m for m in ('redis', 'psycopg', 'uvloop', 'pytest', 'matplotlib') "
-                                "if u.find_spec(m)])"], checkout, 60)
+    probe = _run(
+        [
+            python,
+            "-c",
+            "import importlib.util as u, swarm, libtorrent, docker; print(swarm.__file__); "
+            "print([m for m in ('redis', 'psycopg', 'uvloop', 'pytest', 'matplotlib') "
+            "if u.find_spec(m)])",
+        ],
+        checkout,
+        60,
+    )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.splitlines() == [str(checkout / "swarm" / "__init__.py"), "[]"], probe.stdout
     keygen = _run([str(venv / "bin" / "swarm"), "keygen", str(tmp_path / "builder.key")], checkout, 60)

@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-FIRST_PARTY = {"swarm", "tracker"}
+FIRST_PARTY = {"swarm"}
 EXTRAS_ONLY = {"redis", "psycopg", "uvloop"}
 TOOL_EXTRAS = {"test", "bench"}
 
@@ -83,6 +83,8 @@ import swarm
 for info in pkgutil.walk_packages(swarm.__path__, "swarm."):
     if info.name == "swarm.tracker" or info.name.startswith("swarm.tracker."):
         continue  # the tracker's own package may import its extras
+    if info.name == "swarm.__main__":
+        continue  # runs the CLI
     importlib.import_module(info.name)
 from swarm.cli.main import cli
 try:
