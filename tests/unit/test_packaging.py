@@ -17,6 +17,7 @@ import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,3 +96,24 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {"redis", "
 """
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(result.stdout.splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "feature"),
+    [
+        (["tracker", "serve", "--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:9"], "--redis"),
+        (["tracker", "token", "list", "--database", "postgresql://swarm@127.0.0.1:9/swarm"], "a PostgreSQL database"),
+    ],
+)
+def test_a_missing_extra_is_a_one_line_error(tmp_path: Path, args: list[str], feature: str) -> None:
+    # the interpreter of an install without swarm[tracker-ha]: its modules cannot be imported
+    without_extras = "import sys; sys.modules.update(redis=None, psycopg=None); from swarm.cli.main import main; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", without_extras, *args, "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {feature} needs the tracker-ha extra (pip install 'swarm[tracker-ha]')")
+    assert len(result.stderr.strip().splitlines()) == 1

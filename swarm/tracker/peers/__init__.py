@@ -5,6 +5,7 @@ Opened by `open_peer_store`.
 
 from __future__ import annotations
 
+from swarm.core.errors import UsageError
 from swarm.tracker.peers.base import PeerStore
 
 
@@ -13,9 +14,12 @@ def open_peer_store(redis_url: str | None, ttl: float) -> PeerStore:
 
     Peers not seen for `ttl` seconds leave it."""
     if redis_url:
-        from swarm.tracker.peers.redis import (
-            RedisPeerStore,  # redis loads only for a Redis store
-        )
+        try:
+            from swarm.tracker.peers.redis import (
+                RedisPeerStore,  # redis loads only for a Redis store
+            )
+        except ModuleNotFoundError as exc:
+            raise UsageError(f"--redis needs the tracker-ha extra (pip install 'swarm[tracker-ha]'): {exc}") from None
 
         return RedisPeerStore(redis_url, ttl=ttl)
     from swarm.tracker.peers.memory import MemoryPeerStore
