@@ -67,5 +67,5 @@ def prepare_archive(
     ref = ImageRef.parse(image)
     progress(f"{ref}: reading {archive.name}")
     with open(archive, "rb") as f:
-        exported = read_archive(f, blobs_dir)
+        exported = read_archive(f, blobs_dir, image=str(ref))  # the named one of several
     return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, progress)
