@@ -106,10 +106,10 @@ class AgentOps:
             for image in request.images:
                 if request.archive:
                     m = await asyncio.to_thread(prepare_archive, Path(request.archive), image, self.blobs.blobs_dir,
-                                                self.identity.ca_pem, request.key_id, progress)
+                                                self.identity.ca_pem, request.key_id, self.identity.name, progress)
                 else:
                     m = await asyncio.to_thread(prepare_image, self.docker, image, self.blobs.blobs_dir,
-                                                self.identity.ca_pem, request.key_id, progress)
+                                                self.identity.ca_pem, request.key_id, self.identity.name, progress)
                 for layer in m.layers:
                     self.blobs.mark_verified(layer.blob)  # hashed while exported
                 manifests.append(m.to_bytes())

@@ -13,13 +13,14 @@ from swarm.agent.client import AgentClient
 from swarm.agent.config import AgentConfig
 from swarm.agent.paths import socket_path
 from swarm.builder.seed import seed as seed_images
+from swarm.cli.keys import keys
 from swarm.cli.params import RATE, SIZE, one_secret, public_keys, split_words
 from swarm.cli.render import PullProgressBars, err, status_table
 from swarm.core.addresses import LISTEN, format_listen
 from swarm.core.errors import SwarmError
 from swarm.tracker.cli import tracker
 from swarm.core.refs import ImageRef
-from swarm.core.signing import SigningKey
+from swarm.core.signing import SigningKey, parse_public_key
 from swarm.core.tokens import JoinToken
 
 DATA = click.option("--data", type=click.Path(path_type=Path), envvar="SWARM_DATA",
@@ -35,6 +36,7 @@ def cli() -> None:
 
 
 cli.add_command(tracker)
+cli.add_command(keys)
 
 
 @cli.command()
@@ -57,6 +59,8 @@ def keygen(path: Path) -> None:
 @click.option("--trust", multiple=True, envvar="SWARM_TRUST", help="Builder public key to trust (repeatable).")
 @click.option("--trust-file", type=click.Path(path_type=Path, dir_okay=False), envvar="SWARM_TRUST_FILE",
               help="File of builder public keys to trust, one per line (# comments).")
+@click.option("--trust-root", envvar="SWARM_TRUST_ROOT",
+              help="Root public key: trust the builder keys of the key document it signs (`swarm keys sign`).")
 @click.option("--watch", multiple=True, envvar="SWARM_WATCH", help="Pull every new tag matching PATTERN.")
 @click.option("--docker-host", envvar="SWARM_DOCKER_HOST", help="Docker engine URL (default: DOCKER_HOST).")
 @click.option("--upload-limit", type=RATE, default=AgentConfig.upload_limit, envvar="SWARM_UPLOAD_LIMIT",
@@ -71,7 +75,7 @@ def keygen(path: Path) -> None:
 @click.option("--metrics-listen", type=LISTEN, default=AgentConfig.metrics_listen, envvar="SWARM_METRICS_LISTEN",
               help="HOST:PORT to serve Prometheus /metrics on.")
 def agent(tracker_url: str, token: str | None, token_file: Path | None, data: Path, listen: tuple[str, int],
-          trust: tuple[str, ...], trust_file: Path | None, watch: tuple[str, ...],
+          trust: tuple[str, ...], trust_file: Path | None, trust_root: str | None, watch: tuple[str, ...],
           docker_host: str | None, upload_limit: int, download_limit: int, cache_size: int,
           min_seed_time: float, metrics_listen: tuple[str, int] | None) -> None:
     """Run the host agent (the builder runs one too)."""
@@ -79,7 +83,8 @@ def agent(tracker_url: str, token: str | None, token_file: Path | None, data: Pa
 
     run_agent(AgentConfig(
         tracker=tracker_url, token=JoinToken.parse(one_secret(token, token_file)), data=data, listen=listen,
-        trust=public_keys(trust, trust_file), watch=split_words(watch), docker_host=docker_host,
+        trust=public_keys(trust, trust_file), trust_root=parse_public_key(trust_root) if trust_root else None,
+        watch=split_words(watch), docker_host=docker_host,
         upload_limit=upload_limit, download_limit=download_limit, cache_size=cache_size,
         min_seed_time=min_seed_time, metrics_listen=metrics_listen,
     ))
@@ -91,14 +96,16 @@ def agent(tracker_url: str, token: str | None, token_file: Path | None, data: Pa
               help="The builder's Ed25519 signing key.")
 @click.option("--from-archive", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Read the image from a `docker save`/OCI archive instead of Docker.")
+@click.option("--expires", "expires_in", type=click.FloatRange(min=0), default=0, envvar="SWARM_EXPIRES",
+              help="Seconds after which hosts refuse these manifests (republish before then); 0 = never.")
 @DATA
 @SOCKET
-def seed(images: tuple[str, ...], key: Path, from_archive: Path | None, data: Path | None,
+def seed(images: tuple[str, ...], key: Path, from_archive: Path | None, expires_in: float, data: Path | None,
          socket: Path | None) -> None:
     """Export, sign, publish and seed IMAGE... through the local agent."""
     signing_key = SigningKey.load(key)
     client = AgentClient(socket_path(data, socket))
-    for entry in seed_images(client, images, signing_key, from_archive, _print_note):
+    for entry in seed_images(client, images, signing_key, from_archive, _print_note, expires_in):
         click.echo(f"{entry.ref} {entry.image_id}")
 
 
