@@ -41,10 +41,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.redis import RedisServer  # noqa: E402
 from swarm.tracker.options import ServeOptions  # noqa: E402
 from swarm.tracker.server import open_service  # noqa: E402
+from tests.support.bt import free_port  # noqa: E402
 from tests.support.manifests import register_announce_hash  # noqa: E402
+from tests.support.redis import RedisServer  # noqa: E402
 
 TORRENTS = 100
 TOKENS = 100
@@ -89,12 +90,6 @@ end
 def info_hash(t: int) -> bytes:
     return f"swarmbench{t:010d}".encode()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_port(port: int, timeout: float = 30) -> None:

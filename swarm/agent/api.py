@@ -150,11 +150,18 @@ class TorrentInfo(Message):
     peers: tuple[PeerInfo, ...]
 
 
+#: ImageInfo.cache: every blob of the image is in the cache (so this host seeds it), some, or none
+CACHED, PARTLY_CACHED, NOT_CACHED = "cached", "partial", "none"
+
+
 @dataclass(frozen=True)
 class ImageInfo(Message):
     ref: str
     image_id: str
     layers: int
+    blobs: int = 0           # distinct blobs (a layer repeated in the image is one blob)
+    cached_blobs: int = 0    # of those, in the cache and verified
+    cache: str = NOT_CACHED  # CACHED, PARTLY_CACHED or NOT_CACHED
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,8 @@ class CacheInfo(Message):
     bytes: int
     blobs: int
     budget: int        # 0: none
-    over_budget: int
+    over_budget: int   # bytes over the budget that nothing evictable is left to cover (reserved counted)
+    reserved: int = 0  # bytes of the blobs downloads under way fetch, counted whole (part of them on disk)
 
 
 @dataclass(frozen=True)
@@ -188,6 +196,7 @@ class StatusResponse(Message):
 class PullRequest(Message):
     op: ClassVar[str] = "pull"
     refs: tuple[str, ...]
+    seed: bool = False   # fetch the blobs even of an image Docker already holds, to seed them
 
     def __post_init__(self) -> None:
         _non_empty("refs", self.refs)
@@ -197,6 +206,8 @@ class PullRequest(Message):
 class PulledImage(Message):
     ref: str
     image_id: str
+    outcome: str = "loaded"   # or "already-in-docker": Docker held this image id, nothing was fetched
+    seeding: bool = True      # every blob of it is cached here and served to peers
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from swarm.agent.api import (
-    Message, Note, PrepareRequest, PrepareResponse, PublishRequest, PublishResponse, PullProgress, PullRequest,
-    PullResponse, StatusRequest, StatusResponse,
+    Message,
+    Note,
+    PrepareRequest,
+    PrepareResponse,
+    PublishRequest,
+    PublishResponse,
+    PullProgress,
+    PullRequest,
+    PullResponse,
+    StatusRequest,
+    StatusResponse,
 )
 from swarm.core import wire
 from swarm.core.errors import AgentNotRunning, InvalidInput, error_from_kind
 
 P = TypeVar("P", bound=Message)
+CLOSED = "the agent closed the connection before answering (did it stop?)"
 OnNote = Callable[[Note], None]
 OnPullProgress = Callable[[PullProgress], None]
 
@@ -28,8 +38,9 @@ class AgentClient:
     def status(self) -> StatusResponse:
         return StatusResponse.from_map(self._call(StatusRequest.op, StatusRequest()))
 
-    def pull(self, refs: Sequence[str], on_progress: OnPullProgress | None = None) -> PullResponse:
-        answer = self._call(PullRequest.op, PullRequest(tuple(refs)), PullProgress, on_progress)
+    def pull(self, refs: Sequence[str], on_progress: OnPullProgress | None = None,
+             seed: bool = False) -> PullResponse:
+        answer = self._call(PullRequest.op, PullRequest(tuple(refs), seed), PullProgress, on_progress)
         return PullResponse.from_map(answer)
 
     def prepare(self, images: Sequence[str], key_id: str, archive: Path | None = None,
@@ -46,12 +57,12 @@ class AgentClient:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._connect(s)
-            s.sendall(wire.pack({"op": op, **request.to_map()}))
+            self._send(s, wire.pack({"op": op, **request.to_map()}))
             unpacker = wire.new_unpacker()
             while True:
-                chunk = s.recv(1 << 16)
+                chunk = self._recv(s)
                 if not chunk:
-                    raise AgentNotRunning("the agent closed the connection before answering (did it stop?)")
+                    raise AgentNotRunning(CLOSED)
                 unpacker.feed(chunk)
                 for msg in unpacker:
                     if not isinstance(msg, dict):
@@ -66,6 +77,20 @@ class AgentClient:
                         raise error_from_kind(str(msg.get("kind")), str(msg.get("message")))
         finally:
             s.close()
+
+    @staticmethod
+    def _send(s: socket.socket, data: bytes) -> None:
+        try:
+            s.sendall(data)
+        except OSError as exc:  # the agent stopped between accept and read
+            raise AgentNotRunning(f"{CLOSED}: {exc.strerror or exc}") from exc
+
+    @staticmethod
+    def _recv(s: socket.socket) -> bytes:
+        try:
+            return s.recv(1 << 16)
+        except OSError as exc:  # ECONNRESET: the agent died with our request unread
+            raise AgentNotRunning(f"{CLOSED}: {exc.strerror or exc}") from exc
 
     def _connect(self, s: socket.socket) -> None:
         try:

@@ -32,3 +32,7 @@ class AgentConfig:
     min_seed_time: float = 3600.0
     #: where to serve Prometheus /metrics; None: nowhere
     metrics_listen: tuple[str, int] | None = None
+    #: seconds to keep retrying an unreachable tracker at start; 0: forever
+    tracker_wait: float = 0.0
+    #: debug, info, warning, error (swarm.core.logs)
+    log_level: str = "info"

@@ -9,8 +9,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from swarm.agent.api import (
-    CacheInfo, ImageInfo, Message, Note, PeerInfo, PrepareRequest, PrepareResponse, PublishRequest,
-    PublishResponse, PulledImage, PullRequest, PullResponse, StatusRequest, StatusResponse, TorrentInfo,
+    CACHED,
+    NOT_CACHED,
+    PARTLY_CACHED,
+    CacheInfo,
+    ImageInfo,
+    Message,
+    Note,
+    PeerInfo,
+    PrepareRequest,
+    PrepareResponse,
+    PublishRequest,
+    PublishResponse,
+    PulledImage,
+    PullRequest,
+    PullResponse,
+    StatusRequest,
+    StatusResponse,
+    TorrentInfo,
 )
 from swarm.agent.cache import CacheKeeper
 from swarm.agent.identity import Identity
@@ -20,6 +36,7 @@ from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
 from swarm.builder.prepare import prepare_archive, prepare_image
 from swarm.core.errors import UsageError
+from swarm.core.manifest import Manifest
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest, format_public_key
 from swarm.engine.session import Engine
@@ -61,11 +78,17 @@ class AgentOps:
             certificate_expires=self.identity.not_after, certificate_error=self.identity.last_error,
             peer_port=self.engine.ssl_port,
             trusted_keys=tuple(format_public_key(k) for k in self.trusted),
-            images=tuple(ImageInfo(str(m.ref), m.image_id, len(m.layers)) for _e, m in self.manifests.all()),
+            images=tuple(self._image(m) for _e, m in self.manifests.all()),
             pulls=tuple(self.puller.progress_all()),
             torrents=tuple(self._torrent(ih) for ih in self.engine.info_hashes()),
-            cache=CacheInfo(used, count, self.cache.budget, self.cache.over_budget()),
+            cache=CacheInfo(used, count, self.cache.budget, self.cache.over_budget(), self.cache.reserved()),
         )
+
+    def _image(self, manifest: Manifest) -> ImageInfo:
+        blobs = {layer.blob for layer in manifest.layers}
+        cached = sum(1 for b in blobs if self.blobs.is_verified(b))
+        state = CACHED if cached == len(blobs) else PARTLY_CACHED if cached else NOT_CACHED
+        return ImageInfo(str(manifest.ref), manifest.image_id, len(manifest.layers), len(blobs), cached, state)
 
     def _torrent(self, info_hash: bytes) -> TorrentInfo:
         st = self.engine.status(info_hash)
@@ -78,16 +101,27 @@ class AgentOps:
 
     async def pull(self, request: PullRequest, emit: Emit) -> PullResponse:
         refs = [ImageRef.parse(r) for r in request.refs]
-        pulls = [self.puller.start(ref) for ref in refs]
+        pulls = [self.puller.start(ref, seed=request.seed) for ref in refs]
         tasks = [task for _s, task in pulls]
         while not all(t.done() for t in tasks):
-            await asyncio.wait(tasks, timeout=PROGRESS_EVERY)
+            # a message every PROGRESS_EVERY, and one at each change of stage (verifying and
+            # loading may take less than that)
+            changes = [asyncio.create_task(state.next_change()) for state, _t in pulls]
+            try:
+                await asyncio.wait([*tasks, *changes], timeout=PROGRESS_EVERY, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for change in changes:
+                    change.cancel()
             for state, _t in pulls:
                 await emit(self.puller.progress(state))
-        # result() re-raises a failed pull's error
-        response = PullResponse(tuple(PulledImage(str(ref), task.result()) for ref, task in zip(refs, tasks)))
+        ids = [task.result() for task in tasks]   # re-raises a failed pull's error
         self.cache.evict()
-        return response
+        return PullResponse(tuple(
+            PulledImage(str(ref), image_id, state.outcome, self._all_cached(state.manifest))
+            for ref, image_id, (state, _t) in zip(refs, ids, pulls, strict=True)))
+
+    def _all_cached(self, manifest: Manifest | None) -> bool:
+        return manifest is not None and all(self.blobs.is_verified(layer.blob) for layer in manifest.layers)
 
     async def prepare(self, request: PrepareRequest, emit: Emit) -> PrepareResponse:
         loop = asyncio.get_running_loop()

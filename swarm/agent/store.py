@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import stat
 import threading
 import time
 from pathlib import Path
@@ -129,13 +130,23 @@ class BlobStore:
             self._used.pop(digest, None)
             self._save()
 
-    def usage(self) -> tuple[int, int]:
-        total = count = 0
+    def sizes(self) -> dict[str, int]:
+        """Every blob file on disk (verified or still downloading) and its size."""
+        out = {}
         for f in self._paths.blobs_dir.iterdir():
-            if f.is_file() and len(f.name) == 64:
-                total += f.stat().st_size
-                count += 1
-        return total, count
+            if len(f.name) == 64:
+                try:
+                    st = f.stat()
+                except FileNotFoundError:
+                    continue  # evicted or discarded meanwhile
+                if stat.S_ISREG(st.st_mode):
+                    out["sha256:" + f.name] = st.st_size
+        return out
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes, blobs) on disk."""
+        sizes = self.sizes()
+        return sum(sizes.values()), len(sizes)
 
 
 class ManifestStore:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from typing import Any
 
 import aiohttp
 
 from swarm.core import wire
-from swarm.core.api import MSGPACK, EnrollResponse, ManifestEntry
+from swarm.core.api import MSGPACK, EnrollResponse, ManifestEntry, ReportBatch
 from swarm.core.certs import ca_fingerprint
 from swarm.core.errors import (
-    InvalidInput, RateLimited, TrackerError, TrackerUnreachable, Unauthorized, UntrustedManifest, error_for_status,
+    InvalidInput,
+    RateLimited,
+    TrackerError,
+    TrackerUnreachable,
+    Unauthorized,
+    UntrustedManifest,
+    error_for_status,
 )
 from swarm.core.tokens import JoinToken
 
@@ -86,7 +91,7 @@ class TrackerClient:
                 return data
         except aiohttp.ClientConnectorError as exc:
             raise TrackerUnreachable(f"tracker unreachable at {self.base_url}: {exc.os_error.strerror or exc}") from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise TrackerUnreachable(f"tracker unreachable at {self.base_url}: {exc or type(exc).__name__}") from exc
 
     def _error(self, status: int, data: bytes) -> TrackerError:
@@ -98,7 +103,8 @@ class TrackerClient:
         if cls is Unauthorized:
             message = f"the tracker refused the join token ({message or 'unknown or revoked'})"
         elif cls is RateLimited:
-            message = f"the tracker is refusing this address for a while ({message or 'too many failures'}): retry later"
+            message = (f"the tracker is refusing this address for a while ({message or 'too many failures'}): "
+                       "retry later")
         return cls(message or f"tracker answered HTTP {status}")
 
     async def enroll(self, csr_pem: str) -> EnrollResponse:
@@ -119,6 +125,20 @@ class TrackerClient:
         data = wire.unpack_map(await self._request(
             "GET", "/v1/watch", params={"since": str(since), "timeout": str(timeout)}))
         return int(data.get("seq", since)), [ManifestEntry.from_map(m) for m in _list(data.get("manifests"))]
+
+    # rollout view
+
+    async def report(self, batch: ReportBatch, timeout: float) -> None:
+        await self._request("POST", "/v1/reports", wire.pack(batch.to_map()), timeout=timeout)
+
+    async def hosts(self) -> list[dict[str, Any]]:
+        return _list(wire.unpack_map(await self._request("GET", "/v1/hosts")).get("hosts"))
+
+    async def rollouts(self) -> list[dict[str, Any]]:
+        return _list(wire.unpack_map(await self._request("GET", "/v1/rollouts")).get("rollouts"))
+
+    async def rollout(self, ref: str) -> dict[str, Any]:
+        return wire.unpack_map(await self._request("GET", f"/v1/rollouts/{ref}"))
 
     async def health(self) -> bool:
         try:

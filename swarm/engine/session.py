@@ -99,6 +99,8 @@ class TorrentStatus:
     peers: list[PeerStat]
     failed_pieces: int
     error: str
+    #: payload received by the sending peer's role ("builder", "host", "?"), whole life of the torrent
+    received_by_role: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,6 +111,7 @@ class _Torrent:
     finished: asyncio.Event
     flushed: asyncio.Event
     from_peer: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    from_role: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     failed_pieces: int = 0
     error: str = ""
 
@@ -143,6 +146,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: Any = None
+        #: the tracker error being seen, if announces are failing: one line when lost, one when back
+        self._tracker_lost: str | None = None
 
     # -- life cycle ---------------------------------------------------------
 
@@ -329,6 +334,7 @@ class Engine:
             stat.uploaded += p.total_upload
         with self._lock:
             received = dict(entry.from_peer)
+            by_role = dict(entry.from_role)
         for name, n in received.items():
             live.setdefault(name, PeerStat(name, "", 0, 0, False)).downloaded = n
         return TorrentStatus(
@@ -337,7 +343,7 @@ class Engine:
             download_rate=int(s.download_payload_rate), upload_rate=int(s.upload_payload_rate),
             downloaded=int(s.total_payload_download), uploaded=int(s.total_payload_upload),
             peers=sorted(live.values(), key=lambda p: p.name), failed_pieces=entry.failed_pieces,
-            error=entry.error or (s.errc.message() if s.errc.value() else ""),
+            error=entry.error or (s.errc.message() if s.errc.value() else ""), received_by_role=by_role,
         )
 
     def uploaded_total(self) -> int:
@@ -379,6 +385,7 @@ class Engine:
                 nbytes = self._block_size(entry, alert)
                 with self._lock:
                     entry.from_peer[who.name] += nbytes
+                    entry.from_role[who.role] += nbytes
                 if self._observer is not None:
                     self._observer.block_received(who.role, nbytes)
         elif isinstance(alert, lt.save_resume_data_alert):
@@ -415,7 +422,15 @@ class Engine:
                 entry.handle.pause()  # a disk error repeats for every block otherwise
                 self._signal(entry)
         elif isinstance(alert, lt.tracker_error_alert):
-            log.warning("tracker: %s", _redact(alert.message()))
+            message = _redact(alert.message())
+            if self._tracker_lost is None:
+                log.warning("tracker lost (announces failing; logged once until it answers): %s", message)
+            else:
+                log.debug("tracker: %s", message)
+            self._tracker_lost = message
+        elif isinstance(alert, lt.tracker_reply_alert) and self._tracker_lost is not None:
+            self._tracker_lost = None
+            log.info("tracker regained: announces answered again")
 
     def _entry_for(self, alert: Any) -> _Torrent | None:
         try:

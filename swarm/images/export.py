@@ -398,6 +398,6 @@ def _check_diff_ids(config: bytes, layers: list[ExportedLayer]) -> None:
         raise InvalidInput("image config rootfs.diff_ids is not a list")
     if len(diff_ids) != len(layers):
         raise DigestMismatch(f"image config lists {len(diff_ids)} layers, the archive has {len(layers)}")
-    for i, (expected, layer) in enumerate(zip(diff_ids, layers), 1):
+    for i, (expected, layer) in enumerate(zip(diff_ids, layers, strict=False), 1):
         if expected != layer.diff_id:
             raise DigestMismatch(f"layer {i}: diff_id is {layer.diff_id}, the image config says {expected}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import hashlib
+import hmac
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,13 @@ class CertificateAuthority:
             return cls.from_pem(*shared)
         return cls.load_or_create(data_dir)
 
+    def derive_secret(self, purpose: str) -> bytes:
+        """A 32-byte secret for `purpose`, the same in every process and replica sharing this CA
+        (e.g. the key that signs the fleet page's session cookies)."""
+        der = self._key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+        return hmac.new(der, b"swarm/" + purpose.encode(), hashlib.sha256).digest()
+
     def sign_csr(self, csr_pem: str, name: str, lifetime_s: int) -> IssuedCertificate:
         """Issue a certificate for the CSR's key: CN=name, SAN DNS "*", server+client auth."""
         try:
@@ -104,7 +113,7 @@ class CertificateAuthority:
                 raise InvalidInput("the CSR key must be EC P-256 or RSA of 2048 bits or more")
         else:
             raise InvalidInput("the CSR key must be EC P-256 or RSA of 2048 bits or more")
-        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         not_after = now + dt.timedelta(seconds=lifetime_s)
         serial = x509.random_serial_number()
         cert = (
@@ -145,7 +154,7 @@ class CertificateAuthority:
                 sans.append(x509.IPAddress(ipaddress.ip_address(name)))
             except ValueError:
                 sans.append(x509.DNSName(name))
-        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "swarm-tracker")]))
@@ -187,7 +196,7 @@ def _new_ca() -> tuple[bytes, bytes]:
     """A new CA: (key PEM, self-signed certificate PEM)."""
     key = new_private_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "swarm CA")])
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

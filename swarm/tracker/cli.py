@@ -10,22 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
-import sys
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
-from rich.table import Table
 
+from swarm.cli.config import TRACKER_CONFIG, config_option, default_tracker_data
+from swarm.cli.tables import print_table
+from swarm.core import logs
 from swarm.core.addresses import LISTEN
 from swarm.core.errors import UsageError
 from swarm.core.signing import key_id, parse_public_key
 from swarm.core.tokens import ROLES
 from swarm.tracker.options import (
-    DEFAULT_AUTH_FAILURE_LIMIT, DEFAULT_CERT_LIFETIME, DEFAULT_CLIENT_TIMEOUT, DEFAULT_INTERVAL, DEFAULT_LISTEN,
-    DEFAULT_WORKERS, MAX_WORKERS, MIN_CERT_LIFETIME, ServeOptions,
+    DEFAULT_AUTH_FAILURE_LIMIT,
+    DEFAULT_CERT_LIFETIME,
+    DEFAULT_CLIENT_TIMEOUT,
+    DEFAULT_INTERVAL,
+    DEFAULT_LISTEN,
+    DEFAULT_WORKERS,
+    MAX_WORKERS,
+    MIN_CERT_LIFETIME,
+    ServeOptions,
 )
 
 if TYPE_CHECKING:
@@ -33,8 +42,10 @@ if TYPE_CHECKING:
 
 _DATABASE = click.option("--database", default=None, envvar="SWARM_DATABASE", show_envvar=True,
                          help="postgresql://... shared by tracker replicas (default: SQLite in --data)")
-_DATA = click.option("--data", "data", required=True, envvar="SWARM_DATA", show_envvar=True,
+_DATA = click.option("--data", "data", default=default_tracker_data, show_default=str(default_tracker_data()),
+                     envvar="SWARM_DATA", show_envvar=True,
                      type=click.Path(file_okay=False, path_type=Path), help="the tracker's data directory")
+_FILE = config_option(TRACKER_CONFIG, strict=False)
 
 
 @click.group()
@@ -43,6 +54,7 @@ def tracker() -> None:
 
 
 @tracker.command()
+@config_option(TRACKER_CONFIG, strict=True)
 @_DATA
 @click.option("--listen", type=LISTEN, default=DEFAULT_LISTEN, show_default=True, envvar="SWARM_LISTEN",
               show_envvar=True, help="HOST:PORT to serve HTTP on (port 0: any free port)")
@@ -70,21 +82,30 @@ def tracker() -> None:
               help="processes sharing the port (SO_REUSEPORT); more than one needs --redis")
 @click.option("--tls", is_flag=True, envvar="SWARM_TLS", show_envvar=True,
               help="serve HTTPS with a certificate from the swarm CA (hosts pin it by their join token)")
+@click.option("--log-level", type=click.Choice(logs.LEVELS), default=logs.DEFAULT_LEVEL, show_default=True,
+              envvar="SWARM_LOG_LEVEL", show_envvar=True,
+              help="least severe level logged (debug also logs /healthz, /readyz and /metrics hits)")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default=logs.DEFAULT_FORMAT, show_default=True,
+              envvar="SWARM_LOG_FORMAT", show_envvar=True, help="text lines, or one JSON object per line")
 @click.option("--reuse-port", is_flag=True, hidden=True)
 def serve(data: Path, listen: tuple[str, int], public_url: str | None, cert_lifetime: int, announce_interval: int,
           min_interval: int | None, database: str | None, redis: str | None, auth_failure_limit: int,
-          client_timeout: float, workers: int, tls: bool, reuse_port: bool) -> None:
+          client_timeout: float, workers: int, tls: bool, log_level: str, log_format: str,
+          reuse_port: bool) -> None:
     """Run the tracker until SIGTERM."""
-    from swarm.tracker.server import run_tracker
-
     if min_interval is not None and min_interval > announce_interval:
         raise UsageError("--min-interval must not exceed --announce-interval")
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logs.configure(log_level, log_format)
+    if workers > 1:
+        _share_metrics(data)
+    from swarm.tracker.server import run_tracker  # imports prometheus_client: after _share_metrics
+
     host, port = listen
     options = ServeOptions(data=data, host=host, port=port, public_url=public_url, cert_lifetime=cert_lifetime,
                            interval=announce_interval, min_interval=min_interval, database=database, redis=redis,
                            auth_failure_limit=auth_failure_limit, client_timeout=client_timeout,
-                           workers=workers, reuse_port=reuse_port, tls=tls)
+                           workers=workers, reuse_port=reuse_port, tls=tls, log_level=log_level,
+                           log_format=log_format)
     try:
         import uvloop
     except ImportError:  # plain asyncio works, a little slower
@@ -92,6 +113,18 @@ def serve(data: Path, listen: tuple[str, int], public_url: str | None, cert_life
     else:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(run_tracker(options))
+
+
+def _share_metrics(data: Path) -> None:
+    """Let the workers count into one directory, summed at each scrape (see swarm/tracker/metrics.py).
+
+    Must run before prometheus_client is imported; the workers inherit the variable."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    directory = data / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)  # counts of an earlier run: a restart resets counters
+    directory.mkdir(parents=True, mode=0o700)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 @tracker.group()
@@ -117,6 +150,7 @@ _PUBLISH = click.option("--publish", multiple=True, metavar="PATTERN",
 @click.option("--role", required=True, type=click.Choice(ROLES), envvar="SWARM_ROLE", show_envvar=True)
 @_KEY
 @_PUBLISH
+@_FILE
 @_DATA
 @_DATABASE
 def token_create(name: str, role: str, public_key: str | None, publish: tuple[str, ...], data: Path,
@@ -134,6 +168,7 @@ def token_create(name: str, role: str, public_key: str | None, publish: tuple[st
 @click.argument("name")
 @_KEY
 @_PUBLISH
+@_FILE
 @_DATA
 @_DATABASE
 def token_update(name: str, public_key: str | None, publish: tuple[str, ...], data: Path,
@@ -152,6 +187,7 @@ def token_update(name: str, public_key: str | None, publish: tuple[str, ...], da
 
 @token.command("revoke")
 @click.argument("name")
+@_FILE
 @_DATA
 @_DATABASE
 def token_revoke(name: str, data: Path, database: str | None) -> None:
@@ -165,6 +201,7 @@ def token_revoke(name: str, data: Path, database: str | None) -> None:
 
 
 @token.command("list")
+@_FILE
 @_DATA
 @_DATABASE
 def token_list(data: Path, database: str | None) -> None:
@@ -174,11 +211,9 @@ def token_list(data: Path, database: str | None) -> None:
         records = service.list_tokens()
     finally:
         service.close()
-    table = Table("name", "role", "created", "revoked", "key", "publishes")
-    for r in records:
-        table.add_row(r.name, r.role, _when(r.created), _when(r.revoked_at) if r.revoked_at else "",
-                      key_id(r.builder_key) if r.builder_key else "", " ".join(r.publish))
-    Console().print(table)
+    print_table(Console(), ("name", "role", "created", "revoked", "key", "publishes"),
+                [(r.name, r.role, _when(r.created), _when(r.revoked_at) if r.revoked_at else "",
+                  key_id(r.builder_key) if r.builder_key else "", " ".join(r.publish)) for r in records])
 
 
 @tracker.group()
@@ -187,6 +222,7 @@ def repo() -> None:
 
 
 @repo.command("list")
+@_FILE
 @_DATA
 @_DATABASE
 def repo_list(data: Path, database: str | None) -> None:
@@ -196,15 +232,13 @@ def repo_list(data: Path, database: str | None) -> None:
         rows = service.list_repositories()
     finally:
         service.close()
-    table = Table("repository", "owner")
-    for repository, owner in rows:
-        table.add_row(repository, owner)
-    Console().print(table)
+    print_table(Console(), ("repository", "owner"), [(repository, owner) for repository, owner in rows])
 
 
 @repo.command("transfer")
 @click.argument("repository")
 @click.option("--to", "owner", required=True, help="the builder token that owns it from now on")
+@_FILE
 @_DATA
 @_DATABASE
 def repo_transfer(repository: str, owner: str, data: Path, database: str | None) -> None:
@@ -224,6 +258,7 @@ def keys() -> None:
 
 @keys.command("publish")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@_FILE
 @_DATA
 @_DATABASE
 def keys_publish(file: Path, data: Path, database: str | None) -> None:
@@ -241,4 +276,84 @@ def keys_publish(file: Path, data: Path, database: str | None) -> None:
 
 
 def _when(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@tracker.group()
+def image() -> None:
+    """The published images (manifests by repository:tag)."""
+
+
+@image.command("list")
+@click.argument("pattern", required=False)
+@_FILE
+@_DATA
+@_DATABASE
+def image_list(pattern: str | None, data: Path, database: str | None) -> None:
+    """List published images, newest last; PATTERN as for `agent --watch` (`myapp/*`, `myapp:prod-*`)."""
+    from swarm.core.refs import ImageRef, matches
+    from swarm.tracker.storage import open_storage
+
+    storage = open_storage(data, database)
+    try:
+        entries = storage.manifests()
+    finally:
+        storage.close()
+    rows = [[e.ref, e.image_id[:19], str(e.seq), _when(e.published), e.publisher] for e in entries
+            if pattern is None or matches(pattern, ImageRef.parse(e.ref))]
+    print_table(Console(), ["ref", "image id", "seq", "published", "publisher"], rows)
+
+
+@tracker.command("backup")
+@click.argument("archive", type=click.Path(path_type=Path, dir_okay=False))
+@_FILE
+@_DATA
+@_DATABASE
+def backup_command(archive: Path, data: Path, database: str | None) -> None:
+    """Write the database (online, while the tracker runs) and the CA to ARCHIVE (tar, mode 0600)."""
+    from swarm.tracker.backup import backup
+
+    names = backup(data, database, archive)
+    click.echo(f"backed up {', '.join(names)} to {archive}", err=True)
+
+
+@tracker.command("restore")
+@click.argument("archive", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--force", is_flag=True, help="replace the database already in --data (stop the tracker first)")
+@_FILE
+@_DATA
+@_DATABASE
+def restore_command(archive: Path, force: bool, data: Path, database: str | None) -> None:
+    """Put a backup's database and CA into --data; run it while the tracker is stopped."""
+    from swarm.tracker.backup import restore
+
+    version = restore(archive, data, database, force)
+    click.echo(f"restored {archive} into {data} (schema {version}; `swarm tracker db migrate` if older)", err=True)
+
+
+@tracker.group()
+def db() -> None:
+    """The database's schema version, and its upgrade."""
+
+
+@db.command("status")
+@_FILE
+@_DATA
+@_DATABASE
+def db_status(data: Path, database: str | None) -> None:
+    """Show the schema version (changes nothing)."""
+    from swarm.tracker.backup import schema_status
+
+    click.echo(schema_status(data, database).summary)
+
+
+@db.command("migrate")
+@_FILE
+@_DATA
+@_DATABASE
+def db_migrate(data: Path, database: str | None) -> None:
+    """Bring the schema to this swarm's version (what `serve` also does at start)."""
+    from swarm.tracker.backup import migrate
+
+    before, after = migrate(data, database)
+    click.echo(f"migrated from schema {before}: {after.summary}" if before != after.version else after.summary)

@@ -13,16 +13,31 @@ Each TrackerService has its own registry, so several services in one process
   swarm_tracker_enrolled_hosts            tokens not revoked (builders included)
   swarm_tracker_revoked_tokens
   swarm_tracker_manifests                 manifests (repo:tag) currently published
+  swarm_tracker_build_info{version, python}
+
+With --workers N every process counts into files of one directory
+(prometheus_client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR, set before
+prometheus_client is imported: swarm/tracker/cli.py) and a scrape answered
+by any of them sums them all, so counters never go backwards between scrapes.
+The gauges are set from shared state at each scrape: the most recent value wins.
 """
 
 from __future__ import annotations
 
+import os
+from typing import Literal
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from swarm.core.buildinfo import BuildInfo
 
 ANNOUNCE_RESULTS = ("ok", "cached", "stopped", "unauthorized", "rate_limited", "invalid", "unknown_torrent")
 SCRAPE_RESULTS = ("ok", "unauthorized", "rate_limited", "invalid", "unknown_torrent")
 AUTH_REASONS = ("unknown", "revoked", "rate_limited")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+_LATEST: Literal["mostrecent"] = "mostrecent"
 
 
 class TrackerMetrics:
@@ -36,10 +51,15 @@ class TrackerMetrics:
                                      ["reason"], registry=r)
         self.certificates = Counter("swarm_tracker_certificates_issued", "Host certificates signed", registry=r)
         self.publications = Counter("swarm_tracker_publications", "Manifests published", registry=r)
-        self.active_peers = Gauge("swarm_tracker_active_peers", "Peers in all swarms", registry=r)
-        self.enrolled_hosts = Gauge("swarm_tracker_enrolled_hosts", "Tokens not revoked", registry=r)
-        self.revoked_tokens = Gauge("swarm_tracker_revoked_tokens", "Revoked tokens", registry=r)
-        self.manifests = Gauge("swarm_tracker_manifests", "Manifests currently published", registry=r)
+        self.active_peers = Gauge("swarm_tracker_active_peers", "Peers in all swarms", registry=r,
+                                  multiprocess_mode=_LATEST)
+        self.enrolled_hosts = Gauge("swarm_tracker_enrolled_hosts", "Tokens not revoked", registry=r,
+                                    multiprocess_mode=_LATEST)
+        self.revoked_tokens = Gauge("swarm_tracker_revoked_tokens", "Revoked tokens", registry=r,
+                                    multiprocess_mode=_LATEST)
+        self.manifests = Gauge("swarm_tracker_manifests", "Manifests currently published", registry=r,
+                               multiprocess_mode=_LATEST)
+        r.register(BuildInfo("swarm_tracker"))
         # every label shows from the start, at zero
         for result in ANNOUNCE_RESULTS:
             self.announces.labels(result)
@@ -49,5 +69,10 @@ class TrackerMetrics:
             self.auth_failures.labels(reason)
 
     def render(self) -> bytes:
-        data: bytes = generate_latest(self.registry)
+        registry = self.registry
+        if os.environ.get(MULTIPROCESS_DIR):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry.register(BuildInfo("swarm_tracker"))
+        data: bytes = generate_latest(registry)
         return data

@@ -53,3 +53,6 @@ class ServeOptions:
     reuse_port: bool = False
     #: serve HTTPS with a certificate from the swarm CA (hosts pin that CA by their token)
     tls: bool = False
+    #: swarm.core.logs level and format (passed on to the worker processes)
+    log_level: str = "info"
+    log_format: str = "text"

@@ -26,9 +26,9 @@ from swarm.core.files import write_atomic
 from swarm.tracker.ca import CertificateAuthority, server_names
 from swarm.tracker.http import RedactingAccessLogger, make_app
 from swarm.tracker.options import DEFAULT_CLIENT_TIMEOUT, ServeOptions
-from swarm.tracker.peers.base import open_peer_store
+from swarm.tracker.peers import open_peer_store
 from swarm.tracker.service import TrackerService
-from swarm.tracker.storage.base import open_storage
+from swarm.tracker.storage import open_storage
 
 log = logging.getLogger("swarm.tracker.server")
 
@@ -114,7 +114,8 @@ def _worker_argv(o: ServeOptions, port: int) -> list[str]:
     argv = [sys.executable, "-m", "swarm.cli.main", "tracker", "serve", "--data", str(o.data),
             "--listen", f"{format_host(o.host)}:{port}", "--workers", "1", "--reuse-port",
             "--cert-lifetime", str(o.cert_lifetime), "--announce-interval", str(o.interval),
-            "--auth-failure-limit", str(o.auth_failure_limit), "--client-timeout", str(o.client_timeout)]
+            "--auth-failure-limit", str(o.auth_failure_limit), "--client-timeout", str(o.client_timeout),
+            "--log-level", o.log_level, "--log-format", o.log_format]
     if o.min_interval is not None:
         argv += ["--min-interval", str(o.min_interval)]
     if o.public_url:

@@ -27,7 +27,13 @@ from pathlib import Path
 from swarm.core.api import MAX_WATCH_TIMEOUT, EnrollResponse, ManifestEntry
 from swarm.core.digest import digest_hex
 from swarm.core.errors import (
-    Forbidden, InvalidInput, NotFound, RateLimited, SwarmError, Unauthorized, UsageError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    SwarmError,
+    Unauthorized,
+    UsageError,
 )
 from swarm.core.refs import ImageRef, matches, validate_pattern
 from swarm.core.signing import SignedManifest, format_public_key, key_id
@@ -38,7 +44,10 @@ from swarm.tracker import announce as bt
 from swarm.tracker.ca import CertificateAuthority
 from swarm.tracker.metrics import TrackerMetrics
 from swarm.tracker.options import (
-    DEFAULT_AUTH_FAILURE_LIMIT, DEFAULT_CERT_LIFETIME, DEFAULT_INTERVAL, MIN_CERT_LIFETIME,
+    DEFAULT_AUTH_FAILURE_LIMIT,
+    DEFAULT_CERT_LIFETIME,
+    DEFAULT_INTERVAL,
+    MIN_CERT_LIFETIME,
 )
 from swarm.tracker.peers.base import Peer, PeerStore, SwarmCounts
 from swarm.tracker.ratelimit import DEFAULT_WINDOW, FailureLimiter
@@ -108,6 +117,8 @@ class TrackerService:
         self._to_drop: set[str] = set()
         #: watch calls waiting for a publication right now
         self.watching = 0
+        #: readiness checks failing at the last /readyz
+        self._not_ready: set[str] = set()
 
     def shutdown(self) -> None:
         """Wake every watcher: they return at once, and new ones do not wait."""
@@ -120,6 +131,38 @@ class TrackerService:
     async def aclose(self) -> None:
         await self.peers.aclose()
         self.close()
+
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz reports: the database and the peer store both answer (logged when that changes)."""
+        checks: dict[str, bool] = {}
+        reasons: dict[str, str] = {}
+        try:
+            self.storage.ping()
+            checks["database"] = True
+        except Exception as exc:  # any driver's failure means "not ready", never a 500
+            checks["database"], reasons["database"] = False, f"database {self.storage.location}: {exc}"
+        try:
+            await self.peers.ping()
+            checks["peers"] = True
+        except Exception as exc:
+            checks["peers"], reasons["peers"] = False, f"peer store: {exc}"
+        for name, ok in checks.items():
+            if not ok and name not in self._not_ready:
+                log.warning("not ready: %s", reasons[name])
+            elif ok and name in self._not_ready:
+                log.info("ready again: %s answers", name)
+        self._not_ready = set(reasons)
+        return checks
+
+    def token_name(self, secret: str | None) -> str | None:
+        """The name of the token `secret` is, for logs; None if none (never counted as a failure)."""
+        if not secret or not is_secret_shaped(secret):
+            return None
+        try:
+            record = self.storage.token_by_hash(hash_secret(secret))
+        except Exception:
+            return None
+        return record.name if record else None
 
     # tokens
 
@@ -229,6 +272,8 @@ class TrackerService:
 
     def enroll(self, secret: str | None, csr_pem: str, ip: str | None = None) -> EnrollResponse:
         record = self.authenticate(secret, ip)
+        if record.role == "admin":
+            raise Forbidden(f"token {record.name!r} has role admin: it reads fleet state and joins no swarm")
         issued = self.ca.sign_csr(csr_pem, record.name, self.cert_lifetime)
         self.storage.record_certificate(issued.serial, record.name, issued.not_after)
         self.metrics.certificates.inc()

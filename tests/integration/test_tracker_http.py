@@ -27,6 +27,7 @@ from swarm.tracker.options import ServeOptions
 from swarm.tracker.peers.base import Peer
 from swarm.tracker.server import open_service, start_tracker
 from swarm.tracker.service import TrackerService
+from tests.support.bt import announce_query
 from tests.support.manifests import make_signed_manifest
 from tests.support.procs import run_swarm
 
@@ -82,13 +83,6 @@ async def tracker_server(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> As
     # no unexpected error, and no secret in any log line
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert t.builder.secret not in caplog.text and t.host.secret not in caplog.text
-
-
-def announce_query(info_hash: bytes, port: int, peer_id: bytes, left: int = 10, event: str = "started") -> str:
-    return (f"info_hash={quote_from_bytes(info_hash, safe='')}&peer_id={quote_from_bytes(peer_id, safe='')}"
-            f"&port={port}&uploaded=0&downloaded=0&left={left}&corrupt=0&key=1a2b&event={event}"
-            f"&numwant=200&compact=1&no_peer_id=1&supportcrypto=1&redundant=0")
-
 
 def error_of(body: bytes) -> str:
     return str(wire.unpack_map(body)["error"])
@@ -320,7 +314,7 @@ def test_cli_tokens(tmp_path: Path) -> None:
     assert service.authenticate(token.secret).name == "b1"
     assert [t.revoked for t in service.list_tokens()] == [False, True]
     service.close()
-    res = run_swarm("tracker", "token", "create", "x", "--role", "admin", "--data", data, check=False)
+    res = run_swarm("tracker", "token", "create", "x", "--role", "root", "--data", data, check=False)
     assert res.returncode == 2
 
 

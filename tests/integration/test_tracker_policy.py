@@ -22,15 +22,8 @@ from swarm.core.tokens import JoinToken
 from swarm.tracker.options import ServeOptions
 from swarm.tracker.server import open_service, start_tracker
 from swarm.tracker.service import RATE_LIMITED, TrackerService
+from tests.support.bt import Clock
 from tests.support.manifests import make_signed_manifest
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

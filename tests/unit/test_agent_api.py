@@ -24,7 +24,11 @@ MESSAGES = [
                               (PeerInfo("builder", "", 10, 0, False),)),),
         cache=CacheInfo(10, 1, 0, 0)),
     PullRequest(("app:1", "app:2")),
+    PullRequest(("app:1",), seed=True),
     PullResponse((PulledImage("app:1", "sha256:" + "b" * 64),)),
+    PullResponse((PulledImage("app:1", "sha256:" + "b" * 64, "already-in-docker", False),)),
+    ImageInfo("app:2", "sha256:" + "c" * 64, 3, 2, 1, "partial"),
+    CacheInfo(30, 2, 20, 10, 5),
     PrepareRequest(("app:1",), "0123456789abcdef", None),
     PrepareRequest(("app:1",), "0123456789abcdef", "/tmp/app.tar"),
     PrepareResponse((b"manifest",)),
@@ -43,7 +47,15 @@ def test_status_map_is_plain_data() -> None:
     status = MESSAGES[2].to_map()
     assert status["torrents"][0]["peers"][0] == {"name": "builder", "address": "", "downloaded": 10,
                                                 "uploaded": 0, "connected": False}
-    assert status["cache"] == {"bytes": 10, "blobs": 1, "budget": 0, "over_budget": 0}
+    assert status["cache"] == {"bytes": 10, "blobs": 1, "budget": 0, "over_budget": 0, "reserved": 0}
+
+
+def test_maps_of_an_older_agent_still_decode() -> None:
+    image = ImageInfo.from_map({"ref": "app:1", "image_id": "sha256:" + "b" * 64, "layers": 2})
+    assert (image.blobs, image.cached_blobs, image.cache) == (0, 0, "none")
+    pulled = PulledImage.from_map({"ref": "app:1", "image_id": "sha256:" + "b" * 64})
+    assert (pulled.outcome, pulled.seeding) == ("loaded", True)
+    assert PullRequest.from_map({"refs": ["app:1"]}).seed is False
 
 
 @pytest.mark.parametrize("bad", [

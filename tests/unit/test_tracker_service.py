@@ -26,6 +26,7 @@ from swarm.tracker.server import open_service
 from swarm.tracker.service import TrackerService
 from swarm.tracker.storage import migrations
 from swarm.tracker.storage.sqlite import SCHEMA_VERSION, migrate
+from tests.support.bt import announce_query
 from tests.support.manifests import make_signed_manifest
 
 
@@ -34,12 +35,6 @@ def service(tmp_path: Path) -> Iterator[TrackerService]:
     svc = open_service(ServeOptions(tmp_path / "data", cert_lifetime=600, interval=30))
     yield svc
     svc.close()
-
-
-def announce_query(info_hash: bytes, port: int, peer_id: bytes, left: int = 10, event: str = "started") -> str:
-    return (f"info_hash={quote_from_bytes(info_hash)}&peer_id={quote_from_bytes(peer_id)}&port={port}"
-            f"&uploaded=0&downloaded=0&left={left}&event={event}&compact=1&numwant=200")
-
 
 def test_ca_files(service: TrackerService) -> None:
     data = service.data_dir
@@ -102,7 +97,7 @@ def test_token_lifecycle_and_hashes_only(service: TrackerService) -> None:
     with pytest.raises(InvalidInput):
         service.create_token("b1", "host")
     with pytest.raises(InvalidInput):
-        service.create_token("x", "admin")
+        service.create_token("x", "root")
     with pytest.raises(InvalidInput):
         service.create_token("bad name", "host")
     h = service.create_token("h1", "host")

@@ -1,4 +1,4 @@
-"""Who is in each torrent's swarm: the store interface, its records, and `open_peer_store`.
+"""Who is in each torrent's swarm: the store interface and its records (`open_peer_store` is in the package).
 
 Peers are keyed by their peer_id within a torrent. A peer that stops
 announcing for `ttl` seconds (twice the announce interval) is dropped; a
@@ -71,16 +71,3 @@ class PeerStore(Protocol):
         """Raise SwarmError now if the store cannot be reached (checked once at start)."""
 
     async def aclose(self) -> None: ...
-
-
-def open_peer_store(redis_url: str | None, ttl: float) -> PeerStore:
-    """The store in Redis at `redis_url` (shared by replicas and workers), else in this process.
-
-    Peers not seen for `ttl` seconds leave it."""
-    if redis_url:
-        from swarm.tracker.peers.redis import RedisPeerStore  # redis loads only for a Redis store
-
-        return RedisPeerStore(redis_url, ttl=ttl)
-    from swarm.tracker.peers.memory import MemoryPeerStore
-
-    return MemoryPeerStore(ttl=ttl)

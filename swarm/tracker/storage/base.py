@@ -24,6 +24,10 @@ Tables:
                 current manifest names (a blob shared by several manifests has one row each)
   certificates  serial, name, not_after, issued_at
   meta          key PK, value: counters; `revocations` grows by one per revocation
+  host_reports  name PK, address, version, cache_bytes, cache_budget, cert_not_after, last_seen:
+                each agent's latest heartbeat (storage/rollout.py)
+  pull_reports  (host, ref) PK, report (msgpack PullReport), state, image_id, updated: the latest
+                state of each pull on each host, at most MAX_PULLS_PER_HOST per host
   key_document  one row: the newest root-signed key document (version, envelope)
   ca            one row: the CA key and certificate, PEM (PostgreSQL only: in SQLite
                 mode the CA lives in files beside the database, see swarm/tracker/ca.py)
@@ -33,11 +37,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from swarm.core.api import ManifestEntry
-from swarm.core.errors import InvalidInput
+from swarm.tracker.storage.rollout import RolloutStore
 
 
 @dataclass(frozen=True)
@@ -62,13 +65,16 @@ class Generation:
     seq: int
 
 
-class Storage(Protocol):
+class Storage(RolloutStore, Protocol):
     """Durable tracker state: tokens, manifests and their announce hashes, certificates, the CA."""
 
     #: where the state is, for logs ("sqlite:/path" or "postgresql://host/db")
     location: str
 
     def close(self) -> None: ...
+
+    def ping(self) -> None:
+        """Raise if the database cannot answer a query now (/readyz)."""
 
     def add_token(self, name: str, role: str, secret_hash: str, builder_key: bytes | None = None,
                   publish: tuple[str, ...] = ()) -> None: ...
@@ -116,21 +122,6 @@ class Storage(Protocol):
 
     def certificates(self, name: str) -> list[tuple[str, int, int]]: ...
 
-    def certificate_count(self) -> int: ...
-
     def shared_ca(self, key_pem: str, cert_pem: str) -> tuple[str, str] | None:
         """The CA kept in the database, storing (key_pem, cert_pem) first if there is none
         (the first replica's CA wins); None when this storage keeps no CA (SQLite: files)."""
-
-
-def open_storage(data_dir: Path, database: str | None = None) -> Storage:
-    """SQLite in `data_dir`, or the PostgreSQL database at `database` (postgresql://...)."""
-    if database is None or database.startswith("sqlite:"):
-        from swarm.tracker.storage.sqlite import SQLiteStorage
-
-        return SQLiteStorage(Path(database[len("sqlite:"):]) if database else data_dir)
-    if database.startswith(("postgresql://", "postgres://")):
-        from swarm.tracker.storage.postgres import PostgresStorage  # psycopg loads only for PostgreSQL
-
-        return PostgresStorage(database)
-    raise InvalidInput(f"unsupported database URL {database.split(':', 1)[0]!r}: expected postgresql://...")

@@ -1,7 +1,9 @@
 """The one schema migration runner, for SQLite and PostgreSQL alike.
 
 Each dialect's schema is a series of SQL files, `schema/<dialect>/NNNN_what.sql`,
-one per version (package data, read with importlib.resources). A database
+one per version (package data, read with importlib.resources). Numbers grow but
+may skip (each change reserves its number; a dialect that needs no step for a
+number has no file for it). A database
 records its version in `schema_version`; `migrate` runs the files after it,
 all in the caller's transaction, which must also keep other migrators out
 (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock), so that trackers
@@ -26,16 +28,17 @@ _FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 @functools.cache
 def scripts(dialect: str) -> dict[int, str]:
-    """Version -> SQL script, 1 to the newest, for `dialect`."""
+    """Version -> SQL script, oldest first, for `dialect`."""
     folder = resources.files(__package__).joinpath("schema", dialect)
-    found = {int(m[1]): f.read_text() for f in folder.iterdir() if (m := _FILE.match(f.name))}
-    if sorted(found) != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"the {dialect} schema files are not numbered 1..N: {sorted(found)}")
-    return found
+    matched = [(int(m[1]), f) for f in folder.iterdir() if (m := _FILE.match(f.name))]
+    numbers = [n for n, _f in matched]
+    if len(set(numbers)) != len(numbers) or 1 not in numbers:
+        raise RuntimeError(f"the {dialect} schema files must start at 1, one file per number: {sorted(numbers)}")
+    return {n: f.read_text() for n, f in sorted(matched, key=lambda nf: nf[0])}
 
 
 def latest(dialect: str) -> int:
-    return len(scripts(dialect))
+    return max(scripts(dialect))
 
 
 def statements(script: str) -> list[str]:
@@ -62,7 +65,7 @@ def migrate(execute: Callable[[str], Any], dialect: str) -> int:
         raise InvalidInput(f"tracker database schema {version} is newer than this tracker ({newest})")
     if version == newest:
         return version
-    for step in range(version + 1, newest + 1):
+    for step in [n for n in scripts(dialect) if n > version]:
         for statement in statements(scripts(dialect)[step]):
             execute(statement)
     execute("DELETE FROM schema_version")

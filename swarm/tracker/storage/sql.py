@@ -12,9 +12,10 @@ from typing import Any
 from swarm.core.api import ManifestEntry
 from swarm.core.errors import Conflict, Forbidden, InvalidInput
 from swarm.tracker.storage.base import Generation, TokenRecord
+from swarm.tracker.storage.rollout import RolloutSQL
 
 
-class SQLStorage:
+class SQLStorage(RolloutSQL):
     """The SQL both backends run; subclasses give connections, transactions and dialect."""
 
     location = ""
@@ -41,15 +42,20 @@ class SQLStorage:
         """Execute in transaction `c`."""
         return c.execute(sql, params)
 
+    def ping(self) -> None:
+        self._one("SELECT 1")
+
     # tokens
 
     def add_token(self, name: str, role: str, secret_hash: str, builder_key: bytes | None = None,
                   publish: tuple[str, ...] = ()) -> None:
         try:
             with self._tx() as c:
-                self._x(c, "INSERT INTO tokens (name, role, secret_hash, created, builder_key, publish) "
-                           "VALUES (?, ?, ?, ?, ?, ?)",
-                        (name, role, secret_hash, int(time.time()), builder_key, " ".join(publish)))
+                self._x(c, "INSERT INTO tokens (name, role, secret_hash, created, builder_key) VALUES (?, ?, ?, ?, ?)",
+                        (name, role, secret_hash, int(time.time()), builder_key))
+                if publish:
+                    self._x(c, "INSERT INTO publish_patterns (name, patterns) VALUES (?, ?)",
+                            (name, " ".join(publish)))
         except self._integrity as exc:
             raise InvalidInput(f"a token named {name!r} already exists") from exc
 
@@ -62,21 +68,22 @@ class SQLStorage:
             if builder_key is not None:
                 self._x(c, "UPDATE tokens SET builder_key = ? WHERE name = ?", (builder_key, name))
             if publish is not None:
-                self._x(c, "UPDATE tokens SET publish = ? WHERE name = ?", (" ".join(publish), name))
+                self._x(c, "DELETE FROM publish_patterns WHERE name = ?", (name,))
+                self._x(c, "INSERT INTO publish_patterns (name, patterns) VALUES (?, ?)", (name, " ".join(publish)))
             self._x(c, "UPDATE meta SET value = value + 1 WHERE key = 'revocations'")
         return True
 
     def token_by_hash(self, secret_hash: str) -> TokenRecord | None:
-        row = self._one("SELECT name, role, created, revoked_at, builder_key, publish FROM tokens WHERE secret_hash = ?",
+        row = self._one(_SELECT_TOKEN + " WHERE t.secret_hash = ?",
                         (secret_hash,))
         return _token(row) if row else None
 
     def token(self, name: str) -> TokenRecord | None:
-        row = self._one("SELECT name, role, created, revoked_at, builder_key, publish FROM tokens WHERE name = ?", (name,))
+        row = self._one(_SELECT_TOKEN + " WHERE t.name = ?", (name,))
         return _token(row) if row else None
 
     def tokens(self) -> list[TokenRecord]:
-        rows = self._all("SELECT name, role, created, revoked_at, builder_key, publish FROM tokens ORDER BY name")
+        rows = self._all(_SELECT_TOKEN + " ORDER BY t.name")
         return [_token(r) for r in rows]
 
     def revoke_token(self, name: str) -> bool:
@@ -205,11 +212,12 @@ class SQLStorage:
                          (name,))
         return [(r[0], int(r[1]), int(r[2])) for r in rows]
 
-    def certificate_count(self) -> int:
-        return int(self._one("SELECT count(*) FROM certificates")[0])
+
+_SELECT_TOKEN = ("SELECT t.name, t.role, t.created, t.revoked_at, t.builder_key, p.patterns FROM tokens t "
+                 "LEFT JOIN publish_patterns p ON p.name = t.name")
 
 
 def _token(row: Any) -> TokenRecord:
     name, role, created, revoked_at, key, publish = row
     return TokenRecord(name, role, int(created), None if revoked_at is None else int(revoked_at),
-                       None if key is None else bytes(key), tuple(str(publish).split()))
+                       None if key is None else bytes(key), tuple(str(publish or "").split()))

@@ -47,6 +47,13 @@ class SQLiteStorage(SQLStorage):
     def close(self) -> None:
         self._conn.close()
 
+    def ping(self) -> None:
+        # an open connection keeps answering from a database file deleted under it,
+        # whose writes would be lost: that tracker is not ready
+        if not self.path.is_file():
+            raise OSError(f"the database file {self.path} is gone")
+        super().ping()
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:

@@ -1,6 +1,11 @@
 -- SQLite, schema 3: builder tokens' repository patterns, repository owners, each manifest's signed
 -- creation time (no rollback), and the root-signed key document.
-ALTER TABLE tokens ADD COLUMN publish TEXT NOT NULL DEFAULT '*';
+-- (patterns in their own table: schema 4 rebuilds `tokens` from its six columns)
+CREATE TABLE publish_patterns (
+    name     TEXT PRIMARY KEY,
+    patterns TEXT NOT NULL
+);
+INSERT INTO publish_patterns (name, patterns) SELECT name, '*' FROM tokens WHERE role = 'builder';
 ALTER TABLE manifests ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE repositories (
     repository TEXT PRIMARY KEY,

@@ -1,2 +1,0 @@
--- PostgreSQL, schema 2: nothing; its schema 1 already holds SQLite's schemas 1 and 2, and from 3 on
--- both dialects share the numbers.
