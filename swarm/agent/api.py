@@ -100,18 +100,18 @@ class Note(Message):
 
 @dataclass(frozen=True)
 class LayerProgress(Message):
-    blob: str          # sha256:...
-    total: int         # blob bytes
+    blob: str  # sha256:...
+    total: int  # blob bytes
     done: int
-    rate: int          # bytes/s
-    peers: int         # connected now
-    state: str         # cached, waiting, or the torrent's state
+    rate: int  # bytes/s
+    peers: int  # connected now
+    state: str  # cached, waiting, or the torrent's state
 
 
 @dataclass(frozen=True)
 class PullProgress(Message):
     ref: str
-    stage: str         # resolving → downloading → verifying → loading (→ waiting-for-docker) → done
+    stage: str  # resolving → downloading → verifying → loading (→ waiting-for-docker) → done
     note: str
     layers: tuple[LayerProgress, ...]
 
@@ -127,9 +127,9 @@ class StatusRequest(Message):
 @dataclass(frozen=True)
 class PeerInfo(Message):
     name: str
-    address: str       # "" once disconnected
-    downloaded: int    # payload bytes received from it (whole life of the torrent)
-    uploaded: int      # payload bytes sent to it while connected now
+    address: str  # "" once disconnected
+    downloaded: int  # payload bytes received from it (whole life of the torrent)
+    uploaded: int  # payload bytes sent to it while connected now
     connected: bool
 
 
@@ -159,8 +159,8 @@ class ImageInfo(Message):
     ref: str
     image_id: str
     layers: int
-    blobs: int = 0           # distinct blobs (a layer repeated in the image is one blob)
-    cached_blobs: int = 0    # of those, in the cache and verified
+    blobs: int = 0  # distinct blobs (a layer repeated in the image is one blob)
+    cached_blobs: int = 0  # of those, in the cache and verified
     cache: str = NOT_CACHED  # CACHED, PARTLY_CACHED or NOT_CACHED
 
 
@@ -168,8 +168,8 @@ class ImageInfo(Message):
 class CacheInfo(Message):
     bytes: int
     blobs: int
-    budget: int        # 0: none
-    over_budget: int   # bytes over the budget that nothing evictable is left to cover (reserved counted)
+    budget: int  # 0: none
+    over_budget: int  # bytes over the budget that nothing evictable is left to cover (reserved counted)
     reserved: int = 0  # bytes of the blobs downloads under way fetch, counted whole (part of them on disk)
 
 
@@ -179,8 +179,8 @@ class StatusResponse(Message):
     role: str
     tracker: str
     tracker_reachable: bool
-    certificate_expires: int     # unix seconds
-    certificate_error: str       # the last renewal failure, "" if none
+    certificate_expires: int  # unix seconds
+    certificate_error: str  # the last renewal failure, "" if none
     peer_port: int
     trusted_keys: tuple[str, ...]
     images: tuple[ImageInfo, ...]
@@ -196,7 +196,7 @@ class StatusResponse(Message):
 class PullRequest(Message):
     op: ClassVar[str] = "pull"
     refs: tuple[str, ...]
-    seed: bool = False   # fetch the blobs even of an image Docker already holds, to seed them
+    seed: bool = False  # fetch the blobs even of an image Docker already holds, to seed them
 
     def __post_init__(self) -> None:
         _non_empty("refs", self.refs)
@@ -206,8 +206,8 @@ class PullRequest(Message):
 class PulledImage(Message):
     ref: str
     image_id: str
-    outcome: str = "loaded"   # or "already-in-docker": Docker held this image id, nothing was fetched
-    seeding: bool = True      # every blob of it is cached here and served to peers
+    outcome: str = "loaded"  # or "already-in-docker": Docker held this image id, nothing was fetched
+    seeding: bool = True  # every blob of it is cached here and served to peers
 
 
 @dataclass(frozen=True)
@@ -222,8 +222,8 @@ class PullResponse(Message):
 class PrepareRequest(Message):
     op: ClassVar[str] = "prepare"
     images: tuple[str, ...]
-    key_id: str                  # of the key that will sign the manifests
-    archive: str | None = None   # a `docker save`/OCI archive on the agent's host instead of Docker
+    key_id: str  # of the key that will sign the manifests
+    archive: str | None = None  # a `docker save`/OCI archive on the agent's host instead of Docker
 
     def __post_init__(self) -> None:
         _non_empty("images", self.images)
@@ -231,13 +231,13 @@ class PrepareRequest(Message):
 
 @dataclass(frozen=True)
 class PrepareResponse(Message):
-    manifests: tuple[bytes, ...]   # Manifest.to_bytes(), unsigned, one per image
+    manifests: tuple[bytes, ...]  # Manifest.to_bytes(), unsigned, one per image
 
 
 @dataclass(frozen=True)
 class PublishRequest(Message):
     op: ClassVar[str] = "publish"
-    envelopes: tuple[bytes, ...]   # SignedManifest.to_bytes()
+    envelopes: tuple[bytes, ...]  # SignedManifest.to_bytes()
 
 
 @dataclass(frozen=True)

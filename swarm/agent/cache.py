@@ -35,8 +35,15 @@ class _Claim:
 
 
 class CacheKeeper:
-    def __init__(self, budget: int, min_seed_time: float, blobs: BlobStore, manifests: ManifestStore,
-                 engine: Engine, metrics: AgentMetrics) -> None:
+    def __init__(
+        self,
+        budget: int,
+        min_seed_time: float,
+        blobs: BlobStore,
+        manifests: ManifestStore,
+        engine: Engine,
+        metrics: AgentMetrics,
+    ) -> None:
         self.budget = budget
         self.min_seed_time = min_seed_time
         self._blobs = blobs
@@ -44,7 +51,7 @@ class CacheKeeper:
         self._engine = engine
         self._metrics = metrics
         self._claims: dict[str, _Claim] = {}
-        self._over = False   # over budget at the last eviction: the warning is logged on the change only
+        self._over = False  # over budget at the last eviction: the warning is logged on the change only
 
     # -- what pulls hold -------------------------------------------------------------
 
@@ -123,10 +130,12 @@ class CacheKeeper:
     def _note_over_budget(self, excess: int) -> None:
         self._metrics.cache_over_budget.set(excess)
         if excess > 0 and not self._over:
-            log.warning("cache: over budget by %s (budget %s): every remaining blob is in use or was "
-                        "pulled or published less than --min-seed-time ago",
-                        human_bytes(excess), human_bytes(self.budget))
+            log.warning(
+                "cache: over budget by %s (budget %s): every remaining blob is in use or was "
+                "pulled or published less than --min-seed-time ago",
+                human_bytes(excess),
+                human_bytes(self.budget),
+            )
         elif excess == 0 and self._over:
-            log.info("cache: back within budget (%s of %s)", human_bytes(self.committed()),
-                     human_bytes(self.budget))
+            log.info("cache: back within budget (%s of %s)", human_bytes(self.committed()), human_bytes(self.budget))
         self._over = excess > 0

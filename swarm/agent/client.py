@@ -38,13 +38,13 @@ class AgentClient:
     def status(self) -> StatusResponse:
         return StatusResponse.from_map(self._call(StatusRequest.op, StatusRequest()))
 
-    def pull(self, refs: Sequence[str], on_progress: OnPullProgress | None = None,
-             seed: bool = False) -> PullResponse:
+    def pull(self, refs: Sequence[str], on_progress: OnPullProgress | None = None, seed: bool = False) -> PullResponse:
         answer = self._call(PullRequest.op, PullRequest(tuple(refs), seed), PullProgress, on_progress)
         return PullResponse.from_map(answer)
 
-    def prepare(self, images: Sequence[str], key_id: str, archive: Path | None = None,
-                on_note: OnNote | None = None) -> PrepareResponse:
+    def prepare(
+        self, images: Sequence[str], key_id: str, archive: Path | None = None, on_note: OnNote | None = None
+    ) -> PrepareResponse:
         request = PrepareRequest(tuple(images), key_id, str(archive) if archive else None)
         return PrepareResponse.from_map(self._call(PrepareRequest.op, request, Note, on_note))
 
@@ -52,8 +52,9 @@ class AgentClient:
         answer = self._call(PublishRequest.op, PublishRequest(tuple(envelopes)), Note, on_note)
         return PublishResponse.from_map(answer)
 
-    def _call(self, op: str, request: Message, progress: type[P] | None = None,
-              on_progress: Callable[[P], None] | None = None) -> Any:
+    def _call(
+        self, op: str, request: Message, progress: type[P] | None = None, on_progress: Callable[[P], None] | None = None
+    ) -> Any:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._connect(s)

@@ -10,9 +10,9 @@ from swarm.core.tokens import JoinToken
 
 @dataclass
 class AgentConfig:
-    tracker: str                              # the tracker's base URL
+    tracker: str  # the tracker's base URL
     token: JoinToken
-    data: Path                                # identity, blobs, manifests, state, agent.sock
+    data: Path  # identity, blobs, manifests, state, agent.sock
     #: HOST:PORT for peer (TLS) connections; port 0 picks one
     listen: tuple[str, int] = ("0.0.0.0", 6881)
     #: builder public keys (raw Ed25519) whose manifests this host accepts

@@ -65,9 +65,20 @@ async def enroll_when_reachable(identity: Identity, tracker_url: str, wait: floa
 class Agent:
     """The running agent: every component built and started by `Agent.create`."""
 
-    def __init__(self, config: AgentConfig, paths: AgentPaths, tracker: TrackerClient, identity: Identity,
-                 blobs: BlobStore, manifests: ManifestStore, engine: Engine, puller: Puller,
-                 cache: CacheKeeper, server: SocketServer, metrics_runner: web.AppRunner | None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        paths: AgentPaths,
+        tracker: TrackerClient,
+        identity: Identity,
+        blobs: BlobStore,
+        manifests: ManifestStore,
+        engine: Engine,
+        puller: Puller,
+        cache: CacheKeeper,
+        server: SocketServer,
+        metrics_runner: web.AppRunner | None,
+    ) -> None:
         self.config = config
         self.paths = paths
         self.tracker = tracker
@@ -107,16 +118,39 @@ class Agent:
             if not clean:
                 log.warning("the last run did not stop cleanly: partial downloads will be re-checked")
             blobs, manifests, metrics = BlobStore(paths), ManifestStore(paths), AgentMetrics()
-            engine = Engine(config.listen, identity.name, paths.cert, paths.key, config.upload_limit,
-                            config.download_limit, role=identity.role, resume_dir=paths.resume, observer=metrics)
+            engine = Engine(
+                config.listen,
+                identity.name,
+                paths.cert,
+                paths.key,
+                config.upload_limit,
+                config.download_limit,
+                role=identity.role,
+                resume_dir=paths.resume,
+                observer=metrics,
+            )
             engine.start(asyncio.get_running_loop())
             undo.callback(engine.close)
             cache = CacheKeeper(config.cache_size, config.min_seed_time, blobs, manifests, engine, metrics)
-            puller = Puller(engine, blobs, manifests, cache, tracker, config.trust, docker, identity.ca_pem,
-                            metrics, trust_resume=clean)
-            reporter = Reporter(tracker, engine, lambda: identity.name, receipt_signer(paths.key, paths.cert),
-                                lambda: Heartbeat(agent_version(), blobs.usage()[0], config.cache_size,
-                                                  identity.not_after))
+            puller = Puller(
+                engine,
+                blobs,
+                manifests,
+                cache,
+                tracker,
+                config.trust,
+                docker,
+                identity.ca_pem,
+                metrics,
+                trust_resume=clean,
+            )
+            reporter = Reporter(
+                tracker,
+                engine,
+                lambda: identity.name,
+                receipt_signer(paths.key, paths.cert),
+                lambda: Heartbeat(agent_version(), blobs.usage()[0], config.cache_size, identity.not_after),
+            )
             puller.observer = reporter
             ops = AgentOps(identity, tracker, engine, puller, cache, blobs, manifests, docker, config.trust)
             server = SocketServer(paths.socket, ops.handlers())
@@ -134,8 +168,9 @@ class Agent:
         """Seed what is here, resume interrupted pulls, start the background tasks."""
         self._reseed()
         engine, paths = self.engine, self.paths
-        self._tasks.append(asyncio.create_task(
-            self.identity.renew_forever(lambda: engine.set_certificate(paths.cert, paths.key))))
+        self._tasks.append(
+            asyncio.create_task(self.identity.renew_forever(lambda: engine.set_certificate(paths.cert, paths.key)))
+        )
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.reporter is not None:
             self._tasks.append(asyncio.create_task(self.reporter.run()))
@@ -175,16 +210,33 @@ class Agent:
         if new.log_level != old.log_level:
             logs.set_level(new.log_level)
             old.log_level = new.log_level
-        later = [name for name in ("tracker", "token", "data", "listen", "docker_host", "cache_size",
-                                   "min_seed_time", "metrics_listen") if getattr(old, name) != getattr(new, name)]
-        log.info("reloaded: %s changed%s", ", ".join(changed) or "nothing",
-                 f"; restart to apply {', '.join(later)}" if later else "")
+        later = [
+            name
+            for name in (
+                "tracker",
+                "token",
+                "data",
+                "listen",
+                "docker_host",
+                "cache_size",
+                "min_seed_time",
+                "metrics_listen",
+            )
+            if getattr(old, name) != getattr(new, name)
+        ]
+        log.info(
+            "reloaded: %s changed%s",
+            ", ".join(changed) or "nothing",
+            f"; restart to apply {', '.join(later)}" if later else "",
+        )
 
     async def readiness(self) -> dict[str, bool]:
         """What /readyz reports: the torrent session up, a valid certificate, the tracker answering."""
-        return {"session": self.engine.ssl_port > 0,
-                "certificate": self.identity.not_after > time.time(),
-                "tracker": await self.tracker.health()}
+        return {
+            "session": self.engine.ssl_port > 0,
+            "certificate": self.identity.not_after > time.time(),
+            "tracker": await self.tracker.health(),
+        }
 
     async def _housekeeping(self) -> None:
         while True:
@@ -196,9 +248,15 @@ class Agent:
         used, _count = self.blobs.usage()
         torrents = self.engine.info_hashes()
         peers = sum(1 for ih in torrents for p in self.engine.status(ih).peers if p.connected)
-        return {"cache_bytes": used, "cache_budget": self.config.cache_size, "connected_peers": peers,
-                "torrents": len(torrents), "sent_bytes": self.engine.uploaded_total(),
-                "cert_expiry": self.identity.not_after, "pulls_in_flight": len(self.puller.progress_all())}
+        return {
+            "cache_bytes": used,
+            "cache_budget": self.config.cache_size,
+            "connected_peers": peers,
+            "torrents": len(torrents),
+            "sent_bytes": self.engine.uploaded_total(),
+            "cert_expiry": self.identity.not_after,
+            "pulls_in_flight": len(self.puller.progress_all()),
+        }
 
     def _reseed(self) -> None:
         """Serve again every verified blob of every manifest this host knows."""
@@ -282,8 +340,11 @@ async def serve(config: AgentConfig, reload: Callable[[], AgentConfig] | None = 
     running = agent = creating.result()
     try:
         agent.start()
-        print(f"agent ready: {agent.identity.name} ({agent.identity.role}), peers on port "
-              f"{agent.engine.ssl_port}, socket {agent.paths.socket}", flush=True)
+        print(
+            f"agent ready: {agent.identity.name} ({agent.identity.role}), peers on port "
+            f"{agent.engine.ssl_port}, socket {agent.paths.socket}",
+            flush=True,
+        )
         await stopping.wait()
     finally:
         await agent.stop()

@@ -62,8 +62,12 @@ class Identity:
         self.name, self.role, self.ca_pem = answer.name, answer.role, answer.ca
         self.not_after, self.issued_at = answer.not_after, int(time.time())
         self.last_error = ""
-        log.info("enrolled as %s (%s); certificate valid until %s", answer.name, answer.role,
-                 time.strftime("%H:%M:%S", time.localtime(answer.not_after)))
+        log.info(
+            "enrolled as %s (%s); certificate valid until %s",
+            answer.name,
+            answer.role,
+            time.strftime("%H:%M:%S", time.localtime(answer.not_after)),
+        )
         return answer
 
     def renew_delay(self) -> float:

@@ -73,9 +73,12 @@ class AgentOps:
     async def status(self, _request: StatusRequest, _emit: Emit) -> StatusResponse:
         used, count = self.blobs.usage()
         return StatusResponse(
-            name=self.identity.name, role=self.identity.role,
-            tracker=self.tracker.base_url, tracker_reachable=await self.tracker.health(),
-            certificate_expires=self.identity.not_after, certificate_error=self.identity.last_error,
+            name=self.identity.name,
+            role=self.identity.role,
+            tracker=self.tracker.base_url,
+            tracker_reachable=await self.tracker.health(),
+            certificate_expires=self.identity.not_after,
+            certificate_error=self.identity.last_error,
             peer_port=self.engine.ssl_port,
             trusted_keys=tuple(format_public_key(k) for k in self.trusted),
             images=tuple(self._image(m) for _e, m in self.manifests.all()),
@@ -93,9 +96,18 @@ class AgentOps:
     def _torrent(self, info_hash: bytes) -> TorrentInfo:
         st = self.engine.status(info_hash)
         return TorrentInfo(
-            blob="sha256:" + st.name, info_hash=st.info_hash, state=st.state, progress=st.progress,
-            total=st.total, done=st.done, download_rate=st.download_rate, upload_rate=st.upload_rate,
-            downloaded=st.downloaded, uploaded=st.uploaded, failed_pieces=st.failed_pieces, error=st.error,
+            blob="sha256:" + st.name,
+            info_hash=st.info_hash,
+            state=st.state,
+            progress=st.progress,
+            total=st.total,
+            done=st.done,
+            download_rate=st.download_rate,
+            upload_rate=st.upload_rate,
+            downloaded=st.downloaded,
+            uploaded=st.uploaded,
+            failed_pieces=st.failed_pieces,
+            error=st.error,
             peers=tuple(PeerInfo(p.name, p.address, p.downloaded, p.uploaded, p.connected) for p in st.peers),
         )
 
@@ -114,11 +126,14 @@ class AgentOps:
                     change.cancel()
             for state, _t in pulls:
                 await emit(self.puller.progress(state))
-        ids = [task.result() for task in tasks]   # re-raises a failed pull's error
+        ids = [task.result() for task in tasks]  # re-raises a failed pull's error
         self.cache.evict()
-        return PullResponse(tuple(
-            PulledImage(str(ref), image_id, state.outcome, self._all_cached(state.manifest))
-            for ref, image_id, (state, _t) in zip(refs, ids, pulls, strict=True)))
+        return PullResponse(
+            tuple(
+                PulledImage(str(ref), image_id, state.outcome, self._all_cached(state.manifest))
+                for ref, image_id, (state, _t) in zip(refs, ids, pulls, strict=True)
+            )
+        )
 
     def _all_cached(self, manifest: Manifest | None) -> bool:
         return manifest is not None and all(self.blobs.is_verified(layer.blob) for layer in manifest.layers)
@@ -139,11 +154,27 @@ class AgentOps:
         try:
             for image in request.images:
                 if request.archive:
-                    m = await asyncio.to_thread(prepare_archive, Path(request.archive), image, self.blobs.blobs_dir,
-                                                self.identity.ca_pem, request.key_id, self.identity.name, progress)
+                    m = await asyncio.to_thread(
+                        prepare_archive,
+                        Path(request.archive),
+                        image,
+                        self.blobs.blobs_dir,
+                        self.identity.ca_pem,
+                        request.key_id,
+                        self.identity.name,
+                        progress,
+                    )
                 else:
-                    m = await asyncio.to_thread(prepare_image, self.docker, image, self.blobs.blobs_dir,
-                                                self.identity.ca_pem, request.key_id, self.identity.name, progress)
+                    m = await asyncio.to_thread(
+                        prepare_image,
+                        self.docker,
+                        image,
+                        self.blobs.blobs_dir,
+                        self.identity.ca_pem,
+                        request.key_id,
+                        self.identity.name,
+                        progress,
+                    )
                 for layer in m.layers:
                     self.blobs.mark_verified(layer.blob)  # hashed while exported
                 manifests.append(m.to_bytes())
@@ -171,9 +202,12 @@ class AgentOps:
 
 def _route(request_type: type[Req], op: Callable[[Req, Emit], Awaitable[Message]]) -> Handler:
     """A socket handler for a typed op: decode the request, run, encode the response."""
+
     async def handle(request: dict[str, Any], emit: RawEmit) -> dict[str, Any]:
         async def emit_typed(progress: Message) -> None:
             await emit(progress.to_map())
+
         response = await op(request_type.from_map(request), emit_typed)
         return response.to_map()
+
     return handle

@@ -73,4 +73,3 @@ def socket_path(data: Path | None, socket: Path | None) -> Path:
     if data is not None:
         return AgentPaths(data).socket
     raise UsageError("give --data DIR (or --socket PATH) to find the local agent")
-

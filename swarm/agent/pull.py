@@ -48,14 +48,14 @@ DOCKER_PATIENCE = 600.0
 @dataclass
 class PullState:
     ref: str
-    stage: str = "resolving"   # resolving → downloading → verifying → loading (→ waiting-for-docker) → done
+    stage: str = "resolving"  # resolving → downloading → verifying → loading (→ waiting-for-docker) → done
     manifest: Manifest | None = None
     started: float = field(default_factory=time.monotonic)
-    cached: set[str] = field(default_factory=set)   # blobs that were already here
+    cached: set[str] = field(default_factory=set)  # blobs that were already here
     note: str = ""
     #: fetch the blobs even when Docker already holds the image, to seed them
     seed: bool = False
-    outcome: str = "loaded"    # or "already-in-docker": nothing fetched, nothing loaded
+    outcome: str = "loaded"  # or "already-in-docker": nothing fetched, nothing loaded
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def set_stage(self, stage: str, note: str | None = None) -> None:
@@ -64,11 +64,12 @@ class PullState:
         if stage != self.stage:
             self.stage = stage
             self._changed.set()
-            self._changed = asyncio.Event()   # one event per change: every waiter sees each one
+            self._changed = asyncio.Event()  # one event per change: every waiter sees each one
 
     async def next_change(self) -> None:
         """Return at the next change of stage."""
         await self._changed.wait()
+
     #: (stage, unix time it began), oldest first: every `state.stage = ...` is recorded (see __setattr__)
     history: list[tuple[str, float]] = field(default_factory=list)
     #: told of every stage change (the rollout reporter); must not raise or block
@@ -94,9 +95,19 @@ class PullObserver(Protocol):
 
 
 class Puller:
-    def __init__(self, engine: Engine, blobs: BlobStore, manifests: ManifestStore, cache: CacheKeeper,
-                 tracker: TrackerClient, trusted: list[bytes], docker: Any, ca_pem: str, metrics: AgentMetrics,
-                 trust_resume: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        blobs: BlobStore,
+        manifests: ManifestStore,
+        cache: CacheKeeper,
+        tracker: TrackerClient,
+        trusted: list[bytes],
+        docker: Any,
+        ca_pem: str,
+        metrics: AgentMetrics,
+        trust_resume: bool = False,
+    ) -> None:
         self._engine = engine
         self._cache = cache
         self._blobs = blobs
@@ -139,8 +150,11 @@ class Puller:
         self._blobs.set_pending(key, False)
         if self.observer is not None:
             error = task.exception()
-            self.observer.finished(state, task.result() if error is None else None,
-                                   None if error is None else str(error) or type(error).__name__)
+            self.observer.finished(
+                state,
+                task.result() if error is None else None,
+                None if error is None else str(error) or type(error).__name__,
+            )
         if task.exception() is None:
             self._metrics.pulls.labels("completed").inc()
             self._metrics.pull_seconds.observe(time.monotonic() - state.started)
@@ -179,8 +193,13 @@ class Puller:
         self._manifests.save(envelope)
         state.set_stage("done")
         if state.outcome == "already-in-docker":
-            log.info("%s already in Docker as %s (%d of %d blobs cached)", ref, manifest.image_id[:19],
-                     len(state.cached), len({layer.blob for layer in manifest.layers}))
+            log.info(
+                "%s already in Docker as %s (%d of %d blobs cached)",
+                ref,
+                manifest.image_id[:19],
+                len(state.cached),
+                len({layer.blob for layer in manifest.layers}),
+            )
         else:
             log.info("%s loaded as %s in %.1fs", ref, manifest.image_id[:19], time.monotonic() - state.started)
         return manifest.image_id
@@ -209,8 +228,13 @@ class Puller:
         self._cache.reserve(str(manifest.ref), {layer.blob: layer.blob_size for layer in missing})
         for layer in unique.values():
             # blobs already here are seeded too: this host serves what it holds
-            self._engine.add(layer.torrent, self._blobs.blobs_dir, self._tracker.announce_url,
-                             seed=layer.blob in state.cached, trust_resume=self._trust_resume)
+            self._engine.add(
+                layer.torrent,
+                self._blobs.blobs_dir,
+                self._tracker.announce_url,
+                seed=layer.blob in state.cached,
+                trust_resume=self._trust_resume,
+            )
         state.set_stage("downloading")
         try:
             await asyncio.gather(*(self._engine.wait_finished(layer.info_hash) for layer in missing))
@@ -234,13 +258,19 @@ class Puller:
         need = sum(layer.blob_size for layer in missing) - have
         free = shutil.disk_usage(self._blobs.blobs_dir).free
         if need > free:
-            raise TorrentError(f"no space left on device for the layers of {manifest.ref}: "
-                               f"needs {human_bytes(need)}, {human_bytes(free)} free")
+            raise TorrentError(
+                f"no space left on device for the layers of {manifest.ref}: "
+                f"needs {human_bytes(need)}, {human_bytes(free)} free"
+            )
 
     def _discard(self, layers: list[Layer]) -> None:
         """Drop what a failed pull left: torrents and unverified partial files, unless another pull needs them."""
-        others = {layer.blob for state, _t in self._active.values() if state.manifest and state.stage != "done"
-                  for layer in state.manifest.layers} - {layer.blob for layer in layers}
+        others = {
+            layer.blob
+            for state, _t in self._active.values()
+            if state.manifest and state.stage != "done"
+            for layer in state.manifest.layers
+        } - {layer.blob for layer in layers}
         for layer in layers:
             if layer.blob in others or self._blobs.is_verified(layer.blob):
                 continue
@@ -265,8 +295,9 @@ class Puller:
                 delay = min(delay * 2, 30.0)
 
     async def _load(self, manifest: Manifest) -> None:
-        layers = [(layer.diff_id, layer.size, self._blobs.path(layer.blob), layer.compression)
-                  for layer in manifest.layers]
+        layers = [
+            (layer.diff_id, layer.size, self._blobs.path(layer.blob), layer.compression) for layer in manifest.layers
+        ]
         stream = docker_load.image_tar_stream(str(manifest.ref), manifest.config, layers)
         await asyncio.to_thread(docker_load.load_image, self._docker, stream)
         loaded = await asyncio.to_thread(docker_load.image_id, self._docker, str(manifest.ref))
@@ -289,8 +320,14 @@ class Puller:
             return LayerProgress(layer.blob, layer.blob_size, layer.blob_size, 0, 0, "cached")
         if self._engine.has(layer.info_hash):
             st = self._engine.status(layer.info_hash)
-            return LayerProgress(layer.blob, layer.blob_size, st.done, st.download_rate,
-                                 sum(1 for p in st.peers if p.connected), st.state)
+            return LayerProgress(
+                layer.blob,
+                layer.blob_size,
+                st.done,
+                st.download_rate,
+                sum(1 for p in st.peers if p.connected),
+                st.state,
+            )
         return LayerProgress(layer.blob, layer.blob_size, 0, 0, 0, "waiting")
 
     def progress_all(self) -> list[PullProgress]:

@@ -44,9 +44,15 @@ _LIVE_STAGES = ("resolving", "downloading", "verifying", "loading", "waiting-for
 
 
 class Reporter:
-    def __init__(self, tracker: TrackerClient, engine: Engine, host: Callable[[], str],
-                 sign: Callable[[LoadClaim], Receipt], heartbeat: Callable[[], Heartbeat],
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        tracker: TrackerClient,
+        engine: Engine,
+        host: Callable[[], str],
+        sign: Callable[[LoadClaim], Receipt],
+        heartbeat: Callable[[], Heartbeat],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._tracker = tracker
         self._engine = engine
         self._host = host
@@ -59,8 +65,8 @@ class Reporter:
         self._dirty: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._beat_due = True
-        self.sent = 0          # reports the tracker took (for status and tests)
-        self.failures = 0      # tries that failed in a row
+        self.sent = 0  # reports the tracker took (for status and tests)
+        self.failures = 0  # tries that failed in a row
 
     # PullObserver: called from the pull pipeline, never blocks
 
@@ -115,8 +121,10 @@ class Reporter:
             if not refs and not self._beat_due:
                 continue
             marks = {ref: self._dirty[ref] for ref in refs}
-            batch = ReportBatch(self._heartbeat() if self._beat_due else None,
-                                tuple(r for ref in refs if (r := self._current(ref)) is not None))
+            batch = ReportBatch(
+                self._heartbeat() if self._beat_due else None,
+                tuple(r for ref in refs if (r := self._current(ref)) is not None),
+            )
             try:
                 await self._tracker.report(batch, SEND_TIMEOUT)
             except TrackerError as exc:
@@ -157,11 +165,20 @@ class Reporter:
         stage = state.stage if state.stage in _LIVE_STAGES else "loading"
         return self._report(state, stage, self._clock())
 
-    def _report(self, state: PullState, name: str, now: float, image_id: str = "", error: str = "",
-                receipt: Receipt | None = None) -> PullReport:
+    def _report(
+        self,
+        state: PullState,
+        name: str,
+        now: float,
+        image_id: str = "",
+        error: str = "",
+        receipt: Receipt | None = None,
+    ) -> PullReport:
         history = [(s, t) for s, t in state.history if s in _LIVE_STAGES]
-        stages = tuple(Stage(s, t, max(0.0, (history[i + 1][1] if i + 1 < len(history) else now) - t))
-                       for i, (s, t) in enumerate(history))
+        stages = tuple(
+            Stage(s, t, max(0.0, (history[i + 1][1] if i + 1 < len(history) else now) - t))
+            for i, (s, t) in enumerate(history)
+        )
         done = total = from_peers = from_builder = 0
         manifest = state.manifest
         if manifest is not None:
@@ -181,17 +198,20 @@ class Reporter:
                 from_builder += st.received_by_role.get("builder", 0)
                 from_peers += sum(n for role, n in st.received_by_role.items() if role != "builder")
         started = state.history[0][1] if state.history else now
-        return PullReport(state.ref, name, image_id, done, total, from_peers, from_builder, stages, error,
-                          started, now, receipt)
+        return PullReport(
+            state.ref, name, image_id, done, total, from_peers, from_builder, stages, error, started, now, receipt
+        )
 
 
 def receipt_signer(key_path: Path, cert_path: Path) -> Callable[[LoadClaim], Receipt]:
     """Sign with the host's TLS key and attach its current certificate (both re-read: renewals)."""
+
     def sign(claim: LoadClaim) -> Receipt:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise TypeError("the host key is not an EC key")
         return sign_receipt(key, cert_path.read_text(), claim)
+
     return sign
 
 

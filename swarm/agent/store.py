@@ -47,11 +47,16 @@ class BlobStore:
 
     def _save(self) -> None:
         try:
-            write_atomic(self._paths.state, wire.pack({
-                "verified": {k: list(v) for k, v in self._verified.items()},
-                "used": self._used,
-                "pending": self._pending,
-            }))
+            write_atomic(
+                self._paths.state,
+                wire.pack(
+                    {
+                        "verified": {k: list(v) for k, v in self._verified.items()},
+                        "used": self._used,
+                        "pending": self._pending,
+                    }
+                ),
+            )
         except OSError as exc:
             # the old state stays whole (atomic rename); at worst a blob is hashed again
             log.error("cannot save agent state: %s", exc.strerror)

@@ -52,8 +52,7 @@ class TrackerClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=90))
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=90))
         return self._session
 
     async def pin_ca(self) -> str:
@@ -65,14 +64,22 @@ class TrackerClient:
         pem = (await self._request("GET", "/v1/ca", authenticated=False, verify=False)).decode()
         if not self._token.fingerprint_matches(ca_fingerprint(pem)):
             raise UntrustedManifest(
-                "the tracker's CA does not match the fingerprint in the join token: refusing to enroll")
+                "the tracker's CA does not match the fingerprint in the join token: refusing to enroll"
+            )
         if self.https:
             self._ssl = ssl.create_default_context(cadata=pem)
         return pem
 
-    async def _request(self, method: str, path: str, body: bytes | None = None,
-                       params: dict[str, str] | None = None, authenticated: bool = True,
-                       verify: bool = True, timeout: float | None = None) -> bytes:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        params: dict[str, str] | None = None,
+        authenticated: bool = True,
+        verify: bool = True,
+        timeout: float | None = None,
+    ) -> bytes:
         url = self.base_url + path
         if authenticated and self.https and self._ssl is None:
             raise TrackerError("internal: the tracker's CA must be pinned before the token is sent")
@@ -82,7 +89,12 @@ class TrackerClient:
         tls: ssl.SSLContext | bool = (self._ssl or True) if verify else False
         try:
             async with self._http().request(
-                method, url, data=body, params=params, ssl=tls, headers=headers,
+                method,
+                url,
+                data=body,
+                params=params,
+                ssl=tls,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout) if timeout else None,
             ) as resp:
                 data = await resp.read()
@@ -103,8 +115,9 @@ class TrackerClient:
         if cls is Unauthorized:
             message = f"the tracker refused the join token ({message or 'unknown or revoked'})"
         elif cls is RateLimited:
-            message = (f"the tracker is refusing this address for a while ({message or 'too many failures'}): "
-                       "retry later")
+            message = (
+                f"the tracker is refusing this address for a while ({message or 'too many failures'}): retry later"
+            )
         return cls(message or f"tracker answered HTTP {status}")
 
     async def enroll(self, csr_pem: str) -> EnrollResponse:
@@ -122,8 +135,9 @@ class TrackerClient:
         return [ManifestEntry.from_map(m) for m in _list(data.get("manifests"))]
 
     async def watch(self, since: int, timeout: float) -> tuple[int, list[ManifestEntry]]:
-        data = wire.unpack_map(await self._request(
-            "GET", "/v1/watch", params={"since": str(since), "timeout": str(timeout)}))
+        data = wire.unpack_map(
+            await self._request("GET", "/v1/watch", params={"since": str(since), "timeout": str(timeout)})
+        )
         return int(data.get("seq", since)), [ManifestEntry.from_map(m) for m in _list(data.get("manifests"))]
 
     # rollout view

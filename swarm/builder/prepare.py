@@ -22,8 +22,15 @@ from swarm.images.export import ExportedImage, export_image, read_archive
 Progress = Callable[[str], None]
 
 
-def manifest_for(exported: ExportedImage, ref: ImageRef, blobs_dir: Path, ca_pem: str, key_id: str,
-                 publisher: str, progress: Progress) -> Manifest:
+def manifest_for(
+    exported: ExportedImage,
+    ref: ImageRef,
+    blobs_dir: Path,
+    ca_pem: str,
+    key_id: str,
+    publisher: str,
+    progress: Progress,
+) -> Manifest:
     """The unsigned manifest; `publisher` is the name of the builder token that will publish it."""
     torrents: dict[str, tuple[bytes, bytes]] = {}
     layers = []
@@ -33,22 +40,40 @@ def manifest_for(exported: ExportedImage, ref: ImageRef, blobs_dir: Path, ca_pem
             meta = make_torrent(blobs_dir / digest_hex(x.blob), ca_pem)
             torrents[x.blob] = (inspect_torrent(meta).info_hash, meta)
         info_hash, meta = torrents[x.blob]
-        layers.append(Layer(diff_id=x.diff_id, size=x.size, blob=x.blob, blob_size=x.blob_size,
-                            compression=x.compression, info_hash=info_hash, torrent=meta))
-    return Manifest(repository=ref.repository, tag=ref.tag, config=exported.config, layers=tuple(layers),
-                    key_id=key_id, created_ms=time.time_ns() // 1_000_000, publisher=publisher)
+        layers.append(
+            Layer(
+                diff_id=x.diff_id,
+                size=x.size,
+                blob=x.blob,
+                blob_size=x.blob_size,
+                compression=x.compression,
+                info_hash=info_hash,
+                torrent=meta,
+            )
+        )
+    return Manifest(
+        repository=ref.repository,
+        tag=ref.tag,
+        config=exported.config,
+        layers=tuple(layers),
+        key_id=key_id,
+        created_ms=time.time_ns() // 1_000_000,
+        publisher=publisher,
+    )
 
 
-def prepare_image(api: Any, image: str, blobs_dir: Path, ca_pem: str, key_id: str, publisher: str,
-                  progress: Progress) -> Manifest:
+def prepare_image(
+    api: Any, image: str, blobs_dir: Path, ca_pem: str, key_id: str, publisher: str, progress: Progress
+) -> Manifest:
     ref = ImageRef.parse(image)
     progress(f"{ref}: exporting from Docker")
     exported = export_image(api, str(ref), blobs_dir)
     return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress)
 
 
-def prepare_archive(archive: Path, image: str, blobs_dir: Path, ca_pem: str, key_id: str, publisher: str,
-                    progress: Progress) -> Manifest:
+def prepare_archive(
+    archive: Path, image: str, blobs_dir: Path, ca_pem: str, key_id: str, publisher: str, progress: Progress
+) -> Manifest:
     ref = ImageRef.parse(image)
     progress(f"{ref}: reading {archive.name}")
     with open(archive, "rb") as f:

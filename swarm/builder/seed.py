@@ -30,21 +30,31 @@ class Published(Protocol):
 
 
 class SeedingAgent(Protocol):
-    def prepare(self, images: Sequence[str], key_id: str, archive: Path | None = None,
-                on_note: Callable[[Any], None] | None = None) -> Prepared: ...
+    def prepare(
+        self,
+        images: Sequence[str],
+        key_id: str,
+        archive: Path | None = None,
+        on_note: Callable[[Any], None] | None = None,
+    ) -> Prepared: ...
 
     def publish(self, envelopes: Sequence[bytes], on_note: Callable[[Any], None] | None = None) -> Published: ...
 
 
-def seed(agent: SeedingAgent, images: Sequence[str], key: SigningKey, archive: Path | None = None,
-         on_note: Callable[[Any], None] | None = None, expires_in: float = 0) -> list[ManifestEntry]:
+def seed(
+    agent: SeedingAgent,
+    images: Sequence[str],
+    key: SigningKey,
+    archive: Path | None = None,
+    on_note: Callable[[Any], None] | None = None,
+    expires_in: float = 0,
+) -> list[ManifestEntry]:
     """Publish `images` (from Docker, or all from one `docker save`/OCI `archive`) signed with `key`;
     with `expires_in` seconds, hosts refuse the manifests that long after their creation."""
     for image in images:
         ImageRef.parse(image)  # a malformed name fails here, before any work
     prepared = agent.prepare(images, key.key_id, archive.resolve() if archive else None, on_note)
-    envelopes = [key.sign(_with_expiry(Manifest.from_bytes(raw), expires_in)).to_bytes()
-                 for raw in prepared.manifests]
+    envelopes = [key.sign(_with_expiry(Manifest.from_bytes(raw), expires_in)).to_bytes() for raw in prepared.manifests]
     return list(agent.publish(envelopes, on_note).published)
 
 

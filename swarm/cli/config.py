@@ -95,10 +95,15 @@ def config_option(default: Path, *, strict: bool) -> Callable[[F], F]:
         if path is None:
             return
         assert ctx.command is not None
-        ctx.default_map = {**(ctx.default_map or {}),
-                           **option_defaults(ctx.command, read_toml(path), path, strict)}
+        ctx.default_map = {**(ctx.default_map or {}), **option_defaults(ctx.command, read_toml(path), path, strict)}
 
-    return click.option("--config", type=click.Path(path_type=Path, dir_okay=False), envvar="SWARM_CONFIG",
-                        show_envvar=True, is_eager=True, expose_value=False, callback=load,
-                        help=f"TOML file of option values (flags and SWARM_* variables win)  "
-                             f"[default: {default}, if present]")
+    return click.option(
+        "--config",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="SWARM_CONFIG",
+        show_envvar=True,
+        is_eager=True,
+        expose_value=False,
+        callback=load,
+        help=f"TOML file of option values (flags and SWARM_* variables win)  [default: {default}, if present]",
+    )

@@ -21,10 +21,19 @@ def keys() -> None:
 
 @keys.command("sign")
 @click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--root-key", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              envvar="SWARM_ROOT_KEY", help="The offline root signing key (made with `swarm keygen`).")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="Where to write the signed document (give it to `swarm tracker keys publish`).")
+@click.option(
+    "--root-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    envvar="SWARM_ROOT_KEY",
+    help="The offline root signing key (made with `swarm keygen`).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Where to write the signed document (give it to `swarm tracker keys publish`).",
+)
 def sign(spec: Path, root_key: Path, out: Path) -> None:
     """Sign SPEC, a JSON file: {"version": N, "keys": [{"key", "repositories", "expires"}]}."""
     try:

@@ -30,11 +30,21 @@ from swarm.core.signing import SigningKey, parse_public_key
 from swarm.core.tokens import JoinToken
 from swarm.tracker.cli import tracker
 
-DATA = click.option("--data", type=click.Path(path_type=Path), envvar="SWARM_DATA", show_envvar=True,
-                    help="The agent's data dir (its socket is DATA/agent.sock)  "
-                         f"[default: {default_agent_data()}, if an agent runs there]")
-SOCKET = click.option("--socket", type=click.Path(path_type=Path), envvar="SWARM_SOCKET", show_envvar=True,
-                      help="The agent's socket, instead of --data.")
+DATA = click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    envvar="SWARM_DATA",
+    show_envvar=True,
+    help="The agent's data dir (its socket is DATA/agent.sock)  "
+    f"[default: {default_agent_data()}, if an agent runs there]",
+)
+SOCKET = click.option(
+    "--socket",
+    type=click.Path(path_type=Path),
+    envvar="SWARM_SOCKET",
+    show_envvar=True,
+    help="The agent's socket, instead of --data.",
+)
 AGENT_FILE = config_option(AGENT_CONFIG, strict=False)
 
 
@@ -59,50 +69,127 @@ def keygen(path: Path) -> None:
     click.echo(key.public_text)
 
 
-LOG_LEVEL = click.option("--log-level", type=click.Choice(LEVELS), default=DEFAULT_LEVEL, show_default=True,
-                         envvar="SWARM_LOG_LEVEL", show_envvar=True, help="Least severe log level shown.")
-LOG_FORMAT = click.option("--log-format", type=click.Choice(FORMATS), default=DEFAULT_FORMAT, show_default=True,
-                          envvar="SWARM_LOG_FORMAT", show_envvar=True,
-                          help="text: one line per event; json: one JSON object per line.")
+LOG_LEVEL = click.option(
+    "--log-level",
+    type=click.Choice(LEVELS),
+    default=DEFAULT_LEVEL,
+    show_default=True,
+    envvar="SWARM_LOG_LEVEL",
+    show_envvar=True,
+    help="Least severe log level shown.",
+)
+LOG_FORMAT = click.option(
+    "--log-format",
+    type=click.Choice(FORMATS),
+    default=DEFAULT_FORMAT,
+    show_default=True,
+    envvar="SWARM_LOG_FORMAT",
+    show_envvar=True,
+    help="text: one line per event; json: one JSON object per line.",
+)
 
 
 @cli.command()
 @config_option(AGENT_CONFIG, strict=True)
-@click.option("--tracker", "tracker_url", required=True, envvar="SWARM_TRACKER", show_envvar=True,
-              help="Tracker URL.")
-@click.option("--token", envvar="SWARM_TOKEN", show_envvar=True,
-              help="Join token from `swarm tracker token create`.")
-@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), envvar="SWARM_TOKEN_FILE",
-              show_envvar=True, help="Read the join token from this file instead (keeps it out of the process list).")
-@click.option("--data", type=click.Path(path_type=Path), default=default_agent_data,
-              show_default=str(default_agent_data()),
-              envvar="SWARM_DATA", show_envvar=True, help="Data dir (identity, blobs, agent.sock).")
-@click.option("--listen", type=LISTEN, default=AgentConfig.listen, show_default=format_listen(AgentConfig.listen),
-              envvar="SWARM_LISTEN", show_envvar=True, help="HOST:PORT for peer (TLS) connections; port 0 picks one.")
-@click.option("--trust", multiple=True, envvar="SWARM_TRUST", show_envvar=True,
-              help="Builder public key to trust (repeatable).")
-@click.option("--trust-file", type=click.Path(path_type=Path, dir_okay=False), envvar="SWARM_TRUST_FILE",
-              show_envvar=True, help="File of builder public keys to trust, one per line (# comments).")
-@click.option("--trust-root", envvar="SWARM_TRUST_ROOT", show_envvar=True,
-              help="Root public key: trust the builder keys of the key document it signs (`swarm keys sign`).")
-@click.option("--watch", multiple=True, envvar="SWARM_WATCH", show_envvar=True,
-              help="Pull every new tag matching PATTERN.")
-@click.option("--docker-host", envvar="SWARM_DOCKER_HOST", show_envvar=True,
-              help="Docker engine URL (default: DOCKER_HOST).")
-@click.option("--upload-limit", type=RATE, default=AgentConfig.upload_limit, envvar="SWARM_UPLOAD_LIMIT",
-              show_envvar=True, help="e.g. 50MB/s, 100mbit; 0 = none.")
-@click.option("--download-limit", type=RATE, default=AgentConfig.download_limit, envvar="SWARM_DOWNLOAD_LIMIT",
-              show_envvar=True, help="e.g. 50MB/s; 0 = none.")
-@click.option("--cache-size", type=SIZE, default=AgentConfig.cache_size, envvar="SWARM_CACHE_SIZE",
-              show_envvar=True, help="Blob cache budget, e.g. 20GiB; 0 = none.")
-@click.option("--min-seed-time", type=click.FloatRange(min=0), default=AgentConfig.min_seed_time,
-              envvar="SWARM_MIN_SEED_TIME", show_default=True, show_envvar=True,
-              help="Seconds an image's blobs stay cached after it was pulled or published.")
-@click.option("--metrics-listen", type=LISTEN, default=AgentConfig.metrics_listen, envvar="SWARM_METRICS_LISTEN",
-              show_envvar=True, help="HOST:PORT to serve Prometheus /metrics, /healthz and /readyz on.")
-@click.option("--tracker-wait", type=click.FloatRange(min=0), default=AgentConfig.tracker_wait, show_default=True,
-              envvar="SWARM_TRACKER_WAIT", show_envvar=True,
-              help="Seconds to keep retrying an unreachable tracker at start (0: forever).")
+@click.option("--tracker", "tracker_url", required=True, envvar="SWARM_TRACKER", show_envvar=True, help="Tracker URL.")
+@click.option("--token", envvar="SWARM_TOKEN", show_envvar=True, help="Join token from `swarm tracker token create`.")
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="SWARM_TOKEN_FILE",
+    show_envvar=True,
+    help="Read the join token from this file instead (keeps it out of the process list).",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=default_agent_data,
+    show_default=str(default_agent_data()),
+    envvar="SWARM_DATA",
+    show_envvar=True,
+    help="Data dir (identity, blobs, agent.sock).",
+)
+@click.option(
+    "--listen",
+    type=LISTEN,
+    default=AgentConfig.listen,
+    show_default=format_listen(AgentConfig.listen),
+    envvar="SWARM_LISTEN",
+    show_envvar=True,
+    help="HOST:PORT for peer (TLS) connections; port 0 picks one.",
+)
+@click.option(
+    "--trust", multiple=True, envvar="SWARM_TRUST", show_envvar=True, help="Builder public key to trust (repeatable)."
+)
+@click.option(
+    "--trust-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="SWARM_TRUST_FILE",
+    show_envvar=True,
+    help="File of builder public keys to trust, one per line (# comments).",
+)
+@click.option(
+    "--trust-root",
+    envvar="SWARM_TRUST_ROOT",
+    show_envvar=True,
+    help="Root public key: trust the builder keys of the key document it signs (`swarm keys sign`).",
+)
+@click.option(
+    "--watch", multiple=True, envvar="SWARM_WATCH", show_envvar=True, help="Pull every new tag matching PATTERN."
+)
+@click.option(
+    "--docker-host", envvar="SWARM_DOCKER_HOST", show_envvar=True, help="Docker engine URL (default: DOCKER_HOST)."
+)
+@click.option(
+    "--upload-limit",
+    type=RATE,
+    default=AgentConfig.upload_limit,
+    envvar="SWARM_UPLOAD_LIMIT",
+    show_envvar=True,
+    help="e.g. 50MB/s, 100mbit; 0 = none.",
+)
+@click.option(
+    "--download-limit",
+    type=RATE,
+    default=AgentConfig.download_limit,
+    envvar="SWARM_DOWNLOAD_LIMIT",
+    show_envvar=True,
+    help="e.g. 50MB/s; 0 = none.",
+)
+@click.option(
+    "--cache-size",
+    type=SIZE,
+    default=AgentConfig.cache_size,
+    envvar="SWARM_CACHE_SIZE",
+    show_envvar=True,
+    help="Blob cache budget, e.g. 20GiB; 0 = none.",
+)
+@click.option(
+    "--min-seed-time",
+    type=click.FloatRange(min=0),
+    default=AgentConfig.min_seed_time,
+    envvar="SWARM_MIN_SEED_TIME",
+    show_default=True,
+    show_envvar=True,
+    help="Seconds an image's blobs stay cached after it was pulled or published.",
+)
+@click.option(
+    "--metrics-listen",
+    type=LISTEN,
+    default=AgentConfig.metrics_listen,
+    envvar="SWARM_METRICS_LISTEN",
+    show_envvar=True,
+    help="HOST:PORT to serve Prometheus /metrics, /healthz and /readyz on.",
+)
+@click.option(
+    "--tracker-wait",
+    type=click.FloatRange(min=0),
+    default=AgentConfig.tracker_wait,
+    show_default=True,
+    envvar="SWARM_TRACKER_WAIT",
+    show_envvar=True,
+    help="Seconds to keep retrying an unreachable tracker at start (0: forever).",
+)
 @LOG_LEVEL
 @LOG_FORMAT
 def agent(**params: Any) -> None:
@@ -118,13 +205,20 @@ def agent(**params: Any) -> None:
 def agent_config(params: dict[str, Any]) -> AgentConfig:
     """The agent's settings from its parsed options (at start, and again on SIGHUP)."""
     return AgentConfig(
-        tracker=params["tracker_url"], token=JoinToken.parse(one_secret(params["token"], params["token_file"])),
-        data=params["data"], listen=params["listen"], trust=public_keys(params["trust"], params["trust_file"]),
+        tracker=params["tracker_url"],
+        token=JoinToken.parse(one_secret(params["token"], params["token_file"])),
+        data=params["data"],
+        listen=params["listen"],
+        trust=public_keys(params["trust"], params["trust_file"]),
         trust_root=parse_public_key(params["trust_root"]) if params["trust_root"] else None,
-        watch=split_words(params["watch"]), docker_host=params["docker_host"],
-        upload_limit=params["upload_limit"], download_limit=params["download_limit"],
-        cache_size=params["cache_size"], min_seed_time=params["min_seed_time"],
-        metrics_listen=params["metrics_listen"], tracker_wait=params["tracker_wait"],
+        watch=split_words(params["watch"]),
+        docker_host=params["docker_host"],
+        upload_limit=params["upload_limit"],
+        download_limit=params["download_limit"],
+        cache_size=params["cache_size"],
+        min_seed_time=params["min_seed_time"],
+        metrics_listen=params["metrics_listen"],
+        tracker_wait=params["tracker_wait"],
         log_level=params["log_level"],
     )
 
@@ -132,22 +226,43 @@ def agent_config(params: dict[str, Any]) -> AgentConfig:
 def _own_args(command: str) -> list[str]:
     """This process's arguments after the subcommand's name, to parse them again on reload."""
     argv = sys.argv[1:]
-    return argv[argv.index(command) + 1:] if command in argv else []
+    return argv[argv.index(command) + 1 :] if command in argv else []
 
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--key", type=click.Path(path_type=Path), required=True, envvar="SWARM_KEY", show_envvar=True,
-              help="The builder's Ed25519 signing key.")
-@click.option("--from-archive", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Read the image from a `docker save`/OCI archive instead of Docker.")
-@click.option("--expires", "expires_in", type=click.FloatRange(min=0), default=0, envvar="SWARM_EXPIRES",
-              help="Seconds after which hosts refuse these manifests (republish before then); 0 = never.")
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path),
+    required=True,
+    envvar="SWARM_KEY",
+    show_envvar=True,
+    help="The builder's Ed25519 signing key.",
+)
+@click.option(
+    "--from-archive",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Read the image from a `docker save`/OCI archive instead of Docker.",
+)
+@click.option(
+    "--expires",
+    "expires_in",
+    type=click.FloatRange(min=0),
+    default=0,
+    envvar="SWARM_EXPIRES",
+    help="Seconds after which hosts refuse these manifests (republish before then); 0 = never.",
+)
 @AGENT_FILE
 @DATA
 @SOCKET
-def seed(images: tuple[str, ...], key: Path, from_archive: Path | None, expires_in: float, data: Path | None,
-         socket: Path | None) -> None:
+def seed(
+    images: tuple[str, ...],
+    key: Path,
+    from_archive: Path | None,
+    expires_in: float,
+    data: Path | None,
+    socket: Path | None,
+) -> None:
     """Export, sign, publish and seed IMAGE... through the local agent."""
     signing_key = SigningKey.load(key)
     client = AgentClient(_socket(data, socket))
@@ -161,8 +276,12 @@ def _print_note(note: Note) -> None:
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--seed", "reseed", is_flag=True,
-              help="Fetch the layers even of an image Docker already holds, so this host seeds it again.")
+@click.option(
+    "--seed",
+    "reseed",
+    is_flag=True,
+    help="Fetch the layers even of an image Docker already holds, so this host seeds it again.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Progress and results as JSON lines on stdout.")
 @AGENT_FILE
 @DATA
@@ -193,10 +312,22 @@ def status(as_json: bool, data: Path | None, socket: Path | None) -> None:
 
 @cli.command()
 @click.argument("url", envvar="SWARM_PROBE_URL")
-@click.option("--ca", type=click.Path(path_type=Path, dir_okay=False), envvar="SWARM_PROBE_CA", show_envvar=True,
-              help="Verify an https:// URL against this CA (the tracker's DATA/ca.pem).")
-@click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, envvar="SWARM_PROBE_WAIT",
-              show_envvar=True, help="Keep asking for up to this many seconds until the answer is 200.")
+@click.option(
+    "--ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="SWARM_PROBE_CA",
+    show_envvar=True,
+    help="Verify an https:// URL against this CA (the tracker's DATA/ca.pem).",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    envvar="SWARM_PROBE_WAIT",
+    show_envvar=True,
+    help="Keep asking for up to this many seconds until the answer is 200.",
+)
 def probe(url: str, ca: Path | None, wait: float) -> None:
     """Ask a /healthz or /readyz URL (or $SWARM_PROBE_URL): exit 0 on 200, else 1 with the reason."""
     from swarm.cli.probe import probe_until

@@ -58,6 +58,9 @@ def split_words(values: tuple[str, ...]) -> list[str]:
 
 def public_keys(values: tuple[str, ...], path: Path | None) -> list[bytes]:
     """Keys from repeated options plus a file of one key per line (# comments)."""
-    lines = [] if path is None else [
-        ln.strip() for ln in read_text(path).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = (
+        []
+        if path is None
+        else [ln.strip() for ln in read_text(path).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    )
     return [parse_public_key(k) for k in [*split_words(values), *lines]]

@@ -38,7 +38,7 @@ STAGE_WORDS = {
 
 def stage_words(msg: PullProgress) -> str:
     if msg.stage == "done" and msg.note:
-        return msg.note   # "already in Docker"
+        return msg.note  # "already in Docker"
     return STAGE_WORDS.get(msg.stage, msg.stage)
 
 
@@ -78,8 +78,12 @@ class Totals:
     @classmethod
     def of(cls, msg: PullProgress) -> Totals:
         fetched = [layer for layer in msg.layers if layer.state != "cached"]
-        return cls(sum(min(layer.done, layer.total) for layer in fetched), sum(layer.total for layer in fetched),
-                   sum(layer.rate for layer in fetched), max((layer.peers for layer in fetched), default=0))
+        return cls(
+            sum(min(layer.done, layer.total) for layer in fetched),
+            sum(layer.total for layer in fetched),
+            sum(layer.rate for layer in fetched),
+            max((layer.peers for layer in fetched), default=0),
+        )
 
     @property
     def eta(self) -> float | None:
@@ -104,8 +108,10 @@ def summary(msg: PullProgress) -> str:
     if msg.stage != "downloading":
         return words
     pct = 100 * t.done // t.total if t.total else 100
-    return (f"{words} {human_bytes(t.done)} of {human_bytes(t.total)} ({pct}%), {human_bytes(t.rate)}/s, "
-            f"{eta_words(t.eta)}, {peers_words(t.peers)}")
+    return (
+        f"{words} {human_bytes(t.done)} of {human_bytes(t.total)} ({pct}%), {human_bytes(t.rate)}/s, "
+        f"{eta_words(t.eta)}, {peers_words(t.peers)}"
+    )
 
 
 class PullView(Protocol):
@@ -148,11 +154,19 @@ class LiveView:
             table.add_column()
         for msg in self._latest.values():
             t = Totals.of(msg)
-            table.add_row(Text(msg.ref, style="bold"), ProgressBar(t.total or 1, t.done if t.total else 1, width=30),
-                          f"{human_bytes(t.done)} / {human_bytes(t.total)}", summary(msg))
+            table.add_row(
+                Text(msg.ref, style="bold"),
+                ProgressBar(t.total or 1, t.done if t.total else 1, width=30),
+                f"{human_bytes(t.done)} / {human_bytes(t.total)}",
+                summary(msg),
+            )
             for layer in msg.layers:
-                table.add_row(f"  {short_id(layer.blob)}", ProgressBar(layer.total or 1, layer.done, width=30),
-                              human_bytes(layer.total), layer_words(layer, msg.stage))
+                table.add_row(
+                    f"  {short_id(layer.blob)}",
+                    ProgressBar(layer.total or 1, layer.done, width=30),
+                    human_bytes(layer.total),
+                    layer_words(layer, msg.stage),
+                )
         return Group(table)
 
 
@@ -175,9 +189,14 @@ class PlainView:
         if self._stage.get(msg.ref) != msg.stage:
             self._stage[msg.ref] = msg.stage
             if msg.stage == "downloading":
-                self._line(f"{msg.ref}: {len(msg.layers)} layers, "
-                           + ", ".join(f"{short_id(layer.blob)} {human_bytes(layer.total)}"
-                                       + (" cached" if layer.state == "cached" else "") for layer in msg.layers))
+                self._line(
+                    f"{msg.ref}: {len(msg.layers)} layers, "
+                    + ", ".join(
+                        f"{short_id(layer.blob)} {human_bytes(layer.total)}"
+                        + (" cached" if layer.state == "cached" else "")
+                        for layer in msg.layers
+                    )
+                )
         elif msg.stage != "downloading" or now - self._last_line.get(msg.ref, 0.0) < PLAIN_EVERY:
             return
         self._last_line[msg.ref] = now
@@ -203,13 +222,31 @@ class JsonView:
 
     def update(self, msg: PullProgress) -> None:
         t = Totals.of(msg)
-        self._emit({
-            "event": "progress", "ref": msg.ref, "stage": msg.stage, "note": msg.note,
-            "done": t.done, "total": t.total, "rate": t.rate, "eta": t.eta, "peers": t.peers,
-            "layers": [{"blob": layer.blob, "id": short_id(layer.blob), "size": layer.total, "done": layer.done,
-                        "rate": layer.rate, "peers": layer.peers, "state": layer_words(layer, msg.stage)}
-                       for layer in msg.layers],
-        })
+        self._emit(
+            {
+                "event": "progress",
+                "ref": msg.ref,
+                "stage": msg.stage,
+                "note": msg.note,
+                "done": t.done,
+                "total": t.total,
+                "rate": t.rate,
+                "eta": t.eta,
+                "peers": t.peers,
+                "layers": [
+                    {
+                        "blob": layer.blob,
+                        "id": short_id(layer.blob),
+                        "size": layer.total,
+                        "done": layer.done,
+                        "rate": layer.rate,
+                        "peers": layer.peers,
+                        "state": layer_words(layer, msg.stage),
+                    }
+                    for layer in msg.layers
+                ],
+            }
+        )
 
     def pulled(self, img: PulledImage, note: str) -> None:
         self._emit({"event": "pulled", **img.to_map()})

@@ -15,10 +15,12 @@ out = Console()
 
 
 def status_table(status: StatusResponse) -> None:
-    out.print(f"[bold]{status.name}[/] ({status.role})  tracker {status.tracker} "
-              f"{'reachable' if status.tracker_reachable else '[red]unreachable[/]'}  "
-              f"certificate expires in {max(0, status.certificate_expires - int(time.time())) // 60} min  "
-              f"peer port {status.peer_port}")
+    out.print(
+        f"[bold]{status.name}[/] ({status.role})  tracker {status.tracker} "
+        f"{'reachable' if status.tracker_reachable else '[red]unreachable[/]'}  "
+        f"certificate expires in {max(0, status.certificate_expires - int(time.time())) // 60} min  "
+        f"peer port {status.peer_port}"
+    )
     cache = status.cache
     line = f"cache: {human_bytes(cache.bytes)} in {cache.blobs} blobs"
     if cache.reserved:
@@ -28,13 +30,28 @@ def status_table(status: StatusResponse) -> None:
     if cache.over_budget:
         line += f"  [bold red]OVER BUDGET by {human_bytes(cache.over_budget)}[/] (nothing left to evict)"
     out.print(line)
-    print_table(out, ("image", "id", "layers", "cached"),
-                [(img.ref, img.image_id[7:19], str(img.layers), _cached(img)) for img in status.images],
-                title="images")
-    print_table(out, ("blob", "state", "progress", "down", "up", "peers"),
-                [(t.blob[7:19], t.state, f"{t.progress * 100:.0f}%", f"{human_bytes(t.download_rate)}/s",
-                  f"{human_bytes(t.upload_rate)}/s", str(sum(1 for p in t.peers if p.connected)))
-                 for t in status.torrents], title="layers")
+    print_table(
+        out,
+        ("image", "id", "layers", "cached"),
+        [(img.ref, img.image_id[7:19], str(img.layers), _cached(img)) for img in status.images],
+        title="images",
+    )
+    print_table(
+        out,
+        ("blob", "state", "progress", "down", "up", "peers"),
+        [
+            (
+                t.blob[7:19],
+                t.state,
+                f"{t.progress * 100:.0f}%",
+                f"{human_bytes(t.download_rate)}/s",
+                f"{human_bytes(t.upload_rate)}/s",
+                str(sum(1 for p in t.peers if p.connected)),
+            )
+            for t in status.torrents
+        ],
+        title="layers",
+    )
 
 
 def _cached(img: ImageInfo) -> str:
@@ -52,5 +69,7 @@ def pulled_note(img: PulledImage) -> str:
         return ""
     if img.seeding:
         return f"{img.ref}: already in Docker"
-    return (f"{img.ref}: already in Docker; its layers are no longer cached here, so this host does not "
-            f"seed it (`swarm pull --seed {img.ref}` fetches them)")
+    return (
+        f"{img.ref}: already in Docker; its layers are no longer cached here, so this host does not "
+        f"seed it (`swarm pull --seed {img.ref}` fetches them)"
+    )

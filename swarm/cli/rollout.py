@@ -33,8 +33,9 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 class Source:
     """Where fleet state comes from: the tracker's API or its data dir."""
 
-    def __init__(self, tracker: str | None, token: str | None, token_file: Path | None, data: Path | None,
-                 database: str | None) -> None:
+    def __init__(
+        self, tracker: str | None, token: str | None, token_file: Path | None, data: Path | None, database: str | None
+    ) -> None:
         if (tracker is None) == (data is None):
             raise UsageError("give either --tracker URL (with --token or --token-file) or the tracker's --data DIR")
         self._tracker = tracker
@@ -76,6 +77,7 @@ class Source:
                 if client.https:
                     await client.pin_ca()
                 return await call(client)
+
         return asyncio.run(run())
 
 
@@ -100,15 +102,34 @@ class _Duration(click.ParamType):  # type: ignore[type-arg]
 
 def _source_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--tracker", "tracker_url", envvar="SWARM_TRACKER", show_envvar=True,
-                     help="Tracker URL (with an admin or builder token)."),
+        click.option(
+            "--tracker",
+            "tracker_url",
+            envvar="SWARM_TRACKER",
+            show_envvar=True,
+            help="Tracker URL (with an admin or builder token).",
+        ),
         click.option("--token", envvar="SWARM_TOKEN", show_envvar=True, help="Join token (admin or builder)."),
-        click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), envvar="SWARM_TOKEN_FILE",
-                     show_envvar=True, help="Read the token from this file instead."),
-        click.option("--data", type=click.Path(path_type=Path, file_okay=False), envvar="SWARM_TRACKER_DATA",
-                     show_envvar=True, help="The tracker's data dir, instead of --tracker (on the tracker machine)."),
-        click.option("--database", envvar="SWARM_DATABASE", show_envvar=True,
-                     help="With --data: the tracker's postgresql://... database."),
+        click.option(
+            "--token-file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            envvar="SWARM_TOKEN_FILE",
+            show_envvar=True,
+            help="Read the token from this file instead.",
+        ),
+        click.option(
+            "--data",
+            type=click.Path(path_type=Path, file_okay=False),
+            envvar="SWARM_TRACKER_DATA",
+            show_envvar=True,
+            help="The tracker's data dir, instead of --tracker (on the tracker machine).",
+        ),
+        click.option(
+            "--database",
+            envvar="SWARM_DATABASE",
+            show_envvar=True,
+            help="With --data: the tracker's postgresql://... database.",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
     ]
     for option in reversed(options):
@@ -128,8 +149,15 @@ def rollout() -> None:
 @rollout.command("status")
 @click.argument("image")
 @_source_options
-def status(image: str, tracker_url: str | None, token: str | None, token_file: Path | None, data: Path | None,
-           database: str | None, as_json: bool) -> None:
+def status(
+    image: str,
+    tracker_url: str | None,
+    token: str | None,
+    token_file: Path | None,
+    data: Path | None,
+    database: str | None,
+    as_json: bool,
+) -> None:
     """Per-host state and progress of IMAGE, and a summary line."""
     view = Source(tracker_url, token, token_file, data, database).rollout(_ref(image))
     if as_json:
@@ -140,8 +168,16 @@ def status(image: str, tracker_url: str | None, token: str | None, token_file: P
         progress = f"{100 * h['done'] // h['total']}%" if h["total"] else ""
         stages = " ".join(f"{s['name']} {s['seconds']:.1f}s" for s in h["stages"])
         note = h["error"] or ("stale" if h["stale"] else "") or ("" if h["current"] else "older image")
-        table.add_row(h["host"], h["state"], progress, human_bytes(h["from_peers"]), human_bytes(h["from_builder"]),
-                      stages, h["image_id"][7:19], note)
+        table.add_row(
+            h["host"],
+            h["state"],
+            progress,
+            human_bytes(h["from_peers"]),
+            human_bytes(h["from_builder"]),
+            stages,
+            h["image_id"][7:19],
+            note,
+        )
     for name in view["missing"]:
         if name not in {h["host"] for h in view["hosts"]}:
             table.add_row(name, "-", "", "", "", "", "", "no report")
@@ -152,14 +188,31 @@ def status(image: str, tracker_url: str | None, token: str | None, token_file: P
 @rollout.command("wait")
 @click.argument("image")
 @click.option("--hosts", "min_hosts", type=click.IntRange(min=1), help="Done when this many hosts loaded it.")
-@click.option("--percent", type=click.FloatRange(min=0, max=100, min_open=True),
-              help="Done when this share of the fleet loaded it (default: every host).")
-@click.option("--timeout", type=_Duration(), default="10m", show_default=True,
-              help="Give up after this long (e.g. 20s, 5m) and exit 1 naming the missing hosts.")
+@click.option(
+    "--percent",
+    type=click.FloatRange(min=0, max=100, min_open=True),
+    help="Done when this share of the fleet loaded it (default: every host).",
+)
+@click.option(
+    "--timeout",
+    type=_Duration(),
+    default="10m",
+    show_default=True,
+    help="Give up after this long (e.g. 20s, 5m) and exit 1 naming the missing hosts.",
+)
 @_source_options
-def wait(image: str, min_hosts: int | None, percent: float | None, timeout: float, tracker_url: str | None,
-         token: str | None, token_file: Path | None, data: Path | None, database: str | None,
-         as_json: bool) -> None:
+def wait(
+    image: str,
+    min_hosts: int | None,
+    percent: float | None,
+    timeout: float,
+    tracker_url: str | None,
+    token: str | None,
+    token_file: Path | None,
+    data: Path | None,
+    database: str | None,
+    as_json: bool,
+) -> None:
     """Wait until IMAGE is loaded on enough hosts: exit 0 then, 1 on timeout."""
     if min_hosts is not None and percent is not None:
         raise UsageError("give at most one of --hosts and --percent")
@@ -202,26 +255,35 @@ def _missing(view: dict[str, Any] | None) -> str:
 
 @click.command("hosts")
 @_source_options
-def hosts(tracker_url: str | None, token: str | None, token_file: Path | None, data: Path | None,
-          database: str | None, as_json: bool) -> None:
+def hosts(
+    tracker_url: str | None,
+    token: str | None,
+    token_file: Path | None,
+    data: Path | None,
+    database: str | None,
+    as_json: bool,
+) -> None:
     """Every host and builder: address, last seen, agent version, certificate, cache, images loaded."""
     rows = Source(tracker_url, token, token_file, data, database).hosts()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table("name", "role", "groups", "address", "last seen", "version", "cert expires", "cache",
-                  "images loaded")
+    table = Table("name", "role", "groups", "address", "last seen", "version", "cert expires", "cache", "images loaded")
     now = time.time()
     for h in rows:
         seen = "never" if h["last_seen"] is None else f"{now - h['last_seen']:.0f} s ago"
         if h["stale"] and h["last_seen"] is not None:
             seen += " (stale)"
         cert = "" if h["cert_not_after"] is None else _when(h["cert_not_after"])
-        cache = "" if h["cache_bytes"] is None else human_bytes(h["cache_bytes"]) + (
-            f" / {human_bytes(h['cache_budget'])}" if h["cache_budget"] else "")
+        cache = (
+            ""
+            if h["cache_bytes"] is None
+            else human_bytes(h["cache_bytes"]) + (f" / {human_bytes(h['cache_budget'])}" if h["cache_budget"] else "")
+        )
         loaded = str(h["images_loaded"]) + (f" ({h['failing']} failed)" if h["failing"] else "")
-        table.add_row(h["name"], h["role"], ",".join(h["groups"]), h["address"], seen, h["version"], cert, cache,
-                      loaded)
+        table.add_row(
+            h["name"], h["role"], ",".join(h["groups"]), h["address"], seen, h["version"], cert, cache, loaded
+        )
     out.print(table)
 
 

@@ -24,7 +24,6 @@ class BuildInfo(Collector):
         self._labels = {"version": swarm_version(), "python": platform.python_version()}
 
     def collect(self) -> Iterator[Any]:
-        family = GaugeMetricFamily(self._name, "Always 1; the labels name the running build",
-                                   labels=list(self._labels))
+        family = GaugeMetricFamily(self._name, "Always 1; the labels name the running build", labels=list(self._labels))
         family.add_metric(list(self._labels.values()), 1)
         yield family

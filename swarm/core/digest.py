@@ -23,7 +23,7 @@ def validate_digest(value: object, what: str = "digest") -> str:
 
 
 def digest_hex(digest: str) -> str:
-    return validate_digest(digest)[len("sha256:"):]
+    return validate_digest(digest)[len("sha256:") :]
 
 
 def file_digest(path: Path) -> str:

@@ -74,6 +74,7 @@ class RateLimited(TrackerError):
 
 class Conflict(TrackerError):
     """The tracker holds something newer (a manifest of the tag, a key document)."""
+
     kind = "conflict"
 
 

@@ -31,19 +31,23 @@ COMPRESSIONS = ("zstd", "none")
 
 @dataclass(frozen=True)
 class Layer:
-    diff_id: str        # sha256 of the uncompressed layer tar (what Docker checks)
-    size: int           # bytes of the uncompressed layer tar
-    blob: str           # sha256 of the transport blob (content address)
+    diff_id: str  # sha256 of the uncompressed layer tar (what Docker checks)
+    size: int  # bytes of the uncompressed layer tar
+    blob: str  # sha256 of the transport blob (content address)
     blob_size: int
-    compression: str    # how the blob encodes the layer tar
-    info_hash: bytes    # 32-byte BitTorrent v2 info-hash of `torrent`
-    torrent: bytes      # bencoded metainfo of the blob's private SSL torrent
+    compression: str  # how the blob encodes the layer tar
+    info_hash: bytes  # 32-byte BitTorrent v2 info-hash of `torrent`
+    torrent: bytes  # bencoded metainfo of the blob's private SSL torrent
 
     def to_map(self) -> dict[str, Any]:
         return {
-            "diff_id": self.diff_id, "size": self.size, "blob": self.blob,
-            "blob_size": self.blob_size, "compression": self.compression,
-            "info_hash": self.info_hash, "torrent": self.torrent,
+            "diff_id": self.diff_id,
+            "size": self.size,
+            "blob": self.blob,
+            "blob_size": self.blob_size,
+            "compression": self.compression,
+            "info_hash": self.info_hash,
+            "torrent": self.torrent,
         }
 
     @classmethod
@@ -74,12 +78,12 @@ class Layer:
 class Manifest:
     repository: str
     tag: str
-    config: bytes                  # the image config JSON, byte for byte
+    config: bytes  # the image config JSON, byte for byte
     layers: tuple[Layer, ...]
-    key_id: str                    # which builder key signed it
-    created_ms: int                # unix milliseconds: orders the manifests of one tag
-    publisher: str                 # the builder token that may publish it
-    expires_ms: int = 0            # unix milliseconds after which hosts refuse it; 0: never
+    key_id: str  # which builder key signed it
+    created_ms: int  # unix milliseconds: orders the manifests of one tag
+    publisher: str  # the builder token that may publish it
+    expires_ms: int = 0  # unix milliseconds after which hosts refuse it; 0: never
     version: int = FORMAT_VERSION
 
     @property
@@ -99,22 +103,23 @@ class Manifest:
         return sum(layer.blob_size for layer in self.layers)
 
     def to_bytes(self) -> bytes:
-        return wire.pack_canonical({
-            "version": self.version,
-            "repository": self.repository,
-            "tag": self.tag,
-            "config": self.config,
-            "layers": [layer.to_map() for layer in self.layers],
-            "key_id": self.key_id,
-            "created_ms": self.created_ms,
-            "publisher": self.publisher,
-            "expires_ms": self.expires_ms,
-        })
+        return wire.pack_canonical(
+            {
+                "version": self.version,
+                "repository": self.repository,
+                "tag": self.tag,
+                "config": self.config,
+                "layers": [layer.to_map() for layer in self.layers],
+                "key_id": self.key_id,
+                "created_ms": self.created_ms,
+                "publisher": self.publisher,
+                "expires_ms": self.expires_ms,
+            }
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        fields = ("version", "repository", "tag", "config", "layers", "key_id", "created_ms", "publisher",
-                  "expires_ms")
+        fields = ("version", "repository", "tag", "config", "layers", "key_id", "created_ms", "publisher", "expires_ms")
         raw = wire.unpack(data)
         if isinstance(raw, dict) and raw.get("version") != FORMAT_VERSION:
             raise InvalidInput(f"unsupported manifest version {raw.get('version')!r} (expected {FORMAT_VERSION})")

@@ -31,12 +31,19 @@ class LoadClaim:
     host: str
     ref: str
     image_id: str
-    loaded_at: int   # unix seconds
+    loaded_at: int  # unix seconds
 
 
 def sign_receipt(key: ec.EllipticCurvePrivateKey, certificate_pem: str, claim: LoadClaim) -> Receipt:
-    payload = wire.pack_canonical({"v": RECEIPT_VERSION, "host": claim.host, "ref": claim.ref,
-                                   "image_id": claim.image_id, "loaded_at": claim.loaded_at})
+    payload = wire.pack_canonical(
+        {
+            "v": RECEIPT_VERSION,
+            "host": claim.host,
+            "ref": claim.ref,
+            "image_id": claim.image_id,
+            "loaded_at": claim.loaded_at,
+        }
+    )
     return Receipt(payload, key.sign(payload, ec.ECDSA(hashes.SHA256())), certificate_pem)
 
 
@@ -48,8 +55,12 @@ def read_claim(receipt: Receipt) -> LoadClaim:
         claim = LoadClaim(m["host"], m["ref"], m["image_id"], m["loaded_at"])
     except KeyError as exc:
         raise InvalidInput(f"receipt without {exc.args[0]}") from exc
-    if not (isinstance(claim.host, str) and isinstance(claim.ref, str) and isinstance(claim.image_id, str)
-            and isinstance(claim.loaded_at, int)):
+    if not (
+        isinstance(claim.host, str)
+        and isinstance(claim.ref, str)
+        and isinstance(claim.image_id, str)
+        and isinstance(claim.loaded_at, int)
+    ):
         raise InvalidInput("malformed receipt payload")
     if wire.pack_canonical(m) != receipt.payload:
         raise InvalidInput("receipt payload is not in canonical form")
@@ -67,8 +78,7 @@ def verify_receipt(receipt: Receipt, ca_cert: x509.Certificate) -> LoadClaim:
         raise InvalidInput("the receipt's certificate is not from this swarm's CA") from exc
     names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if names != [claim.host]:
-        raise InvalidInput(f"the receipt's certificate belongs to {names[0] if names else '?'!s}, "
-                           f"not to {claim.host}")
+        raise InvalidInput(f"the receipt's certificate belongs to {names[0] if names else '?'!s}, not to {claim.host}")
     when = dt.datetime.fromtimestamp(claim.loaded_at, dt.UTC)
     if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
         raise InvalidInput("the receipt was signed outside its certificate's validity")

@@ -40,7 +40,7 @@ def parse_public_key(text: str) -> bytes:
     if not text.startswith(_PREFIX):
         raise UsageError(f"invalid public key {text[:20]!r}: expected ed25519:<base64>")
     try:
-        raw = base64.b64decode(text[len(_PREFIX):], validate=True)
+        raw = base64.b64decode(text[len(_PREFIX) :], validate=True)
     except (binascii.Error, ValueError) as exc:
         raise UsageError("invalid public key: bad base64") from exc
     if len(raw) != 32:
@@ -51,9 +51,7 @@ def parse_public_key(text: str) -> bytes:
 class SigningKey:
     def __init__(self, private: Ed25519PrivateKey) -> None:
         self._private = private
-        self.public_raw = private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        self.public_raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.key_id = key_id(self.public_raw)
 
     @classmethod
@@ -136,9 +134,7 @@ class SignedManifest:
         Returns the decoded manifest only when everything holds.
         """
         if trusted is not None and self.public_key not in set(trusted):
-            raise UntrustedManifest(
-                f"manifest signed by untrusted key {format_public_key(self.public_key)}"
-            )
+            raise UntrustedManifest(f"manifest signed by untrusted key {format_public_key(self.public_key)}")
         if not signature_holds(self.public_key, self.signature, _DOMAIN, self.manifest):
             raise UntrustedManifest("manifest signature does not verify")
         manifest = Manifest.from_bytes(self.manifest)

@@ -41,11 +41,11 @@ def bdecode(data: bytes) -> Any:
 
 @dataclass(frozen=True)
 class TorrentFacts:
-    info_hash: bytes      # 32-byte v2 info-hash
-    name: str             # the single file's name (the blob's hex digest)
+    info_hash: bytes  # 32-byte v2 info-hash
+    name: str  # the single file's name (the blob's hex digest)
     size: int
     private: bool
-    root_cert: str        # PEM of the CA in the info dict ("" if none)
+    root_cert: str  # PEM of the CA in the info dict ("" if none)
 
 
 def info_hash_v2(info: dict[bytes, Any]) -> bytes:
@@ -82,13 +82,17 @@ def inspect_torrent(metainfo: bytes) -> TorrentFacts:
     if size > piece:
         layers = top.get(b"piece layers")
         layer = layers.get(root) if isinstance(layers, dict) else None
-        if not isinstance(layer, bytes) or len(layer) != HASH * -(-size // piece) \
-                or _layer_root(layer, piece) != root:
+        if not isinstance(layer, bytes) or len(layer) != HASH * -(-size // piece) or _layer_root(layer, piece) != root:
             raise InvalidInput("not a valid torrent: its piece layer does not match its pieces root")
     private = info.get(b"private")
     cert = info.get(b"ssl-cert", b"")
-    return TorrentFacts(info_hash=info_hash_v2(info), name=name, size=size, private=private == 1,
-                        root_cert=_text(cert, "ssl-cert") if cert else "")
+    return TorrentFacts(
+        info_hash=info_hash_v2(info),
+        name=name,
+        size=size,
+        private=private == 1,
+        root_cert=_text(cert, "ssl-cert") if cert else "",
+    )
 
 
 def check_layer_torrent(metainfo: bytes, info_hash: bytes, blob_hex: str, blob_size: int, ca_pem: str) -> TorrentFacts:
@@ -110,7 +114,7 @@ def _layer_root(layer: bytes, piece: int) -> bytes:
     pad = bytes(HASH)
     for _ in range((piece // BLOCK).bit_length() - 1):
         pad = hashlib.sha256(pad + pad).digest()
-    level = [layer[i:i + HASH] for i in range(0, len(layer), HASH)]
+    level = [layer[i : i + HASH] for i in range(0, len(layer), HASH)]
     while len(level) > 1:
         if len(level) % 2:
             level.append(pad)

@@ -38,9 +38,9 @@ MAX_PATTERNS = 100
 
 @dataclass(frozen=True)
 class DelegatedKey:
-    public_key: bytes               # raw Ed25519
-    repositories: tuple[str, ...]   # patterns as for --watch (`myapp/*`, `base:*`)
-    expires: int                    # unix seconds
+    public_key: bytes  # raw Ed25519
+    repositories: tuple[str, ...]  # patterns as for --watch (`myapp/*`, `base:*`)
+    expires: int  # unix seconds
 
     def allows(self, ref: ImageRef, now: float) -> bool:
         return now < self.expires and any(matches(p, ref) for p in self.repositories)
@@ -55,8 +55,11 @@ class DelegatedKey:
         key, repos, expires = m["key"], m["repositories"], m["expires"]
         if not isinstance(key, bytes) or len(key) != 32:
             raise InvalidInput("a key entry's key must be 32 raw bytes")
-        if not isinstance(repos, list) or not 0 < len(repos) <= MAX_PATTERNS \
-                or not all(isinstance(p, str) for p in repos):
+        if (
+            not isinstance(repos, list)
+            or not 0 < len(repos) <= MAX_PATTERNS
+            or not all(isinstance(p, str) for p in repos)
+        ):
             raise InvalidInput(f"a key entry needs 1 to {MAX_PATTERNS} repository patterns")
         return cls(key, tuple(_pattern(p) for p in repos), _int(expires, "expires"))
 
@@ -67,8 +70,7 @@ class KeyDocument:
     keys: tuple[DelegatedKey, ...]
 
     def to_bytes(self) -> bytes:
-        return wire.pack_canonical({"format": FORMAT, "version": self.version,
-                                    "keys": [k.to_map() for k in self.keys]})
+        return wire.pack_canonical({"format": FORMAT, "version": self.version, "keys": [k.to_map() for k in self.keys]})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KeyDocument:
@@ -99,16 +101,24 @@ class KeyDocument:
             repos = entry["repositories"]
             if not isinstance(repos, list) or not repos or not all(isinstance(p, str) for p in repos):
                 raise UsageError("a key's repositories must be a non-empty list of patterns")
-            keys.append(DelegatedKey(parse_public_key(str(entry["key"])), tuple(validate_pattern(p) for p in repos),
-                                     parse_expiry(entry["expires"])))
+            keys.append(
+                DelegatedKey(
+                    parse_public_key(str(entry["key"])),
+                    tuple(validate_pattern(p) for p in repos),
+                    parse_expiry(entry["expires"]),
+                )
+            )
         version = spec["version"]
         if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MAX_INT:
             raise UsageError("the key spec's version must be a positive integer")
         return cls(version, tuple(keys))
 
     def describe(self) -> list[str]:
-        return [f"{format_public_key(k.public_key)} {','.join(k.repositories)} until "
-                f"{dt.datetime.fromtimestamp(k.expires, dt.timezone.utc):%Y-%m-%d %H:%M:%SZ}" for k in self.keys]
+        return [
+            f"{format_public_key(k.public_key)} {','.join(k.repositories)} until "
+            f"{dt.datetime.fromtimestamp(k.expires, dt.timezone.utc):%Y-%m-%d %H:%M:%SZ}"
+            for k in self.keys
+        ]
 
 
 @dataclass(frozen=True)
@@ -131,8 +141,14 @@ class SignedKeyDocument:
     def from_bytes(cls, data: bytes) -> SignedKeyDocument:
         m = wire.unpack_map(data)
         body, sig, root = m.get("document"), m.get("signature"), m.get("root")
-        if set(m) != {"document", "signature", "root"} or not isinstance(body, bytes) \
-                or not isinstance(sig, bytes) or not isinstance(root, bytes) or len(sig) != 64 or len(root) != 32:
+        if (
+            set(m) != {"document", "signature", "root"}
+            or not isinstance(body, bytes)
+            or not isinstance(sig, bytes)
+            or not isinstance(root, bytes)
+            or len(sig) != 64
+            or len(root) != 32
+        ):
             raise InvalidInput("a signed key document needs document, signature (64 bytes) and root (32 bytes)")
         return cls(body, sig, root)
 

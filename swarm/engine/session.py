@@ -43,14 +43,14 @@ def peer_tag(name: str, role: str = "host") -> str:
 
 @dataclass(frozen=True)
 class PeerIdentity:
-    role: str       # "builder", "host" or "?" for a peer id swarm did not make
+    role: str  # "builder", "host" or "?" for a peer id swarm did not make
     name: str
 
 
 def peer_identity(pid: bytes) -> PeerIdentity:
     """Who a swarm peer id says it is (only CA-certified peers reach us at all)."""
     text = pid.decode("latin-1")
-    rest = text[len(PEER_ID_PREFIX):]
+    rest = text[len(PEER_ID_PREFIX) :]
     if not text.startswith(PEER_ID_PREFIX) or "-" not in rest:
         return PeerIdentity("?", "?")
     tag = rest.split("-", 1)[0]
@@ -79,8 +79,8 @@ def dh_params_path() -> str:
 class PeerStat:
     name: str
     address: str
-    downloaded: int      # payload bytes received from it (whole life of the torrent)
-    uploaded: int        # payload bytes sent to it while connected now
+    downloaded: int  # payload bytes received from it (whole life of the torrent)
+    uploaded: int  # payload bytes sent to it while connected now
     connected: bool
 
 
@@ -94,8 +94,8 @@ class TorrentStatus:
     done: int
     download_rate: int
     upload_rate: int
-    downloaded: int      # payload received this session
-    uploaded: int        # payload sent this session
+    downloaded: int  # payload received this session
+    uploaded: int  # payload sent this session
     peers: list[PeerStat]
     failed_pieces: int
     error: str
@@ -155,25 +155,43 @@ class Engine:
         self._loop = loop
         host, port = self._listen
         pack = lt.high_performance_seed()
-        pack.update({
-            "listen_interfaces": f"{format_host(host)}:{port}s",
-            "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
-            "enable_outgoing_utp": False, "enable_incoming_utp": False,
-            "active_downloads": -1, "active_seeds": -1, "active_limit": -1, "active_checking": -1,
-            "allow_multiple_connections_per_ip": True,
-            "ignore_limits_on_local_network": False,
-            "upload_rate_limit": self._limits[0], "download_rate_limit": self._limits[1],
-            "peer_fingerprint": self._tag,
-            "user_agent": "swarm/0.1",
-            # high_performance_seed drops a peer after 20 s of silence and never retries one
-            # that failed once: a host whose link drops for 20 s then waits minutes for the
-            # tracker's back-off (tests/e2e/test_e2e_faults.py). Keep peers through outages.
-            "peer_timeout": 120, "inactivity_timeout": 600, "max_failcount": 10, "min_reconnect_time": 2,
-            "min_announce_interval": 5,
-            "stop_tracker_timeout": 2,
-            "alert_mask": (lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage
-                           | lt.alert_category.tracker | lt.alert_category.block_progress),
-        })
+        pack.update(
+            {
+                "listen_interfaces": f"{format_host(host)}:{port}s",
+                "enable_dht": False,
+                "enable_lsd": False,
+                "enable_upnp": False,
+                "enable_natpmp": False,
+                "enable_outgoing_utp": False,
+                "enable_incoming_utp": False,
+                "active_downloads": -1,
+                "active_seeds": -1,
+                "active_limit": -1,
+                "active_checking": -1,
+                "allow_multiple_connections_per_ip": True,
+                "ignore_limits_on_local_network": False,
+                "upload_rate_limit": self._limits[0],
+                "download_rate_limit": self._limits[1],
+                "peer_fingerprint": self._tag,
+                "user_agent": "swarm/0.1",
+                # high_performance_seed drops a peer after 20 s of silence and never retries one
+                # that failed once: a host whose link drops for 20 s then waits minutes for the
+                # tracker's back-off (tests/e2e/test_e2e_faults.py). Keep peers through outages.
+                "peer_timeout": 120,
+                "inactivity_timeout": 600,
+                "max_failcount": 10,
+                "min_reconnect_time": 2,
+                "min_announce_interval": 5,
+                "stop_tracker_timeout": 2,
+                "alert_mask": (
+                    lt.alert_category.error
+                    | lt.alert_category.status
+                    | lt.alert_category.storage
+                    | lt.alert_category.tracker
+                    | lt.alert_category.block_progress
+                ),
+            }
+        )
         self._session = lt.session(pack)
         if self.ssl_port == 0:
             raise UsageError(f"cannot listen for peers on {host}:{port}")
@@ -199,8 +217,7 @@ class Engine:
 
     # -- torrents -----------------------------------------------------------
 
-    def add(self, metainfo: bytes, save_dir: Path, tracker_url: str, seed: bool,
-            trust_resume: bool = False) -> bytes:
+    def add(self, metainfo: bytes, save_dir: Path, tracker_url: str, seed: bool, trust_resume: bool = False) -> bytes:
         """Start a torrent (idempotent).
 
         `seed`: the file is complete and its sha256 verified. Otherwise the
@@ -224,8 +241,13 @@ class Engine:
             atp.flags |= lt.torrent_flags.seed_mode
         assert self._loop is not None
         # file 0 is the blob; v2 pads the tail, and padding is not payload
-        entry = _Torrent(handle=None, size=ti.layout().file_size(0), piece_length=ti.piece_length(),
-                         finished=asyncio.Event(), flushed=asyncio.Event())
+        entry = _Torrent(
+            handle=None,
+            size=ti.layout().file_size(0),
+            piece_length=ti.piece_length(),
+            finished=asyncio.Event(),
+            flushed=asyncio.Event(),
+        )
         with self._lock:
             self._torrents[ih] = entry
         try:
@@ -338,12 +360,20 @@ class Engine:
         for name, n in received.items():
             live.setdefault(name, PeerStat(name, "", 0, 0, False)).downloaded = n
         return TorrentStatus(
-            info_hash=ih.hex(), name=s.name, state=_STATES.get(int(s.state), str(s.state)),
-            progress=float(s.progress), total=entry.size, done=int(s.total_wanted_done),
-            download_rate=int(s.download_payload_rate), upload_rate=int(s.upload_payload_rate),
-            downloaded=int(s.total_payload_download), uploaded=int(s.total_payload_upload),
-            peers=sorted(live.values(), key=lambda p: p.name), failed_pieces=entry.failed_pieces,
-            error=entry.error or (s.errc.message() if s.errc.value() else ""), received_by_role=by_role,
+            info_hash=ih.hex(),
+            name=s.name,
+            state=_STATES.get(int(s.state), str(s.state)),
+            progress=float(s.progress),
+            total=entry.size,
+            done=int(s.total_wanted_done),
+            download_rate=int(s.download_payload_rate),
+            upload_rate=int(s.upload_payload_rate),
+            downloaded=int(s.total_payload_download),
+            uploaded=int(s.total_payload_upload),
+            peers=sorted(live.values(), key=lambda p: p.name),
+            failed_pieces=entry.failed_pieces,
+            error=entry.error or (s.errc.message() if s.errc.value() else ""),
+            received_by_role=by_role,
         )
 
     def uploaded_total(self) -> int:
@@ -457,5 +487,10 @@ def _redact(message: str) -> str:
 _RESUME_FLAGS = lt.save_resume_flags_t.only_if_modified | lt.save_resume_flags_t.flush_disk_cache
 _DONE_STATES = (lt.torrent_status.states.finished, lt.torrent_status.states.seeding)
 _STATES = {
-    1: "checking", 2: "downloading-metadata", 3: "downloading", 4: "finished", 5: "seeding", 7: "checking-resume",
+    1: "checking",
+    2: "downloading-metadata",
+    3: "downloading",
+    4: "finished",
+    5: "seeding",
+    7: "checking-resume",
 }

@@ -53,25 +53,24 @@ SMALL = 4 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
-_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
-                "application/vnd.docker.distribution.manifest.list.v2+json")
+_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 
 
 @dataclass(frozen=True)
 class ExportedLayer:
-    diff_id: str        # sha256:<hex> of the uncompressed layer tar
-    size: int           # bytes of the uncompressed layer tar
-    blob: str           # sha256:<hex> of the zstd blob (its content address)
+    diff_id: str  # sha256:<hex> of the uncompressed layer tar
+    size: int  # bytes of the uncompressed layer tar
+    blob: str  # sha256:<hex> of the zstd blob (its content address)
     blob_size: int
-    compression: str    # always "zstd" here
-    path: Path          # blobs_dir / <blob hex>
+    compression: str  # always "zstd" here
+    path: Path  # blobs_dir / <blob hex>
 
 
 @dataclass(frozen=True)
 class ExportedImage:
-    config: bytes                   # the image config JSON, byte for byte
+    config: bytes  # the image config JSON, byte for byte
     repo_tags: list[str]
-    layers: list[ExportedLayer]     # in the config's rootfs.diff_ids order
+    layers: list[ExportedLayer]  # in the config's rootfs.diff_ids order
 
     @property
     def image_id(self) -> str:
@@ -89,8 +88,9 @@ def export_image(docker_client_api: Any, image_name: str, blobs_dir: Path) -> Ex
             raise ImageNotFound(f"no image {image_name} in Docker at {host_of(api)}") from exc
 
 
-def read_archive(chunks_or_fileobj: Iterable[bytes] | IO[bytes], blobs_dir: Path,
-                 image: str | None = None) -> ExportedImage:
+def read_archive(
+    chunks_or_fileobj: Iterable[bytes] | IO[bytes], blobs_dir: Path, image: str | None = None
+) -> ExportedImage:
     """Read a `docker save` / OCI image archive (plain or gzip'd tar) from a file
     object or an iterator of byte chunks. `image` picks the image when the
     archive holds several (matched against RepoTags / ref annotations)."""
@@ -144,7 +144,7 @@ class _HashingReader(io.RawIOBase):
 
     def readinto(self, b: Any) -> int:
         if self._head:
-            data, self._head = self._head[: len(b)], self._head[len(b):]
+            data, self._head = self._head[: len(b)], self._head[len(b) :]
         else:
             data = self._raw.read(len(b))
         n = len(data)
@@ -160,7 +160,7 @@ class _Readable(Protocol):
 
 @dataclass(frozen=True)
 class _Processed:
-    raw_digest: str     # sha256 of the member as stored in the archive
+    raw_digest: str  # sha256 of the member as stored in the archive
     layer: ExportedLayer
 
 
@@ -172,8 +172,7 @@ def _process_layer(member: IO[bytes], blobs_dir: Path, known_size: int | None) -
         tar_stream = gzip.GzipFile(fileobj=io.BufferedReader(raw, CHUNK), mode="rb")
         known_size = None
     elif head.startswith(ZSTD_MAGIC):
-        tar_stream = zstandard.ZstdDecompressor().stream_reader(io.BufferedReader(raw, CHUNK),
-                                                                read_across_frames=True)
+        tar_stream = zstandard.ZstdDecompressor().stream_reader(io.BufferedReader(raw, CHUNK), read_across_frames=True)
         known_size = None
     else:
         tar_stream = raw
@@ -182,7 +181,8 @@ def _process_layer(member: IO[bytes], blobs_dir: Path, known_size: int | None) -
     blob = hashlib.sha256()
     size = blob_size = 0
     cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1).compressobj(
-        size=known_size if known_size is not None else -1)
+        size=known_size if known_size is not None else -1
+    )
     fd, tmp_name = tempfile.mkstemp(dir=blobs_dir, prefix=".export-", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
@@ -205,15 +205,21 @@ def _process_layer(member: IO[bytes], blobs_dir: Path, known_size: int | None) -
         blob_hex = blob.hexdigest()
         final = blobs_dir / blob_hex
         try:
-            os.link(tmp, final)    # atomic, and never replaces an existing blob
+            os.link(tmp, final)  # atomic, and never replaces an existing blob
         except FileExistsError:
             pass
     finally:
         tmp.unlink(missing_ok=True)
     return _Processed(
         raw_digest="sha256:" + raw.sha.hexdigest(),
-        layer=ExportedLayer(diff_id="sha256:" + diff.hexdigest(), size=size, blob="sha256:" + blob_hex,
-                            blob_size=blob_size, compression="zstd", path=final),
+        layer=ExportedLayer(
+            diff_id="sha256:" + diff.hexdigest(),
+            size=size,
+            blob="sha256:" + blob_hex,
+            blob_size=blob_size,
+            compression="zstd",
+            path=final,
+        ),
     )
 
 
@@ -306,8 +312,12 @@ class _Archive:
             raise InvalidInput("image archive: manifest.json lists no image")
         entry = _pick(entries, image, lambda e: e.get("RepoTags") or [])
         config, tags, layers = entry.get("Config"), entry.get("RepoTags") or [], entry.get("Layers")
-        if not isinstance(config, str) or not isinstance(layers, list) \
-                or not all(isinstance(x, str) for x in layers) or not isinstance(tags, list):
+        if (
+            not isinstance(config, str)
+            or not isinstance(layers, list)
+            or not all(isinstance(x, str) for x in layers)
+            or not isinstance(tags, list)
+        ):
             raise InvalidInput("image archive: malformed manifest.json entry")
         return config, [str(t) for t in tags], layers
 
@@ -323,8 +333,11 @@ class _Archive:
             manifest = self._json(_blob_path(desc), "manifest")
             if not isinstance(manifest, dict):
                 raise InvalidInput("image archive: malformed manifest")
-            if manifest.get("mediaType") in _INDEX_TYPES or desc.get("mediaType") in _INDEX_TYPES \
-                    or ("manifests" in manifest and "layers" not in manifest):
+            if (
+                manifest.get("mediaType") in _INDEX_TYPES
+                or desc.get("mediaType") in _INDEX_TYPES
+                or ("manifests" in manifest and "layers" not in manifest)
+            ):
                 desc = self._platform_manifest(manifest.get("manifests"))
                 continue
             config = manifest.get("config")
@@ -338,8 +351,11 @@ class _Archive:
         if not isinstance(descriptors, list):
             raise InvalidInput("image archive: malformed nested index")
         arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
-        present = [d for d in descriptors if isinstance(d, dict) and _blob_path(d) in self.small
-                   and (d.get("platform") or {}).get("os") != "unknown"]
+        present = [
+            d
+            for d in descriptors
+            if isinstance(d, dict) and _blob_path(d) in self.small and (d.get("platform") or {}).get("os") != "unknown"
+        ]
         if not present:
             raise InvalidInput("image archive: no manifest of the nested index is in the archive")
         for d in present:
@@ -361,8 +377,13 @@ def _pick(entries: list[Any], image: str | None, names: Any) -> dict[str, Any]:
     if len(dicts) == 1:
         return dicts[0]
     if image is not None:
-        wanted = {image, image + ":latest", "docker.io/" + image, "docker.io/library/" + image,
-                  "docker.io/library/" + image + ":latest"}
+        wanted = {
+            image,
+            image + ":latest",
+            "docker.io/" + image,
+            "docker.io/library/" + image,
+            "docker.io/library/" + image + ":latest",
+        }
         for e in dicts:
             if wanted & set(names(e)):
                 return e

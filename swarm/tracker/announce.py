@@ -23,13 +23,13 @@ EVENTS = ("", "started", "stopped", "completed", "paused")
 
 @dataclass(frozen=True)
 class AnnounceRequest:
-    info_hash: bytes     # 20 bytes
-    peer_id: bytes       # 20 bytes
+    info_hash: bytes  # 20 bytes
+    peer_id: bytes  # 20 bytes
     port: int
     uploaded: int
     downloaded: int
     left: int
-    event: str           # one of EVENTS ("" for a regular announce)
+    event: str  # one of EVENTS ("" for a regular announce)
     numwant: int
     compact: bool
     no_peer_id: bool
@@ -67,8 +67,7 @@ def _one(params: Mapping[str, list[bytes]], name: str, default: bytes | None = N
     return values[0]
 
 
-def _int(params: Mapping[str, list[bytes]], name: str, default: int | None = None,
-         maximum: int = 2**63 - 1) -> int:
+def _int(params: Mapping[str, list[bytes]], name: str, default: int | None = None, maximum: int = 2**63 - 1) -> int:
     raw = _one(params, name, None if default is None else str(default).encode())
     if not raw.isdigit() or len(raw) > 20:
         raise InvalidInput(f"invalid {name}")
@@ -131,8 +130,14 @@ def normalize_ip(remote: str) -> str:
     return str(addr)
 
 
-def announce_response(peers: Iterable[Peer], counts: SwarmCounts, interval: int, compact: bool,
-                      no_peer_id: bool = False, min_interval: int | None = None) -> bytes:
+def announce_response(
+    peers: Iterable[Peer],
+    counts: SwarmCounts,
+    interval: int,
+    compact: bool,
+    no_peer_id: bool = False,
+    min_interval: int | None = None,
+) -> bytes:
     out: dict[bytes, object] = {
         b"interval": interval,
         b"min interval": max(1, interval // 2) if min_interval is None else min_interval,
@@ -161,10 +166,14 @@ def _peer_dict(peer: Peer, no_peer_id: bool) -> dict[bytes, object]:
 
 
 def scrape_response(files: Mapping[bytes, SwarmCounts]) -> bytes:
-    return bencode({b"files": {
-        h: {b"complete": c.complete, b"downloaded": c.downloaded, b"incomplete": c.incomplete}
-        for h, c in files.items()
-    }})
+    return bencode(
+        {
+            b"files": {
+                h: {b"complete": c.complete, b"downloaded": c.downloaded, b"incomplete": c.incomplete}
+                for h, c in files.items()
+            }
+        }
+    )
 
 
 def failure(reason: str) -> bytes:

@@ -28,8 +28,9 @@ MEMBERS = (DB_NAME, CA_KEY, CA_CERT)
 
 def _sqlite_only(database: str | None) -> None:
     if database and not database.startswith("sqlite:"):
-        raise UsageError("a PostgreSQL tracker is backed up with pg_dump and restored with pg_restore "
-                         "(its CA is in the database)")
+        raise UsageError(
+            "a PostgreSQL tracker is backed up with pg_dump and restored with pg_restore (its CA is in the database)"
+        )
 
 
 def backup(data: Path, database: str | None, dest: Path) -> list[str]:
@@ -69,8 +70,11 @@ def restore(archive: Path, data: Path, database: str | None, force: bool) -> int
     try:
         with tarfile.open(archive, mode="r") as tar:
             members = {m.name: m for m in tar.getmembers()}
-            if DB_NAME not in members or not set(members) <= set(MEMBERS) or \
-                    not all(m.isfile() for m in members.values()):
+            if (
+                DB_NAME not in members
+                or not set(members) <= set(MEMBERS)
+                or not all(m.isfile() for m in members.values())
+            ):
                 raise UsageError(f"{archive} is not a swarm tracker backup (expected {', '.join(MEMBERS)})")
             contents = {name: tar.extractfile(m).read() for name, m in members.items()}  # type: ignore[union-attr]
     except (OSError, tarfile.TarError) as exc:
@@ -128,7 +132,7 @@ def schema_status(data: Path, database: str | None) -> SchemaStatus:
     """The schema version of the database, read without changing it."""
     if database and not database.startswith("sqlite:"):
         return _postgres_status(database)
-    db = Path(database[len("sqlite:"):]) / DB_NAME if database else data / DB_NAME
+    db = Path(database[len("sqlite:") :]) / DB_NAME if database else data / DB_NAME
     if not db.is_file():
         return SchemaStatus(f"sqlite:{db}", 0, migrations.latest("sqlite"))
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)

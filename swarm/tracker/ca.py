@@ -69,8 +69,9 @@ class CertificateAuthority:
 
     @classmethod
     def from_pem(cls, key_pem: str | bytes, cert_pem: str | bytes) -> CertificateAuthority:
-        key = serialization.load_pem_private_key(key_pem.encode() if isinstance(key_pem, str) else key_pem,
-                                                 password=None)
+        key = serialization.load_pem_private_key(
+            key_pem.encode() if isinstance(key_pem, str) else key_pem, password=None
+        )
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise InvalidInput("the CA key is not an EC private key")
         return cls(key, load_cert(cert_pem))
@@ -87,8 +88,9 @@ class CertificateAuthority:
     def derive_secret(self, purpose: str) -> bytes:
         """A 32-byte secret for `purpose`, the same in every process and replica sharing this CA
         (e.g. the key that signs the fleet page's session cookies)."""
-        der = self._key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())
+        der = self._key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         return hmac.new(der, b"swarm/" + purpose.encode(), hashlib.sha256).digest()
 
     def sign_csr(self, csr_pem: str, name: str, lifetime_s: int) -> IssuedCertificate:
@@ -126,18 +128,30 @@ class CertificateAuthority:
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("*")]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, content_commitment=False,
-                                         data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False),
-                           critical=True)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
-                           critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_encipherment=True,
+                    content_commitment=False,
+                    data_encipherment=False,
+                    key_agreement=True,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False)
             .sign(self._key, hashes.SHA256())
         )
-        return IssuedCertificate(cert.public_bytes(serialization.Encoding.PEM).decode(), serial,
-                                 int(not_after.timestamp()))
+        return IssuedCertificate(
+            cert.public_bytes(serialization.Encoding.PEM).decode(), serial, int(not_after.timestamp())
+        )
 
     def issue_server_certificate(self, names: list[str], lifetime_s: int) -> tuple[bytes, bytes]:
         """A TLS server certificate for the tracker itself, from the swarm CA: (cert PEM, key PEM).
@@ -168,8 +182,9 @@ class CertificateAuthority:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(self._key, hashes.SHA256())
         )
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
@@ -206,9 +221,20 @@ def _new_ca() -> tuple[bytes, bytes]:
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, content_commitment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )

@@ -40,11 +40,23 @@ from swarm.tracker.options import (
 if TYPE_CHECKING:
     from swarm.tracker.service import TrackerService
 
-_DATABASE = click.option("--database", default=None, envvar="SWARM_DATABASE", show_envvar=True,
-                         help="postgresql://... shared by tracker replicas (default: SQLite in --data)")
-_DATA = click.option("--data", "data", default=default_tracker_data, show_default=str(default_tracker_data()),
-                     envvar="SWARM_DATA", show_envvar=True,
-                     type=click.Path(file_okay=False, path_type=Path), help="the tracker's data directory")
+_DATABASE = click.option(
+    "--database",
+    default=None,
+    envvar="SWARM_DATABASE",
+    show_envvar=True,
+    help="postgresql://... shared by tracker replicas (default: SQLite in --data)",
+)
+_DATA = click.option(
+    "--data",
+    "data",
+    default=default_tracker_data,
+    show_default=str(default_tracker_data()),
+    envvar="SWARM_DATA",
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="the tracker's data directory",
+)
 _FILE = config_option(TRACKER_CONFIG, strict=False)
 
 
@@ -56,42 +68,127 @@ def tracker() -> None:
 @tracker.command()
 @config_option(TRACKER_CONFIG, strict=True)
 @_DATA
-@click.option("--listen", type=LISTEN, default=DEFAULT_LISTEN, show_default=True, envvar="SWARM_LISTEN",
-              show_envvar=True, help="HOST:PORT to serve HTTP on (port 0: any free port)")
-@click.option("--public-url", default=None, envvar="SWARM_PUBLIC_URL", show_envvar=True,
-              help="the URL hosts reach this tracker at")
-@click.option("--cert-lifetime", default=DEFAULT_CERT_LIFETIME, show_default=True,
-              type=click.IntRange(min=MIN_CERT_LIFETIME), envvar="SWARM_CERT_LIFETIME", show_envvar=True,
-              help="seconds a host certificate is valid")
-@click.option("--announce-interval", default=DEFAULT_INTERVAL, show_default=True, type=click.IntRange(min=1),
-              envvar="SWARM_ANNOUNCE_INTERVAL", show_envvar=True, help="seconds between announces")
-@click.option("--min-interval", default=None, type=click.IntRange(min=0), envvar="SWARM_MIN_INTERVAL",
-              show_envvar=True, help="seconds before a host's next announce gets fresh work; sooner gets its "
-                                     "last answer again  [default: half the announce interval]")
+@click.option(
+    "--listen",
+    type=LISTEN,
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    envvar="SWARM_LISTEN",
+    show_envvar=True,
+    help="HOST:PORT to serve HTTP on (port 0: any free port)",
+)
+@click.option(
+    "--public-url",
+    default=None,
+    envvar="SWARM_PUBLIC_URL",
+    show_envvar=True,
+    help="the URL hosts reach this tracker at",
+)
+@click.option(
+    "--cert-lifetime",
+    default=DEFAULT_CERT_LIFETIME,
+    show_default=True,
+    type=click.IntRange(min=MIN_CERT_LIFETIME),
+    envvar="SWARM_CERT_LIFETIME",
+    show_envvar=True,
+    help="seconds a host certificate is valid",
+)
+@click.option(
+    "--announce-interval",
+    default=DEFAULT_INTERVAL,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="SWARM_ANNOUNCE_INTERVAL",
+    show_envvar=True,
+    help="seconds between announces",
+)
+@click.option(
+    "--min-interval",
+    default=None,
+    type=click.IntRange(min=0),
+    envvar="SWARM_MIN_INTERVAL",
+    show_envvar=True,
+    help="seconds before a host's next announce gets fresh work; sooner gets its "
+    "last answer again  [default: half the announce interval]",
+)
 @_DATABASE
-@click.option("--redis", default=None, envvar="SWARM_REDIS", show_envvar=True,
-              help="redis://HOST:PORT/DB: peer store shared by replicas and workers (default: in memory)")
-@click.option("--auth-failure-limit", default=DEFAULT_AUTH_FAILURE_LIMIT, show_default=True,
-              type=click.IntRange(min=0), envvar="SWARM_AUTH_FAILURE_LIMIT", show_envvar=True,
-              help="failed authentications per minute from one address before it gets 429 (0: no limit)")
-@click.option("--client-timeout", default=DEFAULT_CLIENT_TIMEOUT, show_default=True,
-              type=click.FloatRange(min=0.1), envvar="SWARM_CLIENT_TIMEOUT", show_envvar=True,
-              help="seconds a client has to send a request (and idle keep-alive time)")
-@click.option("--workers", default=DEFAULT_WORKERS, show_default=True, type=click.IntRange(min=1, max=MAX_WORKERS),
-              envvar="SWARM_WORKERS", show_envvar=True,
-              help="processes sharing the port (SO_REUSEPORT); more than one needs --redis")
-@click.option("--tls", is_flag=True, envvar="SWARM_TLS", show_envvar=True,
-              help="serve HTTPS with a certificate from the swarm CA (hosts pin it by their join token)")
-@click.option("--log-level", type=click.Choice(logs.LEVELS), default=logs.DEFAULT_LEVEL, show_default=True,
-              envvar="SWARM_LOG_LEVEL", show_envvar=True,
-              help="least severe level logged (debug also logs /healthz, /readyz and /metrics hits)")
-@click.option("--log-format", type=click.Choice(logs.FORMATS), default=logs.DEFAULT_FORMAT, show_default=True,
-              envvar="SWARM_LOG_FORMAT", show_envvar=True, help="text lines, or one JSON object per line")
+@click.option(
+    "--redis",
+    default=None,
+    envvar="SWARM_REDIS",
+    show_envvar=True,
+    help="redis://HOST:PORT/DB: peer store shared by replicas and workers (default: in memory)",
+)
+@click.option(
+    "--auth-failure-limit",
+    default=DEFAULT_AUTH_FAILURE_LIMIT,
+    show_default=True,
+    type=click.IntRange(min=0),
+    envvar="SWARM_AUTH_FAILURE_LIMIT",
+    show_envvar=True,
+    help="failed authentications per minute from one address before it gets 429 (0: no limit)",
+)
+@click.option(
+    "--client-timeout",
+    default=DEFAULT_CLIENT_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    envvar="SWARM_CLIENT_TIMEOUT",
+    show_envvar=True,
+    help="seconds a client has to send a request (and idle keep-alive time)",
+)
+@click.option(
+    "--workers",
+    default=DEFAULT_WORKERS,
+    show_default=True,
+    type=click.IntRange(min=1, max=MAX_WORKERS),
+    envvar="SWARM_WORKERS",
+    show_envvar=True,
+    help="processes sharing the port (SO_REUSEPORT); more than one needs --redis",
+)
+@click.option(
+    "--tls",
+    is_flag=True,
+    envvar="SWARM_TLS",
+    show_envvar=True,
+    help="serve HTTPS with a certificate from the swarm CA (hosts pin it by their join token)",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(logs.LEVELS),
+    default=logs.DEFAULT_LEVEL,
+    show_default=True,
+    envvar="SWARM_LOG_LEVEL",
+    show_envvar=True,
+    help="least severe level logged (debug also logs /healthz, /readyz and /metrics hits)",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default=logs.DEFAULT_FORMAT,
+    show_default=True,
+    envvar="SWARM_LOG_FORMAT",
+    show_envvar=True,
+    help="text lines, or one JSON object per line",
+)
 @click.option("--reuse-port", is_flag=True, hidden=True)
-def serve(data: Path, listen: tuple[str, int], public_url: str | None, cert_lifetime: int, announce_interval: int,
-          min_interval: int | None, database: str | None, redis: str | None, auth_failure_limit: int,
-          client_timeout: float, workers: int, tls: bool, log_level: str, log_format: str,
-          reuse_port: bool) -> None:
+def serve(
+    data: Path,
+    listen: tuple[str, int],
+    public_url: str | None,
+    cert_lifetime: int,
+    announce_interval: int,
+    min_interval: int | None,
+    database: str | None,
+    redis: str | None,
+    auth_failure_limit: int,
+    client_timeout: float,
+    workers: int,
+    tls: bool,
+    log_level: str,
+    log_format: str,
+    reuse_port: bool,
+) -> None:
     """Run the tracker until SIGTERM."""
     if min_interval is not None and min_interval > announce_interval:
         raise UsageError("--min-interval must not exceed --announce-interval")
@@ -101,11 +198,24 @@ def serve(data: Path, listen: tuple[str, int], public_url: str | None, cert_life
     from swarm.tracker.server import run_tracker  # imports prometheus_client: after _share_metrics
 
     host, port = listen
-    options = ServeOptions(data=data, host=host, port=port, public_url=public_url, cert_lifetime=cert_lifetime,
-                           interval=announce_interval, min_interval=min_interval, database=database, redis=redis,
-                           auth_failure_limit=auth_failure_limit, client_timeout=client_timeout,
-                           workers=workers, reuse_port=reuse_port, tls=tls, log_level=log_level,
-                           log_format=log_format)
+    options = ServeOptions(
+        data=data,
+        host=host,
+        port=port,
+        public_url=public_url,
+        cert_lifetime=cert_lifetime,
+        interval=announce_interval,
+        min_interval=min_interval,
+        database=database,
+        redis=redis,
+        auth_failure_limit=auth_failure_limit,
+        client_timeout=client_timeout,
+        workers=workers,
+        reuse_port=reuse_port,
+        tls=tls,
+        log_level=log_level,
+        log_format=log_format,
+    )
     try:
         import uvloop
     except ImportError:  # plain asyncio works, a little slower
@@ -138,11 +248,21 @@ def _service(data: Path, database: str | None) -> TrackerService:
     return open_service(ServeOptions(data=data, database=database))
 
 
-_KEY = click.option("--key", "public_key", default=None, envvar="SWARM_BUILDER_KEY", show_envvar=True,
-                    help="builder tokens: the public signing key (ed25519:..., from `swarm keygen`) bound to it")
-_PUBLISH = click.option("--publish", multiple=True, metavar="PATTERN",
-                        help="builder tokens: a repository pattern it may publish into (repeatable; "
-                             "e.g. 'myapp/*', 'base:*'; default for a new token: any repository nobody owns)")
+_KEY = click.option(
+    "--key",
+    "public_key",
+    default=None,
+    envvar="SWARM_BUILDER_KEY",
+    show_envvar=True,
+    help="builder tokens: the public signing key (ed25519:..., from `swarm keygen`) bound to it",
+)
+_PUBLISH = click.option(
+    "--publish",
+    multiple=True,
+    metavar="PATTERN",
+    help="builder tokens: a repository pattern it may publish into (repeatable; "
+    "e.g. 'myapp/*', 'base:*'; default for a new token: any repository nobody owns)",
+)
 
 
 @token.command("create")
@@ -153,8 +273,9 @@ _PUBLISH = click.option("--publish", multiple=True, metavar="PATTERN",
 @_FILE
 @_DATA
 @_DATABASE
-def token_create(name: str, role: str, public_key: str | None, publish: tuple[str, ...], data: Path,
-                 database: str | None) -> None:
+def token_create(
+    name: str, role: str, public_key: str | None, publish: tuple[str, ...], data: Path, database: str | None
+) -> None:
     """Create a token; prints the join token (only this once). A builder token is bound to --key."""
     key = parse_public_key(public_key) if public_key else None
     service = _service(data, database)
@@ -171,8 +292,7 @@ def token_create(name: str, role: str, public_key: str | None, publish: tuple[st
 @_FILE
 @_DATA
 @_DATABASE
-def token_update(name: str, public_key: str | None, publish: tuple[str, ...], data: Path,
-                 database: str | None) -> None:
+def token_update(name: str, public_key: str | None, publish: tuple[str, ...], data: Path, database: str | None) -> None:
     """Rebind a builder token to a new key (rotation) and/or replace its --publish patterns."""
     if public_key is None and not publish:
         raise UsageError("give --key and/or --publish")
@@ -211,9 +331,21 @@ def token_list(data: Path, database: str | None) -> None:
         records = service.list_tokens()
     finally:
         service.close()
-    print_table(Console(), ("name", "role", "created", "revoked", "key", "publishes"),
-                [(r.name, r.role, _when(r.created), _when(r.revoked_at) if r.revoked_at else "",
-                  key_id(r.builder_key) if r.builder_key else "", " ".join(r.publish)) for r in records])
+    print_table(
+        Console(),
+        ("name", "role", "created", "revoked", "key", "publishes"),
+        [
+            (
+                r.name,
+                r.role,
+                _when(r.created),
+                _when(r.revoked_at) if r.revoked_at else "",
+                key_id(r.builder_key) if r.builder_key else "",
+                " ".join(r.publish),
+            )
+            for r in records
+        ],
+    )
 
 
 @tracker.group()
@@ -299,8 +431,11 @@ def image_list(pattern: str | None, data: Path, database: str | None) -> None:
         entries = storage.manifests()
     finally:
         storage.close()
-    rows = [[e.ref, e.image_id[:19], str(e.seq), _when(e.published), e.publisher] for e in entries
-            if pattern is None or matches(pattern, ImageRef.parse(e.ref))]
+    rows = [
+        [e.ref, e.image_id[:19], str(e.seq), _when(e.published), e.publisher]
+        for e in entries
+        if pattern is None or matches(pattern, ImageRef.parse(e.ref))
+    ]
     print_table(Console(), ["ref", "image id", "seq", "published", "publisher"], rows)
 
 

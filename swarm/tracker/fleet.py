@@ -45,9 +45,12 @@ class Fleet:
 
     def register_metrics(self, registry: Any) -> None:
         """Per-image gauges (read at scrape time) and the time-to-loaded histogram, on `registry`."""
-        self.time_to_loaded = Histogram("swarm_tracker_rollout_time_to_loaded_seconds",
-                                        "Time from the start of a host's pull to its signed 'loaded' report",
-                                        buckets=LOADED_BUCKETS, registry=registry)
+        self.time_to_loaded = Histogram(
+            "swarm_tracker_rollout_time_to_loaded_seconds",
+            "Time from the start of a host's pull to its signed 'loaded' report",
+            buckets=LOADED_BUCKETS,
+            registry=registry,
+        )
         registry.register(_RolloutGauges(self))
 
     # reports
@@ -67,8 +70,10 @@ class Fleet:
                     raise InvalidInput(f"a loaded report of {pull.ref} needs a signed receipt")
                 claim = verify_receipt(pull.receipt, self.ca.cert)
                 if (claim.host, claim.ref, claim.image_id) != (record.name, pull.ref, pull.image_id):
-                    raise InvalidInput(f"the receipt of {pull.ref} vouches for {claim.host}'s {claim.ref} "
-                                       f"({claim.image_id[:19]}), not for this report")
+                    raise InvalidInput(
+                        f"the receipt of {pull.ref} vouches for {claim.host}'s {claim.ref} "
+                        f"({claim.image_id[:19]}), not for this report"
+                    )
                 if issued is None:
                     issued = {serial for serial, _na, _at in self.storage.certificates(record.name)}
                 serial = format(load_cert(pull.receipt.certificate).serial_number, "x")
@@ -113,14 +118,16 @@ class Fleet:
     def _visible(self, record: TokenRecord) -> set[str] | None:
         if record.role == "host":
             raise Forbidden(f"token {record.name!r} has role host: it sees nothing of other hosts")
-        return rollout.visible_repositories(record.role, record.name,
-                                            ((m.ref, m.publisher) for m in self.storage.manifests()))
+        return rollout.visible_repositories(
+            record.role, record.name, ((m.ref, m.publisher) for m in self.storage.manifests())
+        )
 
     # reading, for the operator
 
     def hosts_view(self) -> list[HostView]:
-        return rollout.host_views(self.storage.tokens(), self.storage.host_records(), self.storage.pull_reports(),
-                                  self._clock())
+        return rollout.host_views(
+            self.storage.tokens(), self.storage.host_records(), self.storage.pull_reports(), self._clock()
+        )
 
     def rollout_view(self, ref: str) -> RolloutView:
         key = rollout.canonical_ref(ref)
@@ -141,10 +148,16 @@ class Fleet:
         tokens = self.storage.tokens()
         records = self.storage.host_records()
         entry = published.get(ref)
-        return rollout.rollout_view(ref, entry.image_id if entry else "", entry.publisher if entry else "",
-                                    reports, rollout.fleet_hosts(tokens, records),
-                                    {r.name: r.last_seen for r in records},
-                                    {t.name for t in tokens if t.revoked}, self._clock())
+        return rollout.rollout_view(
+            ref,
+            entry.image_id if entry else "",
+            entry.publisher if entry else "",
+            reports,
+            rollout.fleet_hosts(tokens, records),
+            {r.name: r.last_seen for r in records},
+            {t.name for t in tokens if t.revoked},
+            self._clock(),
+        )
 
 
 def _with_ref(pull: PullReport, ref: str) -> PullReport:
@@ -156,10 +169,14 @@ class _RolloutGauges(Collector):
         self._fleet = fleet
 
     def collect(self) -> Iterator[Any]:
-        loaded = GaugeMetricFamily("swarm_tracker_rollout_hosts_loaded",
-                                   "Hosts whose latest report says they loaded the image published now", labels=["ref"])
-        total = GaugeMetricFamily("swarm_tracker_rollout_hosts_total", "Hosts counted in the rollout of the image",
-                                  labels=["ref"])
+        loaded = GaugeMetricFamily(
+            "swarm_tracker_rollout_hosts_loaded",
+            "Hosts whose latest report says they loaded the image published now",
+            labels=["ref"],
+        )
+        total = GaugeMetricFamily(
+            "swarm_tracker_rollout_hosts_total", "Hosts counted in the rollout of the image", labels=["ref"]
+        )
         for view in self._fleet.rollouts_view():
             loaded.add_metric([view.ref], len(view.loaded))
             total.add_metric([view.ref], len(view.fleet))

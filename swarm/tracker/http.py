@@ -61,9 +61,16 @@ class RedactingAccessLogger(AbstractAccessLogger):
             return  # answered announces and scrapes: counted in /metrics, not one log line each (10% of CPU)
         path = redact_path(request.path)
         if 400 <= response.status < 500:
-            self.logger.warning("%s %s %s %.3fs from %s token %s: %s", request.method, path, response.status, time,
-                                request.remote or "-", request.get(_TOKEN) or "-",
-                                request.get(_REASON) or response.reason)
+            self.logger.warning(
+                "%s %s %s %.3fs from %s token %s: %s",
+                request.method,
+                path,
+                response.status,
+                time,
+                request.remote or "-",
+                request.get(_TOKEN) or "-",
+                request.get(_REASON) or response.reason,
+            )
         elif request.path in _PROBE_PATHS and response.status < 400:
             self.logger.debug("%s %s %s %.3fs", request.method, path, response.status, time)
         else:
@@ -151,7 +158,7 @@ async def enroll(request: web.Request) -> web.Response:
     service.authenticate(_secret(request), _ip(request))  # before reading a stranger's body
     csr = wire.unpack_map(await _body(request)).get("csr")
     if not isinstance(csr, str):
-        raise InvalidInput("enroll needs {\"csr\": PEM text}")
+        raise InvalidInput('enroll needs {"csr": PEM text}')
     return _msgpack(service.enroll(_secret(request), csr, _ip(request)).to_map())
 
 
@@ -190,14 +197,16 @@ async def watch(request: web.Request) -> web.Response:
 
 
 async def announce(request: web.Request) -> web.Response:
-    body = await request.app[SERVICE].announce(request.match_info["secret"], request.rel_url.raw_query_string,
-                                               request.remote or "")
+    body = await request.app[SERVICE].announce(
+        request.match_info["secret"], request.rel_url.raw_query_string, request.remote or ""
+    )
     return web.Response(body=body, content_type=BENCODE)
 
 
 async def scrape(request: web.Request) -> web.Response:
-    body = await request.app[SERVICE].scrape(request.match_info["secret"], request.rel_url.raw_query_string,
-                                             _ip(request))
+    body = await request.app[SERVICE].scrape(
+        request.match_info["secret"], request.rel_url.raw_query_string, _ip(request)
+    )
     return web.Response(body=body, content_type=BENCODE)
 
 
@@ -207,6 +216,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 # rollout view (swarm/tracker/fleet.py)
+
 
 async def report(request: web.Request) -> web.Response:
     service = request.app[SERVICE]

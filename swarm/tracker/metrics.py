@@ -44,21 +44,25 @@ class TrackerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.announces = Counter("swarm_tracker_announces", "Announces answered, by result", ["result"],
-                                 registry=r)
+        self.announces = Counter("swarm_tracker_announces", "Announces answered, by result", ["result"], registry=r)
         self.scrapes = Counter("swarm_tracker_scrapes", "Scrapes answered, by result", ["result"], registry=r)
-        self.auth_failures = Counter("swarm_tracker_auth_failures", "Refused authentications, by reason",
-                                     ["reason"], registry=r)
+        self.auth_failures = Counter(
+            "swarm_tracker_auth_failures", "Refused authentications, by reason", ["reason"], registry=r
+        )
         self.certificates = Counter("swarm_tracker_certificates_issued", "Host certificates signed", registry=r)
         self.publications = Counter("swarm_tracker_publications", "Manifests published", registry=r)
-        self.active_peers = Gauge("swarm_tracker_active_peers", "Peers in all swarms", registry=r,
-                                  multiprocess_mode=_LATEST)
-        self.enrolled_hosts = Gauge("swarm_tracker_enrolled_hosts", "Tokens not revoked", registry=r,
-                                    multiprocess_mode=_LATEST)
-        self.revoked_tokens = Gauge("swarm_tracker_revoked_tokens", "Revoked tokens", registry=r,
-                                    multiprocess_mode=_LATEST)
-        self.manifests = Gauge("swarm_tracker_manifests", "Manifests currently published", registry=r,
-                               multiprocess_mode=_LATEST)
+        self.active_peers = Gauge(
+            "swarm_tracker_active_peers", "Peers in all swarms", registry=r, multiprocess_mode=_LATEST
+        )
+        self.enrolled_hosts = Gauge(
+            "swarm_tracker_enrolled_hosts", "Tokens not revoked", registry=r, multiprocess_mode=_LATEST
+        )
+        self.revoked_tokens = Gauge(
+            "swarm_tracker_revoked_tokens", "Revoked tokens", registry=r, multiprocess_mode=_LATEST
+        )
+        self.manifests = Gauge(
+            "swarm_tracker_manifests", "Manifests currently published", registry=r, multiprocess_mode=_LATEST
+        )
         r.register(BuildInfo("swarm_tracker"))
         # every label shows from the start, at zero
         for result in ANNOUNCE_RESULTS:

@@ -21,9 +21,10 @@ MAX_ADDRESSES = 100_000
 
 
 class FailureLimiter:
-    def __init__(self, limit: int = DEFAULT_LIMIT, window: float = DEFAULT_WINDOW,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit          # 0: no limit
+    def __init__(
+        self, limit: int = DEFAULT_LIMIT, window: float = DEFAULT_WINDOW, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit  # 0: no limit
         self.window = window
         self._clock = clock
         self._failures: dict[str, deque[float]] = {}

@@ -32,9 +32,10 @@ FLEET_READERS = ("admin",)
 @dataclass(frozen=True)
 class HostPull:
     """One host's latest state in one rollout."""
+
     host: str
     report: PullReport
-    current: bool            # its image id is the one published now
+    current: bool  # its image id is the one published now
     stale: bool
 
     @property
@@ -50,20 +51,32 @@ class HostPull:
 
     def to_map(self) -> dict[str, Any]:
         r = self.report
-        return {"host": self.host, "state": r.state, "image_id": r.image_id, "current": self.current,
-                "done": r.done, "total": r.total, "from_peers": r.from_peers, "from_builder": r.from_builder,
-                "stages": [s.to_map() for s in r.stages], "error": r.error, "started": r.started,
-                "updated": r.updated, "seconds": self.seconds, "receipt": r.receipt is not None,
-                "stale": self.stale}
+        return {
+            "host": self.host,
+            "state": r.state,
+            "image_id": r.image_id,
+            "current": self.current,
+            "done": r.done,
+            "total": r.total,
+            "from_peers": r.from_peers,
+            "from_builder": r.from_builder,
+            "stages": [s.to_map() for s in r.stages],
+            "error": r.error,
+            "started": r.started,
+            "updated": r.updated,
+            "seconds": self.seconds,
+            "receipt": r.receipt is not None,
+            "stale": self.stale,
+        }
 
 
 @dataclass(frozen=True)
 class RolloutView:
     ref: str
-    image_id: str                 # published now ("" if the tag is not published)
+    image_id: str  # published now ("" if the tag is not published)
     publisher: str
-    fleet: tuple[str, ...]        # hosts counted in the total
-    hosts: tuple[HostPull, ...]   # hosts that reported a pull of this tag
+    fleet: tuple[str, ...]  # hosts counted in the total
+    hosts: tuple[HostPull, ...]  # hosts that reported a pull of this tag
 
     @property
     def loaded(self) -> tuple[str, ...]:
@@ -86,20 +99,33 @@ class RolloutView:
             if h.current or h.report.state == "failed":
                 counts[h.report.state] += 1
         counts["loaded"] = len(self.loaded)
-        return {"loaded": len(self.loaded), "total": len(self.fleet), "p50": percentile(secs, 50),
-                "p99": percentile(secs, 99), "states": counts}
+        return {
+            "loaded": len(self.loaded),
+            "total": len(self.fleet),
+            "p50": percentile(secs, 50),
+            "p99": percentile(secs, 99),
+            "states": counts,
+        }
 
     def summary_line(self) -> str:
         s = self.summary()
         states = s["states"]
         busy = sum(states[x] for x in ("resolving", "downloading", "verifying", "loading", "waiting-for-docker"))
-        return (f"{s['loaded']}/{s['total']} loaded, p50 {_secs(s['p50'])}, p99 {_secs(s['p99'])}, "
-                f"{busy} downloading, {states['failed']} failed")
+        return (
+            f"{s['loaded']}/{s['total']} loaded, p50 {_secs(s['p50'])}, p99 {_secs(s['p99'])}, "
+            f"{busy} downloading, {states['failed']} failed"
+        )
 
     def to_map(self, with_hosts: bool = True) -> dict[str, Any]:
-        m: dict[str, Any] = {"ref": self.ref, "image_id": self.image_id, "publisher": self.publisher,
-                             **self.summary(), "missing": list(self.missing), "seconds": self.seconds,
-                             "summary": self.summary_line()}
+        m: dict[str, Any] = {
+            "ref": self.ref,
+            "image_id": self.image_id,
+            "publisher": self.publisher,
+            **self.summary(),
+            "missing": list(self.missing),
+            "seconds": self.seconds,
+            "summary": self.summary_line(),
+        }
         if with_hosts:
             m["hosts"] = [h.to_map() for h in self.hosts]
         return m
@@ -114,15 +140,24 @@ class HostView:
     heartbeat: Heartbeat | None
     images_loaded: int
     stale: bool
-    failing: int              # pulls whose latest state is "failed"
+    failing: int  # pulls whose latest state is "failed"
 
     def to_map(self) -> dict[str, Any]:
         hb = self.heartbeat
-        return {"name": self.name, "role": self.role, "groups": [], "address": self.address,
-                "last_seen": self.last_seen, "version": hb.version if hb else "",
-                "cert_not_after": hb.cert_not_after if hb else None, "cache_bytes": hb.cache_bytes if hb else None,
-                "cache_budget": hb.cache_budget if hb else None, "images_loaded": self.images_loaded,
-                "stale": self.stale, "failing": self.failing}
+        return {
+            "name": self.name,
+            "role": self.role,
+            "groups": [],
+            "address": self.address,
+            "last_seen": self.last_seen,
+            "version": hb.version if hb else "",
+            "cert_not_after": hb.cert_not_after if hb else None,
+            "cache_bytes": hb.cache_bytes if hb else None,
+            "cache_budget": hb.cache_budget if hb else None,
+            "images_loaded": self.images_loaded,
+            "stale": self.stale,
+            "failing": self.failing,
+        }
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -149,16 +184,28 @@ def fleet_hosts(tokens: Iterable[TokenRecord], records: Iterable[HostRecord]) ->
     return {r.name for r in records if r.name in hosts}
 
 
-def rollout_view(ref: str, image_id: str, publisher: str, reports: Iterable[tuple[str, PullReport]],
-                 fleet: set[str], last_seen: dict[str, float], revoked: set[str], now: float) -> RolloutView:
-    pulls = tuple(HostPull(host, r, bool(image_id) and r.image_id == image_id, is_stale(last_seen.get(host), now))
-                  for host, r in sorted(reports) if host not in revoked)
+def rollout_view(
+    ref: str,
+    image_id: str,
+    publisher: str,
+    reports: Iterable[tuple[str, PullReport]],
+    fleet: set[str],
+    last_seen: dict[str, float],
+    revoked: set[str],
+    now: float,
+) -> RolloutView:
+    pulls = tuple(
+        HostPull(host, r, bool(image_id) and r.image_id == image_id, is_stale(last_seen.get(host), now))
+        for host, r in sorted(reports)
+        if host not in revoked
+    )
     names = tuple(sorted(fleet | {p.host for p in pulls}))
     return RolloutView(ref, image_id, publisher, names, pulls)
 
 
-def host_views(tokens: Iterable[TokenRecord], records: Iterable[HostRecord],
-               reports: Iterable[tuple[str, PullReport]], now: float) -> list[HostView]:
+def host_views(
+    tokens: Iterable[TokenRecord], records: Iterable[HostRecord], reports: Iterable[tuple[str, PullReport]], now: float
+) -> list[HostView]:
     """Every token that is not revoked and can run an agent, with what it last reported."""
     by_name = {r.name: r for r in records}
     loaded: dict[str, int] = {}
@@ -173,9 +220,18 @@ def host_views(tokens: Iterable[TokenRecord], records: Iterable[HostRecord],
         if t.revoked or t.role not in ("host", "builder"):
             continue
         rec = by_name.get(t.name)
-        views.append(HostView(t.name, t.role, rec.address if rec else "", rec.last_seen if rec else None,
-                              rec.heartbeat if rec else None, loaded.get(t.name, 0),
-                              is_stale(rec.last_seen if rec else None, now), failing.get(t.name, 0)))
+        views.append(
+            HostView(
+                t.name,
+                t.role,
+                rec.address if rec else "",
+                rec.last_seen if rec else None,
+                rec.heartbeat if rec else None,
+                loaded.get(t.name, 0),
+                is_stale(rec.last_seen if rec else None, now),
+                failing.get(t.name, 0),
+            )
+        )
     return views
 
 
@@ -194,4 +250,3 @@ def canonical_ref(ref: str) -> str:
         return str(ImageRef.parse(ref))
     except SwarmError as exc:
         raise InvalidInput(f"invalid image reference {ref[:80]!r}") from exc
-

@@ -46,10 +46,19 @@ def open_service(o: ServeOptions, *, clock: Callable[[], float] = time.monotonic
     try:
         ca = CertificateAuthority.for_storage(storage, o.data)
         peers = open_peer_store(o.redis, ttl=PEER_TTL_INTERVALS * o.interval)
-        return TrackerService(storage, ca, peers, o.data, cert_lifetime=o.cert_lifetime, interval=o.interval,
-                              min_interval=o.min_interval, public_url=o.public_url,
-                              auth_failure_limit=o.auth_failure_limit, auth_failure_window=o.auth_failure_window,
-                              clock=clock)
+        return TrackerService(
+            storage,
+            ca,
+            peers,
+            o.data,
+            cert_lifetime=o.cert_lifetime,
+            interval=o.interval,
+            min_interval=o.min_interval,
+            public_url=o.public_url,
+            auth_failure_limit=o.auth_failure_limit,
+            auth_failure_window=o.auth_failure_window,
+            clock=clock,
+        )
     except BaseException:
         storage.close()
         raise
@@ -83,13 +92,19 @@ def _with_upkeep(service: TrackerService) -> Callable[[web.Application], AsyncIt
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
     return background
 
 
-async def start_tracker(service: TrackerService, host: str, port: int, *,
-                        client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
-                        reuse_port: bool = False,
-                        ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
+async def start_tracker(
+    service: TrackerService,
+    host: str,
+    port: int,
+    *,
+    client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
+    reuse_port: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+) -> tuple[web.AppRunner, int]:
     """Serve `service` on host:port (0: any free port); returns the runner and the bound port.
 
     A client gets `client_timeout` seconds to send a request's headers (aiohttp's keep-alive
@@ -97,12 +112,18 @@ async def start_tracker(service: TrackerService, host: str, port: int, *,
     again for its body; idle keep-alive connections close after that time too."""
     app = make_app(service, client_timeout)
     app.cleanup_ctx.append(_with_upkeep(service))
-    runner = web.AppRunner(app, access_log_class=RedactingAccessLogger,
-                           shutdown_timeout=SHUTDOWN_TIMEOUT, lingering_time=0, keepalive_timeout=client_timeout)
+    runner = web.AppRunner(
+        app,
+        access_log_class=RedactingAccessLogger,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        lingering_time=0,
+        keepalive_timeout=client_timeout,
+    )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024,
-                          ssl_context=ssl_context).start()
+        await web.TCPSite(
+            runner, host, port, reuse_port=reuse_port or None, backlog=1024, ssl_context=ssl_context
+        ).start()
     except OSError as exc:
         await runner.cleanup()
         raise SwarmError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
@@ -111,11 +132,32 @@ async def start_tracker(service: TrackerService, host: str, port: int, *,
 
 
 def _worker_argv(o: ServeOptions, port: int) -> list[str]:
-    argv = [sys.executable, "-m", "swarm.cli.main", "tracker", "serve", "--data", str(o.data),
-            "--listen", f"{format_host(o.host)}:{port}", "--workers", "1", "--reuse-port",
-            "--cert-lifetime", str(o.cert_lifetime), "--announce-interval", str(o.interval),
-            "--auth-failure-limit", str(o.auth_failure_limit), "--client-timeout", str(o.client_timeout),
-            "--log-level", o.log_level, "--log-format", o.log_format]
+    argv = [
+        sys.executable,
+        "-m",
+        "swarm.cli.main",
+        "tracker",
+        "serve",
+        "--data",
+        str(o.data),
+        "--listen",
+        f"{format_host(o.host)}:{port}",
+        "--workers",
+        "1",
+        "--reuse-port",
+        "--cert-lifetime",
+        str(o.cert_lifetime),
+        "--announce-interval",
+        str(o.interval),
+        "--auth-failure-limit",
+        str(o.auth_failure_limit),
+        "--client-timeout",
+        str(o.client_timeout),
+        "--log-level",
+        o.log_level,
+        "--log-format",
+        o.log_format,
+    ]
     if o.min_interval is not None:
         argv += ["--min-interval", str(o.min_interval)]
     if o.public_url:
@@ -138,8 +180,7 @@ async def _start_workers(o: ServeOptions, port: int) -> list[asyncio.subprocess.
     procs = []
     try:
         for _ in range(o.workers - 1):
-            proc = await asyncio.create_subprocess_exec(*_worker_argv(o, port), env=env,
-                                                        stdout=asyncio.subprocess.PIPE)
+            proc = await asyncio.create_subprocess_exec(*_worker_argv(o, port), env=env, stdout=asyncio.subprocess.PIPE)
             procs.append(proc)
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
@@ -176,16 +217,26 @@ async def run_tracker(o: ServeOptions) -> None:
     try:
         await service.peers.ping()
         context = tls_context(service, o.host, o.public_url) if o.tls else None
-        runner, bound = await start_tracker(service, o.host, o.port, client_timeout=o.client_timeout,
-                                            reuse_port=o.reuse_port or o.workers > 1, ssl_context=context)
+        runner, bound = await start_tracker(
+            service,
+            o.host,
+            o.port,
+            client_timeout=o.client_timeout,
+            reuse_port=o.reuse_port or o.workers > 1,
+            ssl_context=context,
+        )
         workers: list[asyncio.subprocess.Process] = []
         try:
             if o.workers > 1:
                 workers = await _start_workers(o, bound)
             scheme = "https" if o.tls else "http"
             print(f"tracker listening on {scheme}://{format_host(o.host)}:{bound}", flush=True)
-            log.info("storage %s, peers %s, %d worker(s)", service.storage.location,
-                     "redis" if o.redis else "in memory", o.workers)
+            log.info(
+                "storage %s, peers %s, %d worker(s)",
+                service.storage.location,
+                "redis" if o.redis else "in memory",
+                o.workers,
+            )
             if o.public_url:
                 log.info("public URL %s", o.public_url)
             await stop.wait()

@@ -79,12 +79,22 @@ def _patterns(publish: tuple[str, ...]) -> tuple[str, ...]:
 class TrackerService:
     """The tracker over its parts (see swarm/tracker/server.py, which puts them together)."""
 
-    def __init__(self, storage: Storage, ca: CertificateAuthority, peers: PeerStore, data_dir: Path, *,
-                 cert_lifetime: int = DEFAULT_CERT_LIFETIME, interval: int = DEFAULT_INTERVAL,
-                 min_interval: int | None = None, public_url: str | None = None,
-                 auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT, auth_failure_window: float = DEFAULT_WINDOW,
-                 token_cache_ttl: float = DEFAULT_TOKEN_CACHE_TTL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        ca: CertificateAuthority,
+        peers: PeerStore,
+        data_dir: Path,
+        *,
+        cert_lifetime: int = DEFAULT_CERT_LIFETIME,
+        interval: int = DEFAULT_INTERVAL,
+        min_interval: int | None = None,
+        public_url: str | None = None,
+        auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT,
+        auth_failure_window: float = DEFAULT_WINDOW,
+        token_cache_ttl: float = DEFAULT_TOKEN_CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if cert_lifetime < MIN_CERT_LIFETIME:
             raise InvalidInput(f"certificate lifetime must be at least {MIN_CERT_LIFETIME} seconds")
         if interval < 1:
@@ -166,8 +176,9 @@ class TrackerService:
 
     # tokens
 
-    def create_token(self, name: str, role: str, builder_key: bytes | None = None,
-                     publish: tuple[str, ...] = ()) -> JoinToken:
+    def create_token(
+        self, name: str, role: str, builder_key: bytes | None = None, publish: tuple[str, ...] = ()
+    ) -> JoinToken:
         """A new join token. A builder's is bound here to its signing key, for good (until `update_token`),
         and may publish only into its `publish` patterns (default: any repository nobody owns)."""
         if not _NAME.fullmatch(name):
@@ -183,8 +194,7 @@ class TrackerService:
         self.storage.add_token(name, role, hash_secret(token.secret), builder_key, patterns)
         return token
 
-    def update_token(self, name: str, builder_key: bytes | None = None,
-                     publish: tuple[str, ...] | None = None) -> None:
+    def update_token(self, name: str, builder_key: bytes | None = None, publish: tuple[str, ...] | None = None) -> None:
         """Rebind a builder token to a new signing key (rotation) and/or replace its patterns."""
         record = self.storage.token(name)
         if record is None:
@@ -291,29 +301,43 @@ class TrackerService:
             raise Forbidden(f"token {record.name!r} has role {record.role}: only builder tokens publish")
         signed = SignedManifest.from_bytes(envelope)
         if record.builder_key is None:
-            raise Forbidden(f"builder token {record.name!r} has no signing key: "
-                            f"`swarm tracker token update {record.name} --key PUBKEY`")
+            raise Forbidden(
+                f"builder token {record.name!r} has no signing key: "
+                f"`swarm tracker token update {record.name} --key PUBKEY`"
+            )
         if signed.public_key != record.builder_key:
-            raise Forbidden(f"manifest signed by key {key_id(signed.public_key)}, but builder token "
-                            f"{record.name!r} is bound to key {key_id(record.builder_key)}")
+            raise Forbidden(
+                f"manifest signed by key {key_id(signed.public_key)}, but builder token "
+                f"{record.name!r} is bound to key {key_id(record.builder_key)}"
+            )
         try:
             manifest = signed.verify(None)
         except SwarmError as exc:
             raise InvalidInput(str(exc)) from exc
         if manifest.publisher != record.name:
-            raise Forbidden(f"manifest was signed for publisher {manifest.publisher[:63]!r}, not for token "
-                            f"{record.name!r}: a replayed envelope")
+            raise Forbidden(
+                f"manifest was signed for publisher {manifest.publisher[:63]!r}, not for token "
+                f"{record.name!r}: a replayed envelope"
+            )
         if not any(matches(p, manifest.ref) for p in record.publish):
-            raise Forbidden(f"builder token {record.name!r} may publish only into {' '.join(record.publish) or '(none)'}"
-                            f", not {manifest.ref}")
+            raise Forbidden(
+                f"builder token {record.name!r} may publish only into {' '.join(record.publish) or '(none)'}"
+                f", not {manifest.ref}"
+            )
         if manifest.expired(int(time.time() * 1000)):
             raise InvalidInput(f"manifest for {manifest.ref} has expired")
         for layer in manifest.layers:
-            check_layer_torrent(layer.torrent, layer.info_hash, digest_hex(layer.blob), layer.blob_size,
-                                self.ca.cert_pem)
+            check_layer_torrent(
+                layer.torrent, layer.info_hash, digest_hex(layer.blob), layer.blob_size, self.ca.cert_pem
+            )
         entry = self.storage.publish(
-            str(manifest.ref), signed.to_bytes(), manifest.image_id, record.name, manifest.created_ms,
-            [(layer.announce_hash, layer.blob) for layer in manifest.layers])
+            str(manifest.ref),
+            signed.to_bytes(),
+            manifest.image_id,
+            record.name,
+            manifest.created_ms,
+            [(layer.announce_hash, layer.blob) for layer in manifest.layers],
+        )
         log.info("%s published %s (seq %d)", record.name, entry.ref, entry.seq)
         self.metrics.publications.inc()
         self._refresh()
@@ -335,8 +359,9 @@ class TrackerService:
             raise InvalidInput(f"not a valid signed key document: {exc}") from exc
         held = self.storage.key_document()
         if held is not None and SignedKeyDocument.from_bytes(held).root != signed.root:
-            raise Forbidden(f"the tracker's key document is signed by another root than "
-                            f"{format_public_key(signed.root)}")
+            raise Forbidden(
+                f"the tracker's key document is signed by another root than {format_public_key(signed.root)}"
+            )
         self.storage.store_key_document(document.version, signed.to_bytes())
         log.info("key document version %d published (%d keys)", document.version, len(document.keys))
         return document.version
@@ -366,8 +391,9 @@ class TrackerService:
         self.authenticate(secret, ip)
         return self.storage.manifests()
 
-    async def watch(self, secret: str | None, since: int, timeout: float,
-                    ip: str | None = None) -> tuple[int, list[ManifestEntry]]:
+    async def watch(
+        self, secret: str | None, since: int, timeout: float, ip: str | None = None
+    ) -> tuple[int, list[ManifestEntry]]:
         """Entries published after `since`, waiting up to `timeout` s (max 60) for one; (seq, entries).
 
         With a shared database another replica may publish: the database is polled every second too."""
@@ -436,8 +462,9 @@ class TrackerService:
         peer = Peer(ip, req.port, req.peer_id, req.left, record.name)
         handout = await self.peers.handle(req.info_hash, peer, req.event, req.numwant)
         peers = [p for p in handout.peers if p.host not in self._revoked]
-        body = bt.announce_response(peers, handout.counts, self.interval, req.compact, req.no_peer_id,
-                                    self.min_interval)
+        body = bt.announce_response(
+            peers, handout.counts, self.interval, req.compact, req.no_peer_id, self.min_interval
+        )
         if req.event == "stopped":
             self._answers.pop(key, None)
             announces.labels("stopped").inc()

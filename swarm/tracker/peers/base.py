@@ -26,7 +26,7 @@ class Peer:
     port: int
     peer_id: bytes
     left: int
-    host: str            # the token name the peer announced with
+    host: str  # the token name the peer announced with
     last_seen: float = 0.0  # the store's clock, set by announce()
 
     @property
@@ -46,7 +46,7 @@ class SwarmCounts:
 
 @dataclass(frozen=True)
 class Handout:
-    peers: list[Peer]      # complete peers first
+    peers: list[Peer]  # complete peers first
     counts: SwarmCounts
 
 

@@ -12,7 +12,7 @@ from swarm.tracker.peers.base import MAX_NUMWANT, Handout, Peer, SwarmCounts
 
 @dataclass
 class _Swarm:
-    seeds: dict[bytes, Peer] = field(default_factory=dict)       # by peer_id
+    seeds: dict[bytes, Peer] = field(default_factory=dict)  # by peer_id
     leechers: dict[bytes, Peer] = field(default_factory=dict)
     endpoints: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (ip, port) -> peer_id
     downloaded: int = 0
@@ -52,8 +52,9 @@ EXPIRE_EVERY = 1.0
 
 
 class MemoryPeerStore:
-    def __init__(self, ttl: float, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl: float, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = ttl
         self._swarms: dict[bytes, _Swarm] = {}
         self._rng = rng or random.Random()

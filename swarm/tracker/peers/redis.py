@@ -63,7 +63,9 @@ local function counts(h)
 end
 """
 
-_HANDLE = _LIB + r"""
+_HANDLE = (
+    _LIB
+    + r"""
 local h, now, cutoff = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local pid, ip, port, left, host = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
 local event, numwant = ARGV[10], tonumber(ARGV[11])
@@ -109,8 +111,11 @@ local res = {c[1], c[2], c[3], nseeds}
 for _, v in ipairs(out) do table.insert(res, v) end
 return res
 """
+)
 
-_SCRAPE = _LIB + r"""
+_SCRAPE = (
+    _LIB
+    + r"""
 local cutoff = ARGV[2]
 local res = {}
 for i = 3, #ARGV do
@@ -120,15 +125,21 @@ for i = 3, #ARGV do
 end
 return res
 """
+)
 
-_DROP_HOST = _LIB + r"""
+_DROP_HOST = (
+    _LIB
+    + r"""
 local members = redis.call('SMEMBERS', P .. ':h:' .. ARGV[2])
 for _, m in ipairs(members) do drop(string.sub(m, 1, 20), string.sub(m, 21)) end
 redis.call('DEL', P .. ':h:' .. ARGV[2])
 return #members
 """
+)
 
-_SWEEP = _LIB + r"""
+_SWEEP = (
+    _LIB
+    + r"""
 local cutoff = ARGV[2]
 local gone, active = 0, 0
 for _, h in ipairs(redis.call('SMEMBERS', P .. ':t')) do
@@ -139,16 +150,24 @@ for _, h in ipairs(redis.call('SMEMBERS', P .. ':t')) do
 end
 return {gone, active}
 """
+)
 
 
 class RedisPeerStore:
-    def __init__(self, url: str, ttl: float, prefix: str = "swarm", max_connections: int = 64,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        url: str,
+        ttl: float,
+        prefix: str = "swarm",
+        max_connections: int = 64,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.ttl = ttl
         self._clock = clock
         self.prefix = prefix
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(url, max_connections=max_connections,
-                                                              socket_connect_timeout=5, socket_timeout=10)
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, max_connections=max_connections, socket_connect_timeout=5, socket_timeout=10
+        )
         self._handle = self._redis.register_script(_HANDLE)
         self._scrape = self._redis.register_script(_SCRAPE)
         self._drop_host = self._redis.register_script(_DROP_HOST)
@@ -171,9 +190,21 @@ class RedisPeerStore:
 
     async def handle(self, info_hash: bytes, peer: Peer, event: str, numwant: int) -> Handout:
         n = max(0, min(numwant, MAX_NUMWANT))
-        res = await self._run(self._handle, [
-            info_hash, repr(self._clock()), self._cutoff(), peer.peer_id, peer.ip, str(peer.port),
-            str(peer.left), peer.host, event, str(n)])
+        res = await self._run(
+            self._handle,
+            [
+                info_hash,
+                repr(self._clock()),
+                self._cutoff(),
+                peer.peer_id,
+                peer.ip,
+                str(peer.port),
+                str(peer.left),
+                peer.host,
+                event,
+                str(n),
+            ],
+        )
         counts = SwarmCounts(int(res[0]), int(res[1]), int(res[2]))
         nseeds = int(res[3])
         peers = []
@@ -184,8 +215,9 @@ class RedisPeerStore:
 
     async def scrape(self, info_hashes: list[bytes]) -> dict[bytes, SwarmCounts]:
         res = await self._run(self._scrape, [self._cutoff(), *info_hashes])
-        return {h: SwarmCounts(int(res[3 * i]), int(res[3 * i + 1]), int(res[3 * i + 2]))
-                for i, h in enumerate(info_hashes)}
+        return {
+            h: SwarmCounts(int(res[3 * i]), int(res[3 * i + 1]), int(res[3 * i + 2])) for i, h in enumerate(info_hashes)
+        }
 
     async def drop_host(self, host: str) -> int:
         return int(await self._run(self._drop_host, [host]))

@@ -13,7 +13,7 @@ def open_storage(data_dir: Path, database: str | None = None) -> Storage:
     if database is None or database.startswith("sqlite:"):
         from swarm.tracker.storage.sqlite import SQLiteStorage
 
-        return SQLiteStorage(Path(database[len("sqlite:"):]) if database else data_dir)
+        return SQLiteStorage(Path(database[len("sqlite:") :]) if database else data_dir)
     if database.startswith(("postgresql://", "postgres://")):
         from swarm.tracker.storage.postgres import (
             PostgresStorage,  # psycopg loads only for PostgreSQL

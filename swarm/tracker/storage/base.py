@@ -61,6 +61,7 @@ class TokenRecord:
 @dataclass(frozen=True)
 class Generation:
     """What a tracker's in-process caches depend on; both only grow."""
+
     revocations: int
     seq: int
 
@@ -76,8 +77,9 @@ class Storage(RolloutStore, Protocol):
     def ping(self) -> None:
         """Raise if the database cannot answer a query now (/readyz)."""
 
-    def add_token(self, name: str, role: str, secret_hash: str, builder_key: bytes | None = None,
-                  publish: tuple[str, ...] = ()) -> None: ...
+    def add_token(
+        self, name: str, role: str, secret_hash: str, builder_key: bytes | None = None, publish: tuple[str, ...] = ()
+    ) -> None: ...
 
     def update_token(self, name: str, builder_key: bytes | None, publish: tuple[str, ...] | None) -> bool: ...
 
@@ -97,8 +99,15 @@ class Storage(RolloutStore, Protocol):
 
     def generation(self) -> Generation: ...
 
-    def publish(self, ref: str, envelope: bytes, image_id: str, publisher: str, created_ms: int,
-                layers: Iterable[tuple[bytes, str]]) -> ManifestEntry: ...
+    def publish(
+        self,
+        ref: str,
+        envelope: bytes,
+        image_id: str,
+        publisher: str,
+        created_ms: int,
+        layers: Iterable[tuple[bytes, str]],
+    ) -> ManifestEntry: ...
 
     def repositories(self) -> list[tuple[str, str]]: ...
 

@@ -54,8 +54,10 @@ class PostgresStorage(SQLStorage):
         try:
             return psycopg.connect(self._url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
-            raise SwarmError(f"cannot connect to the tracker database {self.location}: "
-                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+            raise SwarmError(
+                f"cannot connect to the tracker database {self.location}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            ) from exc
 
     def _migrate(self) -> None:
         with self._tx() as c:
@@ -110,7 +112,8 @@ class PostgresStorage(SQLStorage):
 
     def shared_ca(self, key_pem: str, cert_pem: str) -> tuple[str, str] | None:
         with self._tx() as c:
-            c.execute("INSERT INTO ca (id, key_pem, cert_pem) VALUES (1, %s, %s) ON CONFLICT DO NOTHING",
-                      (key_pem, cert_pem))
+            c.execute(
+                "INSERT INTO ca (id, key_pem, cert_pem) VALUES (1, %s, %s) ON CONFLICT DO NOTHING", (key_pem, cert_pem)
+            )
             row = c.execute("SELECT key_pem, cert_pem FROM ca WHERE id = 1").fetchone()
         return str(row[0]), str(row[1])

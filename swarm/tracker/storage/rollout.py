@@ -24,8 +24,9 @@ class HostRecord:
 
 
 class RolloutStore(Protocol):
-    def save_report(self, host: str, address: str, heartbeat: Heartbeat | None, pulls: list[PullReport],
-                    now: float) -> None: ...
+    def save_report(
+        self, host: str, address: str, heartbeat: Heartbeat | None, pulls: list[PullReport], now: float
+    ) -> None: ...
 
     def host_records(self) -> list[HostRecord]: ...
 
@@ -45,32 +46,45 @@ class RolloutSQL:
     def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         raise NotImplementedError
 
-    def save_report(self, host: str, address: str, heartbeat: Heartbeat | None, pulls: list[PullReport],
-                    now: float) -> None:
+    def save_report(
+        self, host: str, address: str, heartbeat: Heartbeat | None, pulls: list[PullReport], now: float
+    ) -> None:
         with self._tx() as c:
             if heartbeat is not None:
                 hb = heartbeat
-                self._x(c, "INSERT INTO host_reports (name, address, version, cache_bytes, cache_budget, "
-                           "cert_not_after, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                           "SET address = excluded.address, version = excluded.version, "
-                           "cache_bytes = excluded.cache_bytes, cache_budget = excluded.cache_budget, "
-                           "cert_not_after = excluded.cert_not_after, last_seen = excluded.last_seen",
-                        (host, address, hb.version, hb.cache_bytes, hb.cache_budget, hb.cert_not_after, now))
+                self._x(
+                    c,
+                    "INSERT INTO host_reports (name, address, version, cache_bytes, cache_budget, "
+                    "cert_not_after, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                    "SET address = excluded.address, version = excluded.version, "
+                    "cache_bytes = excluded.cache_bytes, cache_budget = excluded.cache_budget, "
+                    "cert_not_after = excluded.cert_not_after, last_seen = excluded.last_seen",
+                    (host, address, hb.version, hb.cache_bytes, hb.cache_budget, hb.cert_not_after, now),
+                )
             else:
                 self._x(c, "UPDATE host_reports SET last_seen = ?, address = ? WHERE name = ?", (now, address, host))
             for p in pulls:
-                self._x(c, "INSERT INTO pull_reports (host, ref, report, state, image_id, updated) "
-                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (host, ref) DO UPDATE SET "
-                           "report = excluded.report, state = excluded.state, image_id = excluded.image_id, "
-                           "updated = excluded.updated",
-                        (host, p.ref, wire.pack(p.to_map()), p.state, p.image_id, now))
+                self._x(
+                    c,
+                    "INSERT INTO pull_reports (host, ref, report, state, image_id, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (host, ref) DO UPDATE SET "
+                    "report = excluded.report, state = excluded.state, image_id = excluded.image_id, "
+                    "updated = excluded.updated",
+                    (host, p.ref, wire.pack(p.to_map()), p.state, p.image_id, now),
+                )
             if pulls:
-                self._x(c, "DELETE FROM pull_reports WHERE host = ? AND ref NOT IN (SELECT ref FROM pull_reports "
-                           "WHERE host = ? ORDER BY updated DESC LIMIT ?)", (host, host, MAX_PULLS_PER_HOST))
+                self._x(
+                    c,
+                    "DELETE FROM pull_reports WHERE host = ? AND ref NOT IN (SELECT ref FROM pull_reports "
+                    "WHERE host = ? ORDER BY updated DESC LIMIT ?)",
+                    (host, host, MAX_PULLS_PER_HOST),
+                )
 
     def host_records(self) -> list[HostRecord]:
-        rows = self._all("SELECT name, address, version, cache_bytes, cache_budget, cert_not_after, last_seen "
-                         "FROM host_reports ORDER BY name")
+        rows = self._all(
+            "SELECT name, address, version, cache_bytes, cache_budget, cert_not_after, last_seen "
+            "FROM host_reports ORDER BY name"
+        )
         return [HostRecord(r[0], r[1], Heartbeat(r[2], int(r[3]), int(r[4]), int(r[5])), float(r[6])) for r in rows]
 
     def pull_reports(self, ref: str | None = None) -> list[tuple[str, PullReport]]:

@@ -47,15 +47,18 @@ class SQLStorage(RolloutSQL):
 
     # tokens
 
-    def add_token(self, name: str, role: str, secret_hash: str, builder_key: bytes | None = None,
-                  publish: tuple[str, ...] = ()) -> None:
+    def add_token(
+        self, name: str, role: str, secret_hash: str, builder_key: bytes | None = None, publish: tuple[str, ...] = ()
+    ) -> None:
         try:
             with self._tx() as c:
-                self._x(c, "INSERT INTO tokens (name, role, secret_hash, created, builder_key) VALUES (?, ?, ?, ?, ?)",
-                        (name, role, secret_hash, int(time.time()), builder_key))
+                self._x(
+                    c,
+                    "INSERT INTO tokens (name, role, secret_hash, created, builder_key) VALUES (?, ?, ?, ?, ?)",
+                    (name, role, secret_hash, int(time.time()), builder_key),
+                )
                 if publish:
-                    self._x(c, "INSERT INTO publish_patterns (name, patterns) VALUES (?, ?)",
-                            (name, " ".join(publish)))
+                    self._x(c, "INSERT INTO publish_patterns (name, patterns) VALUES (?, ?)", (name, " ".join(publish)))
         except self._integrity as exc:
             raise InvalidInput(f"a token named {name!r} already exists") from exc
 
@@ -74,8 +77,7 @@ class SQLStorage(RolloutSQL):
         return True
 
     def token_by_hash(self, secret_hash: str) -> TokenRecord | None:
-        row = self._one(_SELECT_TOKEN + " WHERE t.secret_hash = ?",
-                        (secret_hash,))
+        row = self._one(_SELECT_TOKEN + " WHERE t.secret_hash = ?", (secret_hash,))
         return _token(row) if row else None
 
     def token(self, name: str) -> TokenRecord | None:
@@ -89,8 +91,9 @@ class SQLStorage(RolloutSQL):
     def revoke_token(self, name: str) -> bool:
         """Marks the token revoked and bumps the revocation counter; False when there is no such token."""
         with self._tx() as c:
-            cur = self._x(c, "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-                          (int(time.time()), name))
+            cur = self._x(
+                c, "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (int(time.time()), name)
+            )
             if cur.rowcount:
                 self._x(c, "UPDATE meta SET value = value + 1 WHERE key = 'revocations'")
                 return True
@@ -106,8 +109,9 @@ class SQLStorage(RolloutSQL):
         return int(self._one("SELECT count(*) FROM tokens WHERE revoked_at IS NULL")[0])
 
     def generation(self) -> Generation:
-        row = self._one("SELECT (SELECT value FROM meta WHERE key = 'revocations'), "
-                        "(SELECT coalesce(max(seq), 0) FROM manifests)")
+        row = self._one(
+            "SELECT (SELECT value FROM meta WHERE key = 'revocations'), (SELECT coalesce(max(seq), 0) FROM manifests)"
+        )
         return Generation(int(row[0]), int(row[1]))
 
     # manifests
@@ -115,8 +119,15 @@ class SQLStorage(RolloutSQL):
     def _lock_manifests(self, c: Any) -> None:
         """Serialize publications (seq allocation) across processes; SQLite's BEGIN IMMEDIATE does."""
 
-    def publish(self, ref: str, envelope: bytes, image_id: str, publisher: str, created_ms: int,
-                layers: Iterable[tuple[bytes, str]]) -> ManifestEntry:
+    def publish(
+        self,
+        ref: str,
+        envelope: bytes,
+        image_id: str,
+        publisher: str,
+        created_ms: int,
+        layers: Iterable[tuple[bytes, str]],
+    ) -> ManifestEntry:
         """Store a manifest with the next seq and the announce hashes it names, in one transaction
         that also settles ownership and order:
 
@@ -132,24 +143,38 @@ class SQLStorage(RolloutSQL):
             if row is None:
                 self._x(c, "INSERT INTO repositories (repository, owner) VALUES (?, ?)", (repository, publisher))
             elif row[0] != publisher:
-                raise Forbidden(f"repository {repository} belongs to builder {row[0]!r}: an operator can hand it "
-                                f"over with `swarm tracker repo transfer {repository} --to {publisher}`")
-            held = self._x(c, "SELECT created_ms, envelope, image_id, seq, published, publisher FROM manifests "
-                              "WHERE ref = ?", (ref,)).fetchone()
+                raise Forbidden(
+                    f"repository {repository} belongs to builder {row[0]!r}: an operator can hand it "
+                    f"over with `swarm tracker repo transfer {repository} --to {publisher}`"
+                )
+            held = self._x(
+                c,
+                "SELECT created_ms, envelope, image_id, seq, published, publisher FROM manifests WHERE ref = ?",
+                (ref,),
+            ).fetchone()
             if held is not None:
                 if bytes(held[1]) == envelope:
                     return ManifestEntry(ref, held[2], int(held[3]), int(held[4]), held[5])
                 if int(held[0]) >= created_ms:
-                    raise Conflict(f"{ref} already has a manifest created at or after this one (created_ms "
-                                   f"{int(held[0])} >= {created_ms}): to roll back, publish the old image anew")
+                    raise Conflict(
+                        f"{ref} already has a manifest created at or after this one (created_ms "
+                        f"{int(held[0])} >= {created_ms}): to roll back, publish the old image anew"
+                    )
             seq = int(self._x(c, "SELECT coalesce(max(seq), 0) + 1 FROM manifests").fetchone()[0])
             self._x(c, "DELETE FROM torrents WHERE ref = ?", (ref,))
             self._x(c, "DELETE FROM manifests WHERE ref = ?", (ref,))
-            self._x(c, "INSERT INTO manifests (ref, envelope, image_id, seq, published, publisher, created_ms) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (ref, envelope, image_id, seq, now, publisher, created_ms))
+            self._x(
+                c,
+                "INSERT INTO manifests (ref, envelope, image_id, seq, published, publisher, created_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (ref, envelope, image_id, seq, now, publisher, created_ms),
+            )
             for h, blob in dict(layers).items():
-                self._x(c, f"{self._insert_ignore} torrents (announce_hash, blob, ref) VALUES (?, ?, ?)"
-                        + self._ignore_tail, (h, blob, ref))
+                self._x(
+                    c,
+                    f"{self._insert_ignore} torrents (announce_hash, blob, ref) VALUES (?, ?, ?)" + self._ignore_tail,
+                    (h, blob, ref),
+                )
         return ManifestEntry(ref, image_id, seq, now, publisher)
 
     def repositories(self) -> list[tuple[str, str]]:
@@ -175,8 +200,10 @@ class SQLStorage(RolloutSQL):
         with self._tx() as c:
             row = self._x(c, "SELECT version FROM key_document WHERE id = 1").fetchone()
             if row is not None and int(row[0]) >= version:
-                raise Conflict(f"the tracker holds key document version {int(row[0])}, not older than "
-                               f"{version}: sign the new one with a higher version")
+                raise Conflict(
+                    f"the tracker holds key document version {int(row[0])}, not older than "
+                    f"{version}: sign the new one with a higher version"
+                )
             self._x(c, "DELETE FROM key_document WHERE id = 1")
             self._x(c, "INSERT INTO key_document (id, version, envelope) VALUES (1, ?, ?)", (version, envelope))
 
@@ -187,8 +214,9 @@ class SQLStorage(RolloutSQL):
         return bytes(row[0]) if row else None
 
     def manifests(self, since: int = 0) -> list[ManifestEntry]:
-        rows = self._all("SELECT ref, image_id, seq, published, publisher FROM manifests WHERE seq > ? ORDER BY seq",
-                         (since,))
+        rows = self._all(
+            "SELECT ref, image_id, seq, published, publisher FROM manifests WHERE seq > ? ORDER BY seq", (since,)
+        )
         return [ManifestEntry(r[0], r[1], int(r[2]), int(r[3]), r[4]) for r in rows]
 
     def manifest_count(self) -> int:
@@ -204,20 +232,32 @@ class SQLStorage(RolloutSQL):
 
     def record_certificate(self, serial: int, name: str, not_after: int) -> None:
         with self._tx() as c:
-            self._x(c, "INSERT INTO certificates (serial, name, not_after, issued_at) VALUES (?, ?, ?, ?)",
-                    (format(serial, "x"), name, not_after, int(time.time())))
+            self._x(
+                c,
+                "INSERT INTO certificates (serial, name, not_after, issued_at) VALUES (?, ?, ?, ?)",
+                (format(serial, "x"), name, not_after, int(time.time())),
+            )
 
     def certificates(self, name: str) -> list[tuple[str, int, int]]:
-        rows = self._all("SELECT serial, not_after, issued_at FROM certificates WHERE name = ? ORDER BY issued_at",
-                         (name,))
+        rows = self._all(
+            "SELECT serial, not_after, issued_at FROM certificates WHERE name = ? ORDER BY issued_at", (name,)
+        )
         return [(r[0], int(r[1]), int(r[2])) for r in rows]
 
 
-_SELECT_TOKEN = ("SELECT t.name, t.role, t.created, t.revoked_at, t.builder_key, p.patterns FROM tokens t "
-                 "LEFT JOIN publish_patterns p ON p.name = t.name")
+_SELECT_TOKEN = (
+    "SELECT t.name, t.role, t.created, t.revoked_at, t.builder_key, p.patterns FROM tokens t "
+    "LEFT JOIN publish_patterns p ON p.name = t.name"
+)
 
 
 def _token(row: Any) -> TokenRecord:
     name, role, created, revoked_at, key, publish = row
-    return TokenRecord(name, role, int(created), None if revoked_at is None else int(revoked_at),
-                       None if key is None else bytes(key), tuple(str(publish or "").split()))
+    return TokenRecord(
+        name,
+        role,
+        int(created),
+        None if revoked_at is None else int(revoked_at),
+        None if key is None else bytes(key),
+        tuple(str(publish or "").split()),
+    )

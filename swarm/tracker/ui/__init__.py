@@ -39,7 +39,7 @@ READERS = ("admin", "builder")
 _STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                               "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",  # "no-referrer" makes form posts send `Origin: null`
@@ -122,11 +122,19 @@ class FleetPage:
         except SwarmError as exc:
             return self._login_form(exc.message, 401)
         if record.role not in READERS:
-            return self._login_form(f"token {record.name!r} has role {record.role}: only admin and builder "
-                                    "tokens see the fleet", 403)
+            return self._login_form(
+                f"token {record.name!r} has role {record.role}: only admin and builder tokens see the fleet", 403
+            )
         response = web.HTTPSeeOther("/ui", headers=_HEADERS)
-        response.set_cookie(COOKIE, self._cookie_value(record.name), max_age=SESSION_LIFETIME, path="/ui",
-                            httponly=True, samesite="Strict", secure=request.secure)
+        response.set_cookie(
+            COOKIE,
+            self._cookie_value(record.name),
+            max_age=SESSION_LIFETIME,
+            path="/ui",
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+        )
         raise response
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -145,12 +153,20 @@ class FleetPage:
         except Forbidden:
             hosts = []
         rollouts = [v.to_map() for v in self._fleet.rollouts(record)]
-        return web.json_response({"me": {"name": record.name, "role": record.role}, "now": self._clock(),
-                                  "rollouts": rollouts, "hosts": hosts}, headers=_HEADERS)
+        return web.json_response(
+            {
+                "me": {"name": record.name, "role": record.role},
+                "now": self._clock(),
+                "rollouts": rollouts,
+                "hosts": hosts,
+            },
+            headers=_HEADERS,
+        )
 
     async def asset(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name not in _STATIC:
             raise web.HTTPNotFound()
-        return web.Response(text=_static(name), content_type=_STATIC[name],
-                            headers={**_HEADERS, "Cache-Control": "max-age=300"})
+        return web.Response(
+            text=_static(name), content_type=_STATIC[name], headers={**_HEADERS, "Cache-Control": "max-age=300"}
+        )
