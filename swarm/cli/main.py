@@ -14,8 +14,8 @@ from swarm.agent.client import AgentClient
 from swarm.agent.config import AgentConfig
 from swarm.agent.paths import AgentPaths, socket_path
 from swarm.builder.seed import seed as seed_images
-from swarm.cli.keys import keys
 from swarm.cli.config import AGENT_CONFIG, config_option, default_agent_data
+from swarm.cli.keys import keys
 from swarm.cli.params import RATE, SIZE, one_secret, public_keys, split_words
 from swarm.cli.progress import pull_view
 from swarm.cli.render import err, pulled_note, status_table

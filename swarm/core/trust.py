@@ -116,7 +116,7 @@ class KeyDocument:
     def describe(self) -> list[str]:
         return [
             f"{format_public_key(k.public_key)} {','.join(k.repositories)} until "
-            f"{dt.datetime.fromtimestamp(k.expires, dt.timezone.utc):%Y-%m-%d %H:%M:%SZ}"
+            f"{dt.datetime.fromtimestamp(k.expires, dt.UTC):%Y-%m-%d %H:%M:%SZ}"
             for k in self.keys
         ]
 
@@ -193,7 +193,7 @@ def parse_expiry(value: object) -> int:
         except ValueError as exc:
             raise UsageError(f"invalid expiry {value[:40]!r}: expected an ISO 8601 date or unix seconds") from exc
         if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc)
+            when = when.replace(tzinfo=dt.UTC)
         seconds = int(when.timestamp())
     else:
         raise UsageError("an expiry is an ISO 8601 date or unix seconds")

@@ -37,9 +37,9 @@ from swarm.core.errors import (
 )
 from swarm.core.refs import ImageRef, matches, validate_pattern
 from swarm.core.signing import SignedManifest, format_public_key, key_id
-from swarm.core.trust import SignedKeyDocument
 from swarm.core.tokens import ROLES, JoinToken, hash_secret, is_secret_shaped
 from swarm.core.torrent import check_layer_torrent
+from swarm.core.trust import SignedKeyDocument
 from swarm.tracker import announce as bt
 from swarm.tracker.ca import CertificateAuthority
 from swarm.tracker.metrics import TrackerMetrics
