@@ -26,6 +26,7 @@ def keys() -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     required=True,
     envvar="SWARM_ROOT_KEY",
+    show_envvar=True,
     help="The offline root signing key (made with `swarm keygen`).",
 )
 @click.option(

@@ -250,6 +250,7 @@ def _own_args(command: str) -> list[str]:
     type=click.FloatRange(min=0),
     default=0,
     envvar="SWARM_EXPIRES",
+    show_envvar=True,
     help="Seconds after which hosts refuse these manifests (republish before then); 0 = never.",
 )
 @AGENT_FILE

@@ -23,7 +23,7 @@ from swarm.cli.tables import print_table
 from swarm.core import logs
 from swarm.core.addresses import LISTEN
 from swarm.core.errors import UsageError
-from swarm.core.signing import key_id, parse_public_key
+from swarm.core.signing import format_public_key, parse_public_key
 from swarm.core.tokens import ROLES
 from swarm.tracker.options import (
     DEFAULT_AUTH_FAILURE_LIMIT,
@@ -333,19 +333,30 @@ def token_list(data: Path, database: str | None) -> None:
         service.close()
     print_table(
         Console(),
-        ("name", "role", "created", "revoked", "key", "publishes"),
-        [
-            (
-                r.name,
-                r.role,
-                _when(r.created),
-                _when(r.revoked_at) if r.revoked_at else "",
-                key_id(r.builder_key) if r.builder_key else "",
-                " ".join(r.publish),
-            )
-            for r in records
-        ],
+        ("name", "role", "created", "revoked"),
+        [(r.name, r.role, _when(r.created), _when(r.revoked_at) if r.revoked_at else "") for r in records],
     )
+
+
+@token.command("show")
+@click.argument("name")
+@_FILE
+@_DATA
+@_DATABASE
+def token_show(name: str, data: Path, database: str | None) -> None:
+    """One token: its role, and a builder's bound key and --publish patterns."""
+    service = _service(data, database)
+    try:
+        record = service.storage.token(name)
+    finally:
+        service.close()
+    if record is None:
+        raise UsageError(f"no token named {name!r}")
+    click.echo(f"name      {record.name}\nrole      {record.role}")
+    if record.builder_key:
+        click.echo(f"key       {format_public_key(record.builder_key)}\npublishes {' '.join(record.publish)}")
+    if record.revoked_at:
+        click.echo(f"revoked   {_when(record.revoked_at)}")
 
 
 @tracker.group()

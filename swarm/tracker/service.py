@@ -300,6 +300,10 @@ class TrackerService:
         if record.role != "builder":
             raise Forbidden(f"token {record.name!r} has role {record.role}: only builder tokens publish")
         signed = SignedManifest.from_bytes(envelope)
+        try:
+            manifest = signed.verify(None)
+        except SwarmError as exc:
+            raise InvalidInput(str(exc)) from exc
         if record.builder_key is None:
             raise Forbidden(
                 f"builder token {record.name!r} has no signing key: "
@@ -310,10 +314,6 @@ class TrackerService:
                 f"manifest signed by key {key_id(signed.public_key)}, but builder token "
                 f"{record.name!r} is bound to key {key_id(record.builder_key)}"
             )
-        try:
-            manifest = signed.verify(None)
-        except SwarmError as exc:
-            raise InvalidInput(str(exc)) from exc
         if manifest.publisher != record.name:
             raise Forbidden(
                 f"manifest was signed for publisher {manifest.publisher[:63]!r}, not for token "

@@ -104,9 +104,10 @@ def test_msgpack_decoders(body: bytes) -> None:
 def fuzz_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TrackerService, bytes, str, str]]:
     tmp = tmp_path_factory.mktemp("fuzz")
     service = open_service(ServeOptions(tmp / "data", auth_failure_limit=0))
-    builder = service.create_token("b1", "builder")
+    key = SigningKey.generate()
+    builder = service.create_token("b1", "builder", key.public_raw)
     host = service.create_token("h1", "host")
-    signed = make_signed_manifest(tmp, service.ca.cert_pem, SigningKey.generate())
+    signed = make_signed_manifest(tmp, service.ca.cert_pem, key)
     service.publish(builder.secret, signed.to_bytes())
     yield service, signed.to_bytes(), builder.secret, host.secret
     service.close()
