@@ -5,8 +5,8 @@
   whatever the tracker says: a compromised tracker cannot roll a host back or swap a tag.
 - `KeyDocumentFollower` keeps the root-signed key document (swarm/core/trust.py) the tracker
   serves, checked against the pinned root, never going back to a lower version; it is fetched again
-  before each pull (at most every REFRESH_INTERVAL seconds), so hosts follow a builder key's
-  rotation or revocation with no restart.
+  before each pull (at most every REFRESH_INTERVAL seconds, and at once when it does not name the
+  manifest's key), so hosts follow a builder key's rotation or revocation with no restart.
 - `HostTrust` puts both together with the keys pinned with --trust.
 """
 
@@ -153,7 +153,14 @@ class HostTrust:
         if manifest.ref != ref:
             raise UntrustedManifest(f"the tracker answered {ref} with a manifest for {manifest.ref}")
         document = await self.keys.refresh() if self.keys else None
-        TrustPolicy(self.pinned, document).check(envelope.public_key, ref, time.time())
+        try:
+            TrustPolicy(self.pinned, document).check(envelope.public_key, ref, time.time())
+        except UntrustedManifest:
+            if self.keys is None:
+                raise
+            # a key delegated a moment ago: look again before refusing
+            document = await self.keys.refresh(force=True)
+            TrustPolicy(self.pinned, document).check(envelope.public_key, ref, time.time())
         if manifest.expired(time.time_ns() // 1_000_000):
             raise UntrustedManifest(f"the manifest for {ref} has expired: the tracker serves no newer one")
         self.history.check(manifest, envelope.manifest)
