@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from swarm.core.errors import UsageError
 
-_REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_REPO = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True, order=True)
@@ -25,9 +25,9 @@ class ImageRef:
         repo, sep, tag = text.rpartition(":")
         if not sep or "/" in tag:
             repo, tag = text, "latest"
-        if not _REPO.match(repo) or len(repo) > 255:
+        if not _REPO.fullmatch(repo) or len(repo) > 255:
             raise UsageError(f"invalid image name {text!r}: expected repository[:tag], lowercase")
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise UsageError(f"invalid tag in {text!r}")
         return cls(repo, tag)
 

@@ -35,6 +35,7 @@ from swarm.core.errors import (
     Unauthorized,
     UsageError,
 )
+from swarm.core.peerid import claims_other_identity
 from swarm.core.refs import ImageRef, matches, validate_pattern
 from swarm.core.signing import SignedManifest, format_public_key, key_id
 from swarm.core.tokens import ROLES, JoinToken, hash_secret, is_secret_shaped
@@ -64,6 +65,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 DEFAULT_PUBLISH = ("*",)
 _UNAUTHORIZED = "missing, unknown or revoked token"
 RATE_LIMITED = "too many failed authentications from this address: retry later"
+PEER_ID_IMPERSONATION = "peer_id names another host: swarm peer ids carry the announcing token's role and name"
 
 
 _AnswerKey = tuple[bytes, bytes, str, bool, bool]
@@ -241,10 +243,10 @@ class TrackerService:
     def authenticate(self, secret: str | None, ip: str | None = None) -> TokenRecord:
         """The token's record, or Unauthorized (same message for missing, malformed, unknown, revoked).
 
-        With the caller's `ip`, guesses are counted and RateLimited refuses an address past the limit."""
-        if ip is not None and self.limiter.blocked(ip):
-            self.metrics.auth_failures.labels("rate_limited").inc()
-            raise RateLimited(RATE_LIMITED)
+        With the caller's `ip`, guesses are counted and RateLimited refuses an address past the limit,
+        but only requests without a valid token: a stranger behind the same NAT or proxy as the
+        fleet must not lock the fleet out. (Secrets are 128-bit random: the limit saves work, it is
+        not what stops guessing.)"""
         self._refresh()
         record = None
         if secret and is_secret_shaped(secret):
@@ -260,12 +262,16 @@ class TrackerService:
                     if len(self._tokens) >= MAX_CACHED_HASHES:
                         self._tokens.clear()
                     self._tokens[digest] = (record, now)
+        valid = record is not None and not record.revoked and record.name not in self._revoked
+        if not valid and ip is not None and self.limiter.blocked(ip):
+            self.metrics.auth_failures.labels("rate_limited").inc()
+            raise RateLimited(RATE_LIMITED)
         if record is None:
             self.metrics.auth_failures.labels("unknown").inc()
             if ip is not None:
                 self.limiter.failed(ip)
             raise Unauthorized(_UNAUTHORIZED)
-        if record.revoked or record.name in self._revoked:
+        if not valid:
             self.metrics.auth_failures.labels("revoked").inc()
             raise Unauthorized(_UNAUTHORIZED)
         return record
@@ -448,6 +454,9 @@ class TrackerService:
         except InvalidInput as exc:
             announces.labels("invalid").inc()
             return bt.failure(str(exc))
+        if claims_other_identity(req.peer_id, record.name, record.role):
+            announces.labels("refused").inc()
+            return bt.failure(PEER_ID_IMPERSONATION)
         key: _AnswerKey = (req.info_hash, req.peer_id, record.name, req.compact, req.no_peer_id)
         now = self._clock()
         if req.event in ("", "paused"):
@@ -461,6 +470,9 @@ class TrackerService:
         await self._drop_revoked()
         peer = Peer(ip, req.port, req.peer_id, req.left, record.name)
         handout = await self.peers.handle(req.info_hash, peer, req.event, req.numwant)
+        if handout.refused:
+            announces.labels("refused").inc()
+            return bt.failure(handout.refused)
         peers = [p for p in handout.peers if p.host not in self._revoked]
         body = bt.announce_response(
             peers, handout.counts, self.interval, req.compact, req.no_peer_id, self.min_interval
