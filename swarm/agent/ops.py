@@ -163,6 +163,7 @@ class AgentOps:
                         self.blobs.blobs_dir,
                         self.identity.ca_pem,
                         request.key_id,
+                        self.identity.name,
                         progress,
                     )
                 else:
@@ -173,6 +174,7 @@ class AgentOps:
                         self.blobs.blobs_dir,
                         self.identity.ca_pem,
                         request.key_id,
+                        self.identity.name,
                         progress,
                     )
                 for layer in m.layers:
