@@ -11,11 +11,13 @@ from typing import Any
 
 from swarm.core.api import ManifestEntry
 from swarm.core.errors import Forbidden, InvalidInput
+from swarm.core.groups import DEFAULT
 from swarm.tracker.storage.base import Generation, TokenRecord
+from swarm.tracker.storage.groups import GroupSQL
 from swarm.tracker.storage.rollout import RolloutSQL
 
 
-class SQLStorage(RolloutSQL):
+class SQLStorage(RolloutSQL, GroupSQL):
     """The SQL both backends run; subclasses give connections, transactions and dialect."""
 
     location = ""
@@ -47,14 +49,19 @@ class SQLStorage(RolloutSQL):
 
     # tokens
 
-    def add_token(self, name: str, role: str, secret_hash: str) -> None:
+    def add_token(self, name: str, role: str, secret_hash: str, groups: tuple[str, ...] = (DEFAULT,)) -> None:
         try:
             with self._tx() as c:
+                self._require_groups(c, list(groups))
                 self._x(
                     c,
                     "INSERT INTO tokens (name, role, secret_hash, created) VALUES (?, ?, ?, ?)",
                     (name, role, secret_hash, int(time.time())),
                 )
+                self._x(c, "DELETE FROM token_groups WHERE token = ?", (name,))
+                for g in dict.fromkeys(groups):
+                    self._x(c, "INSERT INTO token_groups (token, grp) VALUES (?, ?)", (name, g))
+                self._bump_groups(c)
         except self._integrity as exc:
             raise InvalidInput(f"a token named {name!r} already exists") from exc
 
@@ -94,9 +101,10 @@ class SQLStorage(RolloutSQL):
 
     def generation(self) -> Generation:
         row = self._one(
-            "SELECT (SELECT value FROM meta WHERE key = 'revocations'), (SELECT coalesce(max(seq), 0) FROM manifests)"
+            "SELECT (SELECT value FROM meta WHERE key = 'revocations'), (SELECT coalesce(max(seq), 0) FROM manifests),"
+            " (SELECT value FROM meta WHERE key = 'groups')"
         )
-        return Generation(int(row[0]), int(row[1]))
+        return Generation(int(row[0]), int(row[1]), int(row[2] or 0))
 
     # manifests
 
@@ -111,6 +119,7 @@ class SQLStorage(RolloutSQL):
         publisher: str,
         builder_key: bytes,
         layers: Iterable[tuple[bytes, str]],
+        group: str = DEFAULT,
     ) -> ManifestEntry:
         """Store a manifest with the next seq and the announce hashes it names.
 
@@ -131,8 +140,9 @@ class SQLStorage(RolloutSQL):
             self._x(c, "DELETE FROM manifests WHERE ref = ?", (ref,))
             self._x(
                 c,
-                "INSERT INTO manifests (ref, envelope, image_id, seq, published, publisher) VALUES (?, ?, ?, ?, ?, ?)",
-                (ref, envelope, image_id, seq, now, publisher),
+                "INSERT INTO manifests (ref, envelope, image_id, seq, published, publisher, grp)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (ref, envelope, image_id, seq, now, publisher, group),
             )
             for h, blob in dict(layers).items():
                 self._x(
@@ -140,7 +150,7 @@ class SQLStorage(RolloutSQL):
                     f"{self._insert_ignore} torrents (announce_hash, blob, ref) VALUES (?, ?, ?)" + self._ignore_tail,
                     (h, blob, ref),
                 )
-        return ManifestEntry(ref, image_id, seq, now, publisher)
+        return ManifestEntry(ref, image_id, seq, now, publisher, group)
 
     _ignore_tail = ""
 
@@ -150,9 +160,9 @@ class SQLStorage(RolloutSQL):
 
     def manifests(self, since: int = 0) -> list[ManifestEntry]:
         rows = self._all(
-            "SELECT ref, image_id, seq, published, publisher FROM manifests WHERE seq > ? ORDER BY seq", (since,)
+            "SELECT ref, image_id, seq, published, publisher, grp FROM manifests WHERE seq > ? ORDER BY seq", (since,)
         )
-        return [ManifestEntry(r[0], r[1], int(r[2]), int(r[3]), r[4]) for r in rows]
+        return [ManifestEntry(r[0], r[1], int(r[2]), int(r[3]), r[4], r[5]) for r in rows]
 
     def manifest_count(self) -> int:
         return int(self._one("SELECT count(*) FROM manifests")[0])
