@@ -62,7 +62,7 @@ def main() -> int:
         print(f"built demo/app:1 on the builder: {builder_id}")
 
         agents = {}
-        agents["builder1"] = Agent.start(root, "builder1", tracker.url, tracker.token("builder1", "builder"),
+        agents["builder1"] = Agent.start(root, "builder1", tracker.url, tracker.token("builder1", "builder", "--key", pubkey),
                                          "--docker-host", engines["builder1"].host,
                                          "--upload-limit", args.builder_upload)
         stack.callback(agents["builder1"].stop)

@@ -26,7 +26,13 @@ for spec in "$@"; do
     chmod 0700 "$dir"
     if [ ! -s "$dir/join-token" ]; then
         umask 077
-        as_swarm swarm tracker token create "$name" --role "$role" >"$dir/join-token.tmp"
+        if [ "$role" = builder ]; then
+            # a builder token is bound to its signing key when it is made
+            as_swarm swarm tracker token create "$name" --role builder --key "$(cat /keys/builder.pub)" \
+                >"$dir/join-token.tmp"
+        else
+            as_swarm swarm tracker token create "$name" --role "$role" >"$dir/join-token.tmp"
+        fi
         mv "$dir/join-token.tmp" "$dir/join-token"
         echo "init: $role token for $name written to its volume"
     fi

@@ -17,6 +17,8 @@ class AgentConfig:
     listen: tuple[str, int] = ("0.0.0.0", 6881)
     #: builder public keys (raw Ed25519) whose manifests this host accepts
     trust: list[bytes] = field(default_factory=list)
+    #: root public key (raw Ed25519) whose key document names more builder keys, per repository
+    trust_root: bytes | None = None
     #: pull every newly published tag matching one of these patterns
     watch: list[str] = field(default_factory=list)
     #: Docker engine URL; None: $DOCKER_HOST, then the standard socket

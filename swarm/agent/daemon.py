@@ -24,6 +24,7 @@ from swarm.agent.reporter import Reporter, agent_version, receipt_signer
 from swarm.agent.server import SocketServer
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
+from swarm.agent.trust import HostTrust, KeyDocumentFollower, TagHistory
 from swarm.core import logs
 from swarm.core.api import Heartbeat, ManifestEntry
 from swarm.core.errors import SwarmError, TrackerError, TrackerUnreachable
@@ -132,13 +133,20 @@ class Agent:
             engine.start(asyncio.get_running_loop())
             undo.callback(engine.close)
             cache = CacheKeeper(config.cache_size, config.min_seed_time, blobs, manifests, engine, metrics)
+            trust = HostTrust(
+                config.trust,
+                TagHistory(paths.accepted),
+                KeyDocumentFollower(config.trust_root, paths.key_document, tracker.key_document)
+                if config.trust_root
+                else None,
+            )
             puller = Puller(
                 engine,
                 blobs,
                 manifests,
                 cache,
                 tracker,
-                config.trust,
+                trust,
                 docker,
                 identity.ca_pem,
                 metrics,
@@ -215,6 +223,7 @@ class Agent:
             for name in (
                 "tracker",
                 "token",
+                "trust_root",
                 "data",
                 "listen",
                 "docker_host",

@@ -161,6 +161,7 @@ class AgentOps:
                         self.blobs.blobs_dir,
                         self.identity.ca_pem,
                         request.key_id,
+                        self.identity.name,
                         progress,
                     )
                 else:
@@ -171,6 +172,7 @@ class AgentOps:
                         self.blobs.blobs_dir,
                         self.identity.ca_pem,
                         request.key_id,
+                        self.identity.name,
                         progress,
                     )
                 for layer in m.layers:

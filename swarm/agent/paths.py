@@ -54,6 +54,16 @@ class AgentPaths:
     def state(self) -> Path:
         return self.root / "state.msgpack"
 
+    @property
+    def accepted(self) -> Path:
+        """The newest manifest accepted per tag (swarm/agent/trust.py)."""
+        return self.root / "accepted.msgpack"
+
+    @property
+    def key_document(self) -> Path:
+        """The newest root-signed key document this host accepted."""
+        return self.root / "keys.msgpack"
+
     def blob(self, digest_hex: str) -> Path:
         return self.blobs_dir / digest_hex
 

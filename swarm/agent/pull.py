@@ -1,7 +1,8 @@
 """The pull pipeline: manifest → signature → torrents → sha256 → docker load.
 
-Nothing reaches Docker unless the manifest verifies against a pinned builder
-key, every torrent is exactly the one the manifest names and is bound to this
+Nothing reaches Docker unless the manifest verifies against a trusted builder
+key (swarm/agent/trust.py: pinned or delegated by the root, and not older than
+the newest this host accepted for the tag), every torrent is exactly the one the manifest names and is bound to this
 swarm's CA, and every blob's sha256 matches. A pull in flight is recorded in
 the agent's state, so an agent that died resumes it when it starts again.
 """
@@ -21,6 +22,7 @@ from swarm.agent.cache import CacheKeeper
 from swarm.agent.metrics import AgentMetrics
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
+from swarm.agent.trust import HostTrust
 from swarm.core.digest import digest_hex
 from swarm.core.errors import (
     DockerError,
@@ -29,7 +31,6 @@ from swarm.core.errors import (
     NotFound,
     SwarmError,
     TorrentError,
-    UntrustedManifest,
 )
 from swarm.core.manifest import Layer, Manifest
 from swarm.core.refs import ImageRef
@@ -102,7 +103,7 @@ class Puller:
         manifests: ManifestStore,
         cache: CacheKeeper,
         tracker: TrackerClient,
-        trusted: list[bytes],
+        trust: HostTrust,
         docker: Any,
         ca_pem: str,
         metrics: AgentMetrics,
@@ -113,7 +114,7 @@ class Puller:
         self._blobs = blobs
         self._manifests = manifests
         self._tracker = tracker
-        self._trusted = trusted
+        self._trust = trust
         self._docker = docker
         self._metrics = metrics
         self._trust_resume = trust_resume
@@ -168,11 +169,7 @@ class Puller:
         except NotFound as exc:
             raise ImageNotFound(f"unknown image {ref}: no such manifest on the tracker") from exc
         envelope = SignedManifest.from_bytes(data)
-        if not self._trusted:
-            raise UntrustedManifest("no trusted builder keys: start the agent with --trust PUBKEY")
-        manifest = envelope.verify(self._trusted)
-        if manifest.ref != ref:
-            raise UntrustedManifest(f"the tracker answered {ref} with a manifest for {manifest.ref}")
+        manifest = await self._trust.verify(envelope, ref)
         for layer in manifest.layers:
             check_layer_torrent(layer.torrent, layer.info_hash, digest_hex(layer.blob), layer.blob_size, self.ca_pem)
         state.manifest = manifest

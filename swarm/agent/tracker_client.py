@@ -130,6 +130,9 @@ class TrackerClient:
     async def manifest(self, ref: str) -> bytes:
         return await self._request("GET", f"/v1/manifests/{ref}")
 
+    async def key_document(self) -> bytes:
+        return await self._request("GET", "/v1/keys")
+
     async def manifests(self) -> list[ManifestEntry]:
         data = wire.unpack_map(await self._request("GET", "/v1/manifests"))
         return [ManifestEntry.from_map(m) for m in _list(data.get("manifests"))]

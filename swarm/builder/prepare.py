@@ -23,8 +23,15 @@ Progress = Callable[[str], None]
 
 
 def manifest_for(
-    exported: ExportedImage, ref: ImageRef, blobs_dir: Path, ca_pem: str, key_id: str, progress: Progress
+    exported: ExportedImage,
+    ref: ImageRef,
+    blobs_dir: Path,
+    ca_pem: str,
+    key_id: str,
+    publisher: str,
+    progress: Progress,
 ) -> Manifest:
+    """The unsigned manifest; `publisher` is the name of the builder token that will publish it."""
     torrents: dict[str, tuple[bytes, bytes]] = {}
     layers = []
     for i, x in enumerate(exported.layers, 1):
@@ -50,22 +57,25 @@ def manifest_for(
         config=exported.config,
         layers=tuple(layers),
         key_id=key_id,
-        created=int(time.time()),
+        created_ms=time.time_ns() // 1_000_000,
+        publisher=publisher,
     )
 
 
-def prepare_image(api: Any, image: str, blobs_dir: Path, ca_pem: str, key_id: str, progress: Progress) -> Manifest:
+def prepare_image(
+    api: Any, image: str, blobs_dir: Path, ca_pem: str, key_id: str, publisher: str, progress: Progress
+) -> Manifest:
     ref = ImageRef.parse(image)
     progress(f"{ref}: exporting from Docker")
     exported = export_image(api, str(ref), blobs_dir)
-    return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, progress)
+    return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress)
 
 
 def prepare_archive(
-    archive: Path, image: str, blobs_dir: Path, ca_pem: str, key_id: str, progress: Progress
+    archive: Path, image: str, blobs_dir: Path, ca_pem: str, key_id: str, publisher: str, progress: Progress
 ) -> Manifest:
     ref = ImageRef.parse(image)
     progress(f"{ref}: reading {archive.name}")
     with open(archive, "rb") as f:
         exported = read_archive(f, blobs_dir)
-    return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, progress)
+    return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress)

@@ -8,6 +8,7 @@ depend on the agent package, which itself runs `swarm.builder.prepare`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,10 +47,18 @@ def seed(
     key: SigningKey,
     archive: Path | None = None,
     on_note: Callable[[Any], None] | None = None,
+    expires_in: float = 0,
 ) -> list[ManifestEntry]:
-    """Publish `images` (from Docker, or all from one `docker save`/OCI `archive`) signed with `key`."""
+    """Publish `images` (from Docker, or all from one `docker save`/OCI `archive`) signed with `key`;
+    with `expires_in` seconds, hosts refuse the manifests that long after their creation."""
     for image in images:
         ImageRef.parse(image)  # a malformed name fails here, before any work
     prepared = agent.prepare(images, key.key_id, archive.resolve() if archive else None, on_note)
-    envelopes = [key.sign(Manifest.from_bytes(raw)).to_bytes() for raw in prepared.manifests]
+    envelopes = [key.sign(_with_expiry(Manifest.from_bytes(raw), expires_in)).to_bytes() for raw in prepared.manifests]
     return list(agent.publish(envelopes, on_note).published)
+
+
+def _with_expiry(manifest: Manifest, expires_in: float) -> Manifest:
+    if expires_in <= 0:
+        return manifest
+    return dataclasses.replace(manifest, expires_ms=manifest.created_ms + int(expires_in * 1000))

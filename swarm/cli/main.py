@@ -15,6 +15,7 @@ from swarm.agent.config import AgentConfig
 from swarm.agent.paths import AgentPaths, socket_path
 from swarm.builder.seed import seed as seed_images
 from swarm.cli.config import AGENT_CONFIG, config_option, default_agent_data
+from swarm.cli.keys import keys
 from swarm.cli.params import RATE, SIZE, one_secret, public_keys, split_words
 from swarm.cli.progress import pull_view
 from swarm.cli.render import err, pulled_note, status_table
@@ -25,7 +26,7 @@ from swarm.core.addresses import LISTEN, format_listen
 from swarm.core.errors import SwarmError
 from swarm.core.logs import DEFAULT_FORMAT, DEFAULT_LEVEL, FORMATS, LEVELS
 from swarm.core.refs import ImageRef
-from swarm.core.signing import SigningKey
+from swarm.core.signing import SigningKey, parse_public_key
 from swarm.core.tokens import JoinToken
 from swarm.tracker.cli import tracker
 
@@ -56,6 +57,7 @@ def cli() -> None:
 cli.add_command(tracker)
 tracker.add_command(tracker_hosts)
 cli.add_command(rollout)
+cli.add_command(keys)
 
 
 @cli.command()
@@ -125,6 +127,12 @@ LOG_FORMAT = click.option(
     envvar="SWARM_TRUST_FILE",
     show_envvar=True,
     help="File of builder public keys to trust, one per line (# comments).",
+)
+@click.option(
+    "--trust-root",
+    envvar="SWARM_TRUST_ROOT",
+    show_envvar=True,
+    help="Root public key: trust the builder keys of the key document it signs (`swarm keys sign`).",
 )
 @click.option(
     "--watch", multiple=True, envvar="SWARM_WATCH", show_envvar=True, help="Pull every new tag matching PATTERN."
@@ -202,6 +210,7 @@ def agent_config(params: dict[str, Any]) -> AgentConfig:
         data=params["data"],
         listen=params["listen"],
         trust=public_keys(params["trust"], params["trust_file"]),
+        trust_root=parse_public_key(params["trust_root"]) if params["trust_root"] else None,
         watch=split_words(params["watch"]),
         docker_host=params["docker_host"],
         upload_limit=params["upload_limit"],
@@ -235,14 +244,30 @@ def _own_args(command: str) -> list[str]:
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="Read the image from a `docker save`/OCI archive instead of Docker.",
 )
+@click.option(
+    "--expires",
+    "expires_in",
+    type=click.FloatRange(min=0),
+    default=0,
+    envvar="SWARM_EXPIRES",
+    show_envvar=True,
+    help="Seconds after which hosts refuse these manifests (republish before then); 0 = never.",
+)
 @AGENT_FILE
 @DATA
 @SOCKET
-def seed(images: tuple[str, ...], key: Path, from_archive: Path | None, data: Path | None, socket: Path | None) -> None:
+def seed(
+    images: tuple[str, ...],
+    key: Path,
+    from_archive: Path | None,
+    expires_in: float,
+    data: Path | None,
+    socket: Path | None,
+) -> None:
     """Export, sign, publish and seed IMAGE... through the local agent."""
     signing_key = SigningKey.load(key)
     client = AgentClient(_socket(data, socket))
-    for entry in seed_images(client, images, signing_key, from_archive, _print_note):
+    for entry in seed_images(client, images, signing_key, from_archive, _print_note, expires_in):
         click.echo(f"{entry.ref} {entry.image_id}")
 
 

@@ -10,12 +10,16 @@ announce/scrape errors are bencoded {"failure reason": ...} with status 200
   GET  /v1/health                     -> {"ok": True}
   GET  /v1/ca                         -> CA certificate, PEM text (public)
   POST /v1/enroll      any role       {"csr": PEM} -> EnrollResponse
-  POST /v1/manifests   builder only   SignedManifest bytes -> PublishResponse
+  POST /v1/manifests   builder only   SignedManifest bytes -> ManifestEntry; 403 unless signed by the
+                                      token's bound key, for this token (manifest `publisher`), into
+                                      its patterns and a repository it owns; 409 if not newer
+                                      (`created_ms`) than the tag's current manifest
   GET  /v1/manifests   any role       -> {"manifests": [ManifestEntry...]}
   GET  /v1/manifests/<repo>:<tag>     -> SignedManifest bytes
   GET  /v1/watch?since=N&timeout=S    -> {"seq": N', "manifests": [entries with seq > N]}
                                          (long-poll: waits up to S seconds, max 60,
                                          for a publication after N)
+  GET  /v1/keys        any role       -> SignedKeyDocument bytes (swarm/core/trust.py), 404 if none
   GET  /v1/groups/resolve?repository=R  builder, admin -> {"group": name, "id": group id}
                                       (hosts see, in manifests, watch, announce and scrape, only
                                       the images of their groups: see swarm/core/groups.py)

@@ -72,6 +72,12 @@ class RateLimited(TrackerError):
     kind = "rate-limited"
 
 
+class Conflict(TrackerError):
+    """The tracker holds something newer (a manifest of the tag, a key document)."""
+
+    kind = "conflict"
+
+
 class ImageNotFound(SwarmError):
     kind = "image-not-found"
 
@@ -107,6 +113,7 @@ HTTP_STATUS: dict[type[SwarmError], int] = {
     Unauthorized: 401,
     Forbidden: 403,
     NotFound: 404,
+    Conflict: 409,
     RateLimited: 429,
     TrackerError: 502,
 }

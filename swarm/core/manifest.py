@@ -4,6 +4,14 @@ One msgpack document per image tag. `Manifest.to_bytes()` is the one function
 that produces the canonical bytes that are signed and verified;
 `Manifest.from_bytes()` is its strict inverse (unknown or missing fields are
 refused, so two different documents never verify as one).
+
+Version 2 signs, besides the image, who may publish it and when it was made:
+`publisher` is the name of the builder token that publishes it (the tracker
+refuses the envelope from any other token, so a saved envelope cannot be
+replayed by another builder), `created_ms` orders the manifests of one tag
+(tracker and agents refuse one not newer than what they hold: no rollback),
+and `expires_ms` (0: never) bounds how long a tracker that withholds newer
+manifests can keep hosts on this one.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from swarm.core.digest import validate_digest
 from swarm.core.errors import InvalidInput
 from swarm.core.refs import ImageRef
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 COMPRESSIONS = ("zstd", "none")
 
 
@@ -73,7 +81,9 @@ class Manifest:
     config: bytes  # the image config JSON, byte for byte
     layers: tuple[Layer, ...]
     key_id: str  # which builder key signed it
-    created: int  # unix seconds
+    created_ms: int  # unix milliseconds: orders the manifests of one tag
+    publisher: str  # the builder token that may publish it
+    expires_ms: int = 0  # unix milliseconds after which hosts refuse it; 0: never
     version: int = FORMAT_VERSION
 
     @property
@@ -84,6 +94,9 @@ class Manifest:
     def image_id(self) -> str:
         """Docker's image ID is the sha256 of the config bytes."""
         return "sha256:" + hashlib.sha256(self.config).hexdigest()
+
+    def expired(self, now_ms: int) -> bool:
+        return self.expires_ms != 0 and now_ms >= self.expires_ms
 
     @property
     def total_blob_size(self) -> int:
@@ -98,14 +111,19 @@ class Manifest:
                 "config": self.config,
                 "layers": [layer.to_map() for layer in self.layers],
                 "key_id": self.key_id,
-                "created": self.created,
+                "created_ms": self.created_ms,
+                "publisher": self.publisher,
+                "expires_ms": self.expires_ms,
             }
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        fields = ("version", "repository", "tag", "config", "layers", "key_id", "created")
-        m = _exact_map(wire.unpack(data), fields, "manifest")
+        fields = ("version", "repository", "tag", "config", "layers", "key_id", "created_ms", "publisher", "expires_ms")
+        raw = wire.unpack(data)
+        if isinstance(raw, dict) and raw.get("version") != FORMAT_VERSION:
+            raise InvalidInput(f"unsupported manifest version {raw.get('version')!r} (expected {FORMAT_VERSION})")
+        m = _exact_map(raw, fields, "manifest")
         if m["version"] != FORMAT_VERSION:
             raise InvalidInput(f"unsupported manifest version {m['version']!r}")
         layers = m["layers"]
@@ -117,7 +135,9 @@ class Manifest:
             config=_bytes(m["config"], "config"),
             layers=tuple(Layer.from_map(x) for x in layers),
             key_id=_str(m["key_id"], "key_id"),
-            created=_nonneg_int(m["created"], "created"),
+            created_ms=_nonneg_int(m["created_ms"], "created_ms"),
+            publisher=_str(m["publisher"], "publisher"),
+            expires_ms=_nonneg_int(m["expires_ms"], "expires_ms"),
         )
         try:
             ImageRef.parse(str(manifest.ref))
@@ -150,7 +170,11 @@ def _bytes(v: object, what: str) -> bytes:
     return v
 
 
+#: integers are stored as signed 64-bit (SQLite, PostgreSQL BIGINT)
+MAX_INT = 2**63 - 1
+
+
 def _nonneg_int(v: object, what: str) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise InvalidInput(f"{what} must be a non-negative integer")
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_INT:
+        raise InvalidInput(f"{what} must be a non-negative 64-bit integer")
     return v

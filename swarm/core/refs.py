@@ -37,3 +37,13 @@ def matches(pattern: str, ref: ImageRef) -> bool:
     if ":" in pattern:
         return fnmatch.fnmatchcase(str(ref), pattern)
     return fnmatch.fnmatchcase(ref.repository, pattern)
+
+
+_PATTERN = re.compile(r"[A-Za-z0-9_.\-/:*?\[\]!]{1,300}")
+
+
+def validate_pattern(pattern: str) -> str:
+    """A watch or repository pattern: image-name characters and fnmatch wildcards, nothing else."""
+    if not _PATTERN.fullmatch(pattern):
+        raise UsageError(f"invalid pattern {pattern[:40]!r}: image-name characters and * ? [] only")
+    return pattern

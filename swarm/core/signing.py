@@ -88,11 +88,23 @@ class SigningKey:
     def public_text(self) -> str:
         return format_public_key(self.public_raw)
 
+    def sign_bytes(self, domain: bytes, body: bytes) -> bytes:
+        """A signature over `domain` + `body` (each kind of signed document has its own domain)."""
+        return self._private.sign(domain + body)
+
     def sign(self, manifest: Manifest) -> SignedManifest:
         if manifest.key_id != self.key_id:
             raise InvalidInput("manifest key_id does not match the signing key")
         body = manifest.to_bytes()
-        return SignedManifest(body, self._private.sign(_DOMAIN + body), self.public_raw)
+        return SignedManifest(body, self.sign_bytes(_DOMAIN, body), self.public_raw)
+
+
+def signature_holds(public_raw: bytes, signature: bytes, domain: bytes, body: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, domain + body)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -123,10 +135,8 @@ class SignedManifest:
         """
         if trusted is not None and self.public_key not in set(trusted):
             raise UntrustedManifest(f"manifest signed by untrusted key {format_public_key(self.public_key)}")
-        try:
-            Ed25519PublicKey.from_public_bytes(self.public_key).verify(self.signature, _DOMAIN + self.manifest)
-        except InvalidSignature as exc:
-            raise UntrustedManifest("manifest signature does not verify") from exc
+        if not signature_holds(self.public_key, self.signature, _DOMAIN, self.manifest):
+            raise UntrustedManifest("manifest signature does not verify")
         manifest = Manifest.from_bytes(self.manifest)
         if manifest.key_id != key_id(self.public_key):
             raise UntrustedManifest("manifest key_id does not match its signing key")

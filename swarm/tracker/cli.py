@@ -1,4 +1,4 @@
-"""`swarm tracker ...`: run the tracker and manage its join tokens.
+"""`swarm tracker ...`: run the tracker, manage its join tokens, repositories and key document.
 
 Errors become messages and exit codes in one place, `swarm.cli.main.main()`,
 which runs these commands. Every default is defined once, in options.py.
@@ -24,6 +24,7 @@ from swarm.cli.tables import print_table
 from swarm.core import logs
 from swarm.core.addresses import LISTEN
 from swarm.core.errors import UsageError
+from swarm.core.signing import format_public_key, parse_public_key
 from swarm.core.tokens import ROLES
 from swarm.tracker.options import (
     DEFAULT_AUTH_FAILURE_LIMIT,
@@ -248,20 +249,68 @@ def _service(data: Path, database: str | None) -> TrackerService:
     return open_service(ServeOptions(data=data, database=database))
 
 
+_KEY = click.option(
+    "--key",
+    "public_key",
+    default=None,
+    envvar="SWARM_BUILDER_KEY",
+    show_envvar=True,
+    help="builder tokens: the public signing key (ed25519:..., from `swarm keygen`) bound to it",
+)
+_PUBLISH = click.option(
+    "--publish",
+    multiple=True,
+    metavar="PATTERN",
+    help="builder tokens: a repository pattern it may publish into (repeatable; "
+    "e.g. 'myapp/*', 'base:*'; default for a new token: any repository nobody owns)",
+)
+
+
 @token.command("create")
 @click.argument("name")
 @click.option("--role", required=True, type=click.Choice(ROLES), envvar="SWARM_ROLE", show_envvar=True)
+@_KEY
+@_PUBLISH
 @click.option("--group", "groups", multiple=True, help="a host group it belongs to (repeat; default: default)")
 @_FILE
 @_DATA
 @_DATABASE
-def token_create(name: str, role: str, groups: tuple[str, ...], data: Path, database: str | None) -> None:
-    """Create a token; prints the join token (only this once)."""
+def token_create(
+    name: str,
+    role: str,
+    public_key: str | None,
+    publish: tuple[str, ...],
+    groups: tuple[str, ...],
+    data: Path,
+    database: str | None,
+) -> None:
+    """Create a token; prints the join token (only this once). A builder token is bound to --key."""
+    key = parse_public_key(public_key) if public_key else None
     service = _service(data, database)
     try:
-        click.echo(str(service.create_token(name, role, groups)))
+        click.echo(str(service.create_token(name, role, key, publish, groups)))
     finally:
         service.close()
+
+
+@token.command("update")
+@click.argument("name")
+@_KEY
+@_PUBLISH
+@_FILE
+@_DATA
+@_DATABASE
+def token_update(name: str, public_key: str | None, publish: tuple[str, ...], data: Path, database: str | None) -> None:
+    """Rebind a builder token to a new key (rotation) and/or replace its --publish patterns."""
+    if public_key is None and not publish:
+        raise UsageError("give --key and/or --publish")
+    key = parse_public_key(public_key) if public_key else None
+    service = _service(data, database)
+    try:
+        service.update_token(name, key, publish or None)
+    finally:
+        service.close()
+    click.echo(f"updated {name}", err=True)
 
 
 @token.command("revoke")
@@ -421,6 +470,86 @@ def group_unmap(pattern: str, data: Path, database: str | None) -> None:
     finally:
         service.close()
     click.echo(f"unmapped {pattern}", err=True)
+
+
+@token.command("show")
+@click.argument("name")
+@_FILE
+@_DATA
+@_DATABASE
+def token_show(name: str, data: Path, database: str | None) -> None:
+    """One token: its role, and a builder's bound key and --publish patterns."""
+    service = _service(data, database)
+    try:
+        record = service.storage.token(name)
+    finally:
+        service.close()
+    if record is None:
+        raise UsageError(f"no token named {name!r}")
+    click.echo(f"name      {record.name}\nrole      {record.role}")
+    if record.builder_key:
+        click.echo(f"key       {format_public_key(record.builder_key)}\npublishes {' '.join(record.publish)}")
+    if record.revoked_at:
+        click.echo(f"revoked   {_when(record.revoked_at)}")
+
+
+@tracker.group()
+def repo() -> None:
+    """Repository owners: a repository's tags belong to the builder token that first published there."""
+
+
+@repo.command("list")
+@_FILE
+@_DATA
+@_DATABASE
+def repo_list(data: Path, database: str | None) -> None:
+    """List repositories and their owners."""
+    service = _service(data, database)
+    try:
+        rows = service.list_repositories()
+    finally:
+        service.close()
+    print_table(Console(), ("repository", "owner"), [(repository, owner) for repository, owner in rows])
+
+
+@repo.command("transfer")
+@click.argument("repository")
+@click.option("--to", "owner", required=True, help="the builder token that owns it from now on")
+@_FILE
+@_DATA
+@_DATABASE
+def repo_transfer(repository: str, owner: str, data: Path, database: str | None) -> None:
+    """Hand REPOSITORY over to another builder token (its --publish patterns must still match)."""
+    service = _service(data, database)
+    try:
+        service.transfer_repository(repository, owner)
+    finally:
+        service.close()
+    click.echo(f"{repository} now belongs to {owner}", err=True)
+
+
+@tracker.group()
+def keys() -> None:
+    """The root-signed key document hosts with --trust-root follow."""
+
+
+@keys.command("publish")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@_FILE
+@_DATA
+@_DATABASE
+def keys_publish(file: Path, data: Path, database: str | None) -> None:
+    """Serve the signed key document FILE (from `swarm keys sign`) at /v1/keys; its version must grow."""
+    try:
+        envelope = file.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {file}: {exc.strerror}") from exc
+    service = _service(data, database)
+    try:
+        version = service.publish_key_document(envelope)
+    finally:
+        service.close()
+    click.echo(f"key document version {version} published", err=True)
 
 
 def _when(ts: int) -> str:

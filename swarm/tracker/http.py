@@ -185,6 +185,11 @@ async def get_manifest(request: web.Request) -> web.Response:
     return web.Response(body=envelope, content_type=MSGPACK)
 
 
+async def key_document(request: web.Request) -> web.Response:
+    envelope = request.app[SERVICE].get_key_document(_secret(request), _ip(request))
+    return web.Response(body=envelope, content_type=MSGPACK)
+
+
 async def watch(request: web.Request) -> web.Response:
     try:
         since = int(request.query.get("since", "0"))
@@ -259,6 +264,7 @@ def make_app(service: TrackerService, client_timeout: float = DEFAULT_CLIENT_TIM
     app.router.add_get("/v1/manifests/{ref:.+}", get_manifest)
     app.router.add_get("/v1/watch", watch)
     app.router.add_get("/v1/groups/resolve", resolve_group)
+    app.router.add_get("/v1/keys", key_document)
     app.router.add_get("/announce/{secret}", announce)
     app.router.add_get("/scrape/{secret}", scrape)
     # the same, for clients that find the scrape URL by the BEP 48 convention (replace "announce" in the

@@ -34,11 +34,13 @@ from swarm.core.errors import (
     RateLimited,
     SwarmError,
     Unauthorized,
+    UsageError,
 )
-from swarm.core.refs import ImageRef
-from swarm.core.signing import SignedManifest
+from swarm.core.refs import ImageRef, matches, validate_pattern
+from swarm.core.signing import SignedManifest, format_public_key, key_id
 from swarm.core.tokens import ROLES, JoinToken, hash_secret, is_secret_shaped
 from swarm.core.torrent import check_layer_torrent
+from swarm.core.trust import SignedKeyDocument
 from swarm.tracker import announce as bt
 from swarm.tracker.ca import CertificateAuthority
 from swarm.tracker.metrics import TrackerMetrics
@@ -59,12 +61,21 @@ DEFAULT_TOKEN_CACHE_TTL = 5.0
 #: remembered announce answers at most (for min interval); past that the memory starts over
 MAX_CACHED_ANSWERS = 500_000
 MAX_CACHED_HASHES = 100_000
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+#: a builder token made without --publish may publish into any repository nobody owns yet
+DEFAULT_PUBLISH = ("*",)
 _UNAUTHORIZED = "missing, unknown or revoked token"
 RATE_LIMITED = "too many failed authentications from this address: retry later"
 
 
 _AnswerKey = tuple[bytes, bytes, str, bool, bool]
+
+
+def _patterns(publish: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        return tuple(validate_pattern(p) for p in publish)
+    except UsageError as exc:
+        raise InvalidInput(exc.message) from exc
 
 
 class TrackerService:
@@ -169,15 +180,48 @@ class TrackerService:
 
     # tokens
 
-    def create_token(self, name: str, role: str, groups: tuple[str, ...] = ()) -> JoinToken:
-        if not _NAME.match(name):
+    def create_token(
+        self,
+        name: str,
+        role: str,
+        builder_key: bytes | None = None,
+        publish: tuple[str, ...] = (),
+        groups: tuple[str, ...] = (),
+    ) -> JoinToken:
+        """A new join token. A builder's is bound here to its signing key, for good (until `update_token`),
+        and may publish only into its `publish` patterns (default: any repository nobody owns)."""
+        if not _NAME.fullmatch(name):
             raise InvalidInput(f"invalid token name {name!r}: letters, digits, '.', '_', '-' (up to 63)")
         if role not in ROLES:
             raise InvalidInput(f"invalid role {role!r}: expected one of {', '.join(ROLES)}")
+        if role == "builder" and builder_key is None:
+            raise InvalidInput("a builder token needs its signing key: --key ed25519:... (from `swarm keygen`)")
+        if role != "builder" and (builder_key is not None or publish):
+            raise InvalidInput("only builder tokens take --key and --publish")
+        patterns = _patterns(publish) if publish else (DEFAULT_PUBLISH if role == "builder" else ())
         groups = tuple(grp.check_name(g) for g in groups) or (grp.DEFAULT,)
         token = JoinToken.new(self.ca.fingerprint)
-        self.storage.add_token(name, role, hash_secret(token.secret), groups)
+        self.storage.add_token(name, role, hash_secret(token.secret), builder_key, patterns, groups)
         return token
+
+    def update_token(self, name: str, builder_key: bytes | None = None, publish: tuple[str, ...] | None = None) -> None:
+        """Rebind a builder token to a new signing key (rotation) and/or replace its patterns."""
+        record = self.storage.token(name)
+        if record is None:
+            raise NotFound(f"no token named {name!r}")
+        if record.role != "builder":
+            raise InvalidInput(f"token {name!r} is a {record.role} token: only builder tokens have a key and patterns")
+        self.storage.update_token(name, builder_key, None if publish is None else _patterns(publish))
+        self._refresh()
+
+    def transfer_repository(self, repository: str, owner: str) -> None:
+        """Hand `repository` (all its tags) over to builder token `owner`."""
+        try:
+            ImageRef.parse(f"{repository}:latest")
+        except UsageError as exc:
+            raise InvalidInput(f"invalid repository {repository!r}") from exc
+        if not self.storage.transfer_repository(repository, owner):
+            raise NotFound(f"no builder token named {owner!r}")
 
     def revoke_token(self, name: str) -> None:
         if not self.storage.revoke_token(name):
@@ -318,6 +362,9 @@ class TrackerService:
     # manifests
 
     def publish(self, secret: str | None, envelope: bytes, ip: str | None = None) -> ManifestEntry:
+        """Accept a signed manifest only from the builder token bound to its signing key, naming that
+        token as its publisher (inside the signed bytes), into a repository the token may publish to and
+        owns, and newer than the tag's current manifest."""
         record = self.authenticate(secret, ip)
         if record.role != "builder":
             raise Forbidden(f"token {record.name!r} has role {record.role}: only builder tokens publish")
@@ -326,6 +373,28 @@ class TrackerService:
             manifest = signed.verify(None)
         except SwarmError as exc:
             raise InvalidInput(str(exc)) from exc
+        if record.builder_key is None:
+            raise Forbidden(
+                f"builder token {record.name!r} has no signing key: "
+                f"`swarm tracker token update {record.name} --key PUBKEY`"
+            )
+        if signed.public_key != record.builder_key:
+            raise Forbidden(
+                f"manifest signed by key {key_id(signed.public_key)}, but builder token "
+                f"{record.name!r} is bound to key {key_id(record.builder_key)}"
+            )
+        if manifest.publisher != record.name:
+            raise Forbidden(
+                f"manifest was signed for publisher {manifest.publisher[:63]!r}, not for token "
+                f"{record.name!r}: a replayed envelope"
+            )
+        if not any(matches(p, manifest.ref) for p in record.publish):
+            raise Forbidden(
+                f"builder token {record.name!r} may publish only into {' '.join(record.publish) or '(none)'}"
+                f", not {manifest.ref}"
+            )
+        if manifest.expired(int(time.time() * 1000)):
+            raise InvalidInput(f"manifest for {manifest.ref} has expired")
         for layer in manifest.layers:
             check_layer_torrent(
                 layer.torrent, layer.info_hash, digest_hex(layer.blob), layer.blob_size, self.ca.cert_pem
@@ -335,7 +404,7 @@ class TrackerService:
             signed.to_bytes(),
             manifest.image_id,
             record.name,
-            signed.public_key,
+            manifest.created_ms,
             [(layer.announce_hash, layer.blob) for layer in manifest.layers],
             group=self.group_of(manifest.repository),
         )
@@ -345,6 +414,37 @@ class TrackerService:
         self._published.set()
         self._published = asyncio.Event()
         return entry
+
+    # the root-signed key document (swarm/core/trust.py)
+
+    def publish_key_document(self, envelope: bytes) -> int:
+        """Store a signed key document (operator command on the data dir); returns its version.
+
+        The tracker does not know the root: it checks that the document is well formed, signed by
+        the root key it names, by the same root as the one it holds, and newer."""
+        try:
+            signed = SignedKeyDocument.from_bytes(envelope)
+            document = signed.verify(None)
+        except SwarmError as exc:
+            raise InvalidInput(f"not a valid signed key document: {exc}") from exc
+        held = self.storage.key_document()
+        if held is not None and SignedKeyDocument.from_bytes(held).root != signed.root:
+            raise Forbidden(
+                f"the tracker's key document is signed by another root than {format_public_key(signed.root)}"
+            )
+        self.storage.store_key_document(document.version, signed.to_bytes())
+        log.info("key document version %d published (%d keys)", document.version, len(document.keys))
+        return document.version
+
+    def get_key_document(self, secret: str | None, ip: str | None = None) -> bytes:
+        self.authenticate(secret, ip)
+        envelope = self.storage.key_document()
+        if envelope is None:
+            raise NotFound("no key document published on this tracker")
+        return envelope
+
+    def list_repositories(self) -> list[tuple[str, str]]:
+        return self.storage.repositories()
 
     def get_manifest(self, secret: str | None, ref: str, ip: str | None = None) -> bytes:
         record = self.authenticate(secret, ip)

@@ -76,7 +76,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
                                     {"/hello.txt": b"two\n"}], cmd=["/bin/busybox", "cat", "/hello.txt"])
     build_image(api, "prod/big:1", [{"/big.bin": payload(BIG, seed=21)}, {"/hello.txt": b"big\n"}],
                 cmd=["/bin/busybox", "cat", "/hello.txt"])
-    builder = Agent.start(root, "builder1", tracker.url, tracker.token("builder1", "builder"),
+    builder = Agent.start(root, "builder1", tracker.url, tracker.token("builder1", "builder", "--key", pubkey),
                           "--docker-host", engine.host)
     bed = Bed(root, tracker, key, pubkey, builder, engine, {})
     try:

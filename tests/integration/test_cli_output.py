@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from swarm.core.signing import SigningKey
 from tests.support.procs import SWARM, run_swarm
 from tests.support.terminal import DRAWING, run_in_pty
 
 
 def _tokens(tmp_path: Path) -> str:
     data = str(tmp_path / "data")
-    run_swarm("tracker", "token", "create", "b1", "--role", "builder", "--data", data)
+    run_swarm("tracker", "token", "create", "b1", "--role", "builder", "--key", SigningKey.generate().public_text,
+              "--data", data)
     run_swarm("tracker", "token", "create", "web-01", "--role", "host", "--data", data)
     run_swarm("tracker", "token", "revoke", "web-01", "--data", data)
     return data

@@ -39,8 +39,9 @@ async def swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
     seed_dir = tmp_path / "seed"
     seed_dir.mkdir()
     payload = os.urandom(3 * 1024 * 1024 + 12345)
-    builder = service.create_token("builder", "builder")
-    envelope = make_signed_manifest(seed_dir, service.ca.cert_pem, SigningKey.generate(), payloads=[payload])
+    key = SigningKey.generate()
+    builder = service.create_token("builder", "builder", key.public_raw)
+    envelope = make_signed_manifest(seed_dir, service.ca.cert_pem, key, payloads=[payload], publisher="builder")
     service.publish(builder.secret, envelope.to_bytes())
     try:
         yield Swarm(f"http://127.0.0.1:{port}", service, Manifest.from_bytes(envelope.manifest), seed_dir)

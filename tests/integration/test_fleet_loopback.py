@@ -56,7 +56,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                  {"/hello.txt": HELLO.encode()}], cmd=["/bin/busybox", "cat", "/hello.txt"])
     agents: list[Agent] = []
     try:
-        builder = Agent.start(root, "builder1", tracker.url, tracker.token("builder1", "builder"),
+        builder = Agent.start(root, "builder1", tracker.url, tracker.token("builder1", "builder", "--key", pubkey),
                               "--docker-host", docker_hosts["builder1"], "--upload-limit", "1MB/s")
         agents.append(builder)
         hosts = []
@@ -144,7 +144,7 @@ def test_manifest_tampered_on_the_tracker_is_refused_before_download(fleet: Flee
     manifest = Manifest.from_bytes(envelope.manifest)
     evil = Manifest(manifest.repository, manifest.tag, manifest.config.replace(b"busybox", b"evilbox")
                     if b"busybox" in manifest.config else manifest.config + b" ", manifest.layers,
-                    manifest.key_id, manifest.created)
+                    manifest.key_id, manifest.created_ms, manifest.publisher)
     forged = SignedManifest(evil.to_bytes(), envelope.signature, envelope.public_key)
     with db:
         db.execute("UPDATE manifests SET envelope = ? WHERE ref = ?", (forged.to_bytes(), "myapp:tampered"))

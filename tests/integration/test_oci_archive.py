@@ -35,7 +35,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Trac
     pubkey = run_swarm("keygen", str(key)).stdout.strip()
     build_image(engine.api(), "oci/app:1", [{"/data.bin": payload(2_000_000, seed=5)}, {"/hello.txt": b"oci\n"}],
                 cmd=["/bin/busybox", "cat", "/hello.txt"])
-    builder = Agent.start(root, "builder1", tracker.url, tracker.token("builder1", "builder"),
+    builder = Agent.start(root, "builder1", tracker.url, tracker.token("builder1", "builder", "--key", pubkey),
                           "--docker-host", engine.host)
     try:
         yield root, tracker, key, pubkey, builder, engine

@@ -302,8 +302,8 @@ def test_image_list_shows_published_tags_by_pattern(tmp_path: Path, dockerd: Any
 
     tracker = Tracker.start(tmp_path)
     key = tmp_path / "builder.key"
-    run_swarm("keygen", str(key))
-    builder = Agent.start(tmp_path, "lister", tracker.url, tracker.token("lister", "builder"),
+    pubkey = run_swarm("keygen", str(key)).stdout.strip()
+    builder = Agent.start(tmp_path, "lister", tracker.url, tracker.token("lister", "builder", "--key", pubkey),
                           "--docker-host", dockerd.host)
     try:
         for ref in ("listed/app:1", "listed/web:1"):
@@ -325,8 +325,8 @@ def test_tracker_outage_is_one_line_when_lost_and_one_when_regained(tmp_path: Pa
     port = free_port()
     tracker = Tracker.start(tmp_path, "--announce-interval", "2", "--min-interval", "0", listen=f"127.0.0.1:{port}")
     key = tmp_path / "builder.key"
-    run_swarm("keygen", str(key))
-    builder = Agent.start(tmp_path, "outage", tracker.url, tracker.token("outage", "builder"),
+    pubkey = run_swarm("keygen", str(key)).stdout.strip()
+    builder = Agent.start(tmp_path, "outage", tracker.url, tracker.token("outage", "builder", "--key", pubkey),
                           "--docker-host", dockerd.host, "--log-level", "debug")
     try:
         build_image(dockerd.api(), "outage/app:1", [{"/a.bin": payload(1000, seed=1)}, {"/b.bin": payload(900, seed=2)},

@@ -52,7 +52,7 @@ def test_pull_exits_1_when_the_agent_dies_under_it(bed: Bed, dockerd_factory: An
 
 
 def test_seed_exits_1_when_the_agent_dies_under_it(bed: Bed, tmp_path: Path) -> None:
-    builder = Agent.start(tmp_path, "doomed-builder", bed.tracker.url, bed.tracker.token("doomed-builder", "builder"),
+    builder = Agent.start(tmp_path, "doomed-builder", bed.tracker.url, bed.tracker.token("doomed-builder", "builder", "--key", bed.pubkey),
                           "--docker-host", bed.builder_engine.host)
     # the agent reads the archive from a pipe that stays empty: `seed` is surely waiting on the agent
     fifo = tmp_path / "archive.tar"

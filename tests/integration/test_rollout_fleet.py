@@ -78,7 +78,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         archives[ref] = _save(api, ref, root / f"{ref.replace(':', '-')}.tar")
     agents: list[Agent] = []
     try:
-        builder = Agent.start(root, "builder1", tracker.url, tracker.token("builder1", "builder"),
+        builder = Agent.start(root, "builder1", tracker.url, tracker.token("builder1", "builder", "--key", pubkey),
                               "--docker-host", engines["host1"].host)
         agents.append(builder)
         hosts = {}

@@ -73,11 +73,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     runner, port = await start_tracker(service, "127.0.0.1", 0)
     work = tmp_path / "work"
     work.mkdir()
-    builder = service.create_token("b1", "builder")
+    signing_key = SigningKey.generate()
+    builder = service.create_token("b1", "builder", signing_key.public_raw)
     admin = service.create_token("ops", "admin")
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
-        envelope = make_signed_manifest(work, service.ca.cert_pem, SigningKey.generate(), "demo/app", "v1")
+        envelope = make_signed_manifest(work, service.ca.cert_pem, signing_key, "demo/app", "v1")
         async with http.post(url + "/v1/manifests", data=envelope.to_bytes(),
                              headers={"Authorization": f"Bearer {builder.secret}"}) as resp:
             assert resp.status == 200
@@ -178,7 +179,7 @@ async def test_who_may_look(rig: Rig) -> None:
     assert (await rig.call("GET", "/v1/hosts", rig.builder))[0] == 403
     status, view = await rig.call("GET", "/v1/rollouts/demo/app:v1", rig.builder)
     assert status == 200 and view["loaded"] == 1
-    other = rig.service.create_token("b2", "builder")
+    other = rig.service.create_token("b2", "builder", SigningKey.generate().public_raw)
     assert (await rig.call("GET", "/v1/rollouts/demo/app:v1", other))[0] == 403
     assert (await rig.call("GET", "/v1/rollouts", other)) == (200, {"rollouts": []})
     assert (await rig.call("GET", "/v1/rollouts", None))[0] == 401

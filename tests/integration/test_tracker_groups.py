@@ -17,6 +17,7 @@ import pytest
 from yarl import URL
 
 from swarm.core import wire
+from swarm.core.errors import Forbidden
 from swarm.core.signing import SigningKey
 from swarm.core.tokens import JoinToken, hash_secret
 from swarm.tracker.options import ServeOptions
@@ -75,8 +76,8 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
     service.add_group("pci")
     service.map_pattern("payments/*", "pci")
     service.map_pattern("shop/*", "web")
-    builder = service.create_token("b1", "builder")
     key = SigningKey.generate()
+    builder = service.create_token("b1", "builder", key.public_raw)
     web_m = make_signed_manifest(tmp_path, service.ca.cert_pem, key, "shop/front", "v1", [b"web layer\n"])
     pci_m = make_signed_manifest(tmp_path, service.ca.cert_pem, key, "payments/api", "v1", [b"pci layer\n"])
     assert service.publish(builder.secret, web_m.to_bytes()).group == "web"
@@ -90,8 +91,8 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
                 http,
                 web_m.verify(None).layers[0].announce_hash,
                 pci_m.verify(None).layers[0].announce_hash,
-                service.create_token("web-01", "host", ("web",)),
-                service.create_token("both-01", "host", ("web", "pci")),
+                service.create_token("web-01", "host", groups=("web",)),
+                service.create_token("both-01", "host", groups=("web", "pci")),
                 builder,
             )
     finally:
@@ -186,22 +187,24 @@ def test_upgrade_from_previous_schema_keeps_tokens_in_default(tmp_path: Path) ->
         conn.executescript(migrations.scripts("sqlite")[n])
     conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (max(previous),))
-    old = {name: JoinToken.new("0" * 64) for name in ("old-host", "old-builder")}
-    for name, role in (("old-host", "host"), ("old-builder", "builder")):
+    key = SigningKey.generate()
+    old = {name: JoinToken.new("0" * 64) for name in ("old-host", "b1")}
+    for name, role, bound in (("old-host", "host", None), ("b1", "builder", key.public_raw)):
         conn.execute(
-            "INSERT INTO tokens (name, role, secret_hash, created) VALUES (?, ?, ?, 1)",
-            (name, role, hash_secret(old[name].secret)),
+            "INSERT INTO tokens (name, role, secret_hash, created, builder_key) VALUES (?, ?, ?, 1, ?)",
+            (name, role, hash_secret(old[name].secret), bound),
         )
+    conn.execute("INSERT INTO publish_patterns (name, patterns) VALUES ('b1', '*')")
     conn.commit()
     conn.close()
 
     service = open_service(ServeOptions(data))  # migrates to the newest schema
     try:
         assert service.storage.generation().groups == 0
-        assert service.token_groups("old-host") == {"default"} == service.token_groups("old-builder")
+        assert service.token_groups("old-host") == {"default"} == service.token_groups("b1")
         assert service.authenticate(old["old-host"].secret).name == "old-host"
-        signed = make_signed_manifest(tmp_path, service.ca.cert_pem, SigningKey.generate())
-        assert service.publish(old["old-builder"].secret, signed.to_bytes()).group == "default"
+        signed = make_signed_manifest(tmp_path, service.ca.cert_pem, key)
+        assert service.publish(old["b1"].secret, signed.to_bytes()).group == "default"
         assert [e.ref for e in service.list_manifests(old["old-host"].secret)] == ["demo/app:latest"]
         assert service.get_manifest(old["old-host"].secret, "demo/app:latest") == signed.to_bytes()
     finally:
@@ -209,3 +212,17 @@ def test_upgrade_from_previous_schema_keeps_tokens_in_default(tmp_path: Path) ->
     conn = sqlite3.connect(data / "tracker.db")
     assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == migrations.latest("sqlite")
     conn.close()
+
+
+async def test_builder_publishes_only_into_groups_its_patterns_reach(fleet: Fleet, tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    shop = fleet.service.create_token("b-shop", "builder", key.public_raw, ("shop/*",))
+    into_pci = make_signed_manifest(
+        tmp_path, fleet.service.ca.cert_pem, key, "payments/other", "v1", publisher="b-shop"
+    )
+    with pytest.raises(Forbidden):
+        fleet.service.publish(shop.secret, into_pci.to_bytes())
+    into_web = make_signed_manifest(tmp_path, fleet.service.ca.cert_pem, key, "shop/cart", "v1", publisher="b-shop")
+    assert fleet.service.publish(shop.secret, into_web.to_bytes()).group == "web"
+    status, body = await fleet.get(fleet.web, "/v1/manifests")
+    assert sorted(m["ref"] for m in body["manifests"]) == ["shop/cart:v1", "shop/front:v1"]

@@ -42,6 +42,7 @@ class Tracker:
     builder: JoinToken
     host: JoinToken
     workdir: Path
+    key: SigningKey  # the key the builder token is bound to
 
     def auth(self, token: JoinToken | str | None) -> dict[str, str]:
         if token is None:
@@ -62,7 +63,7 @@ class Tracker:
         return decoded
 
     def signed(self, tag: str = "v1", key: SigningKey | None = None, payload: bytes = b"layer one\n") -> bytes:
-        return make_signed_manifest(self.workdir, self.service.ca.cert_pem, key or SigningKey.generate(),
+        return make_signed_manifest(self.workdir, self.service.ca.cert_pem, key or self.key,
                                     "demo/app", tag, [payload]).to_bytes()
 
 
@@ -75,8 +76,9 @@ async def tracker_server(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> As
     work = tmp_path / "work"
     work.mkdir()
     async with aiohttp.ClientSession() as http:
-        t = Tracker(f"http://127.0.0.1:{port}", service, http, service.create_token("b1", "builder"),
-                    service.create_token("h1", "host"), work)
+        key = SigningKey.generate()
+        t = Tracker(f"http://127.0.0.1:{port}", service, http, service.create_token("b1", "builder", key.public_raw),
+                    service.create_token("h1", "host"), work, key)
         yield t
     await runner.cleanup()
     service.close()
@@ -125,8 +127,7 @@ async def test_enroll(tracker_server: Tracker) -> None:
 
 async def test_publish_get_list_and_roles(tracker_server: Tracker) -> None:
     t = tracker_server
-    key = SigningKey.generate()
-    envelope = t.signed("v1", key)
+    envelope = t.signed("v1")
     status, data = await t.call("POST", "/v1/manifests", t.host, envelope)
     assert status == 403 and "builder" in error_of(data)
     status, data = await t.call("POST", "/v1/manifests", t.builder, envelope)
@@ -142,7 +143,7 @@ async def test_publish_get_list_and_roles(tracker_server: Tracker) -> None:
     status, data = await t.call("GET", "/v1/manifests/demo/app:nope", t.host)
     assert status == 404 and "demo/app:nope" in error_of(data)
     # another key on the same builder token
-    status, data = await t.call("POST", "/v1/manifests", t.builder, t.signed("v2"))
+    status, data = await t.call("POST", "/v1/manifests", t.builder, t.signed("v2", SigningKey.generate()))
     assert status == 403 and "bound" in error_of(data)
 
 
@@ -295,6 +296,9 @@ def test_cli_tokens(tmp_path: Path) -> None:
     """Through `swarm` (main() maps errors to one line and an exit code)."""
     data = str(tmp_path / "data")
     res = run_swarm("tracker", "token", "create", "b1", "--role", "builder", "--data", data, check=False)
+    assert res.returncode == 1 and "--key" in res.stderr  # a builder token is bound to its key at creation
+    res = run_swarm("tracker", "token", "create", "b1", "--role", "builder", "--key",
+                    SigningKey.generate().public_text, "--data", data, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     token = JoinToken.parse(res.stdout.strip())
     res = run_swarm("tracker", "token", "create", "h1", "--role", "host", env={"SWARM_DATA": data}, check=False)

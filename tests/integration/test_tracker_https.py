@@ -34,7 +34,7 @@ def test_seed_and_pull_through_an_https_tracker(tmp_path: Path, dockerd_factory:
                     cmd=["/bin/busybox", "cat", "/hello.txt"])
         key = tmp_path / "k"
         pub = run_swarm("keygen", str(key)).stdout.strip()
-        builder = Agent.start(tmp_path, "builder1", tracker.url, tracker.token("builder1", "builder"),
+        builder = Agent.start(tmp_path, "builder1", tracker.url, tracker.token("builder1", "builder", "--key", pub),
                               "--docker-host", builder_engine.host)
         host = Agent.start(tmp_path, "host1", tracker.url, tracker.token("host1", "host"), "--trust", pub,
                            "--docker-host", host_engine.host)

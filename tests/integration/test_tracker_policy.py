@@ -64,8 +64,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     service = open_service(ServeOptions(tmp_path / "data", interval=60, min_interval=20, auth_failure_limit=5,
                                         auth_failure_window=60), clock=clock)
     runner, port = await start_tracker(service, "127.0.0.1", 0, client_timeout=1.0)
-    builder = service.create_token("b1", "builder")
-    signed = make_signed_manifest(tmp_path, service.ca.cert_pem, SigningKey.generate())
+    key = SigningKey.generate()
+    builder = service.create_token("b1", "builder", key.public_raw)
+    signed = make_signed_manifest(tmp_path, service.ca.cert_pem, key)
     service.publish(builder.secret, signed.to_bytes())
     try:
         async with aiohttp.ClientSession() as http:

@@ -33,8 +33,8 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Postgre
         yield pg, redis
 
 
-def token(root: Path, database: str, name: str, role: str) -> JoinToken:
-    out = run_swarm("tracker", "token", "create", name, "--role", role, "--data", str(root / "cli"),
+def token(root: Path, database: str, name: str, role: str, *extra: str) -> JoinToken:
+    out = run_swarm("tracker", "token", "create", name, "--role", role, *extra, "--data", str(root / "cli"),
                     env={"SWARM_DATABASE": database})
     return JoinToken.parse(out.stdout.strip().splitlines()[-1])
 
@@ -62,7 +62,8 @@ async def replicas(backends: tuple[PostgresServer, RedisServer], tmp_path: Path,
 async def test_replicas_share_tokens_ca_manifests_peers_and_revocations(
         replicas: tuple[str, list[Tracker]], tmp_path: Path) -> None:
     database, (r1, r2) = replicas
-    builder = token(tmp_path, database, "b1", "builder")
+    key = SigningKey.generate()
+    builder = token(tmp_path, database, "b1", "builder", "--key", key.public_text)
     h1, h2 = token(tmp_path, database, "h1", "host"), token(tmp_path, database, "h2", "host")
     async with aiohttp.ClientSession() as http:
         # one CA: both replicas serve it, and it is the one the join tokens pin
@@ -86,7 +87,7 @@ async def test_replicas_share_tokens_ca_manifests_peers_and_revocations(
                                              headers={"Authorization": f"Bearer {h1.secret}"}))
         work = tmp_path / "work"
         work.mkdir()
-        envelope = make_signed_manifest(work, cas[0], SigningKey.generate()).to_bytes()
+        envelope = make_signed_manifest(work, cas[0], key).to_bytes()
         async with http.post(r1.url + "/v1/manifests", data=envelope,
                              headers={"Authorization": f"Bearer {builder.secret}"}) as resp:
             assert resp.status == 200

@@ -49,7 +49,8 @@ async def test_restart_in_the_middle_of_a_distribution(tmp_path: Path) -> None:
     download in flight completes, and a host that joins after the restart finds the swarm through it."""
     tracker = Tracker.start(tmp_path, "--announce-interval", "2", "--min-interval", "1")
     port = int(tracker.url.rsplit(":", 1)[1])
-    builder = JoinToken.parse(tracker.token("builder", "builder"))
+    key = SigningKey.generate()
+    builder = JoinToken.parse(tracker.token("builder", "builder", "--key", key.public_text))
     tokens = {name: JoinToken.parse(tracker.token(name, "host")) for name in ("seeder", "leecher", "late")}
     loop = asyncio.get_running_loop()
     engines: list[Engine] = []
@@ -60,8 +61,8 @@ async def test_restart_in_the_middle_of_a_distribution(tmp_path: Path) -> None:
                 ca_pem = await resp.text()
             seed_dir = tmp_path / "seed"
             seed_dir.mkdir()
-            signed = make_signed_manifest(seed_dir, ca_pem, SigningKey.generate(),
-                                          payloads=[os.urandom(4 * 1024 * 1024 + 99)])
+            signed = make_signed_manifest(seed_dir, ca_pem, key, payloads=[os.urandom(4 * 1024 * 1024 + 99)],
+                                          publisher="builder")
             async with http.post(tracker.url + "/v1/manifests", headers=auth(builder),
                                  data=signed.to_bytes()) as resp:
                 assert resp.status == 200
@@ -125,12 +126,13 @@ async def test_restart_in_the_middle_of_a_distribution(tmp_path: Path) -> None:
 async def test_revoke_from_the_cli_takes_effect_on_the_next_request(tmp_path: Path) -> None:
     tracker = Tracker.start(tmp_path)
     try:
-        builder = JoinToken.parse(tracker.token("b1", "builder"))
+        key = SigningKey.generate()
+        builder = JoinToken.parse(tracker.token("b1", "builder", "--key", key.public_text))
         h1, h2 = (JoinToken.parse(tracker.token(n, "host")) for n in ("h1", "h2"))
         async with aiohttp.ClientSession() as http:
             async with http.get(tracker.url + "/v1/ca") as resp:
                 ca_pem = await resp.text()
-            signed = make_signed_manifest(tmp_path, ca_pem, SigningKey.generate())
+            signed = make_signed_manifest(tmp_path, ca_pem, key)
             async with http.post(tracker.url + "/v1/manifests", headers=auth(builder), data=signed.to_bytes()) as r:
                 assert r.status == 200
             ih = SignedManifest.from_bytes(signed.to_bytes()).verify(None).layers[0].announce_hash

@@ -26,14 +26,26 @@ def make_layer(workdir: Path, ca_pem: str, payload: bytes) -> Layer:
                  torrent=torrent)
 
 
+_last_created_ms = 0
+
+
+def created_now_ms() -> int:
+    """Unix milliseconds, strictly growing within this process (two manifests of a tag never tie)."""
+    global _last_created_ms
+    _last_created_ms = max(time.time_ns() // 1_000_000, _last_created_ms + 1)
+    return _last_created_ms
+
+
 def make_signed_manifest(workdir: Path, ca_pem: str, key: SigningKey, repository: str = "demo/app",
-                         tag: str = "latest", payloads: Sequence[bytes] = (b"layer one\n",)) -> SignedManifest:
+                         tag: str = "latest", payloads: Sequence[bytes] = (b"layer one\n",),
+                         publisher: str = "b1", created_ms: int | None = None) -> SignedManifest:
+    """Signed by `key` for builder token `publisher` (the tracker takes it only from that token)."""
     layers = tuple(make_layer(workdir, ca_pem, p) for p in payloads)
     config = json.dumps({"architecture": "amd64", "os": "linux",
                          "rootfs": {"type": "layers", "diff_ids": [la.diff_id for la in layers]}},
                         sort_keys=True).encode()
     manifest = Manifest(repository=repository, tag=tag, config=config, layers=layers, key_id=key.key_id,
-                        created=int(time.time()))
+                        created_ms=created_now_ms() if created_ms is None else created_ms, publisher=publisher)
     return key.sign(manifest)
 
 

@@ -109,8 +109,9 @@ class Tracker:
         tracker.url = proc.wait_line(r"tracker listening on (https?://\S+)").group(1)
         return tracker
 
-    def token(self, name: str, role: str) -> str:
-        out = run_swarm("tracker", "token", "create", name, "--role", role, "--data", str(self.data))
+    def token(self, name: str, role: str, *extra: str) -> str:
+        """`extra`: e.g. a builder's `--key PUBKEY` and `--publish PATTERN`."""
+        out = run_swarm("tracker", "token", "create", name, "--role", role, *extra, "--data", str(self.data))
         return out.stdout.strip().splitlines()[-1]
 
 

@@ -330,7 +330,7 @@ class Fleet:
             self.url = self.tracker.url
             self.pubkey = run_swarm("keygen", str(self.key)).stdout.strip()
             engines.result()
-        self.tokens["builder"] = self.tracker.token("builder", "builder")
+        self.tokens["builder"] = self.tracker.token("builder", "builder", "--key", self.pubkey)
         builder = bed.start_agent("builder", self.url, self.tokens["builder"], *self._builder_args, wait=False)
         agents = [builder]
         for name in self.host_names:

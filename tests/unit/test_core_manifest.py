@@ -18,7 +18,7 @@ def make_manifest(key_id: str, tag: str = "1") -> Manifest:
     layer = Layer(diff_id="sha256:" + "a" * 64, size=10240, blob="sha256:" + "b" * 64, blob_size=300,
                   compression="zstd", info_hash=bytes(range(32)), torrent=b"d4:infod4:name3:abcee")
     return Manifest(repository="myapp/web", tag=tag, config=b'{"architecture":"amd64"}', layers=(layer, layer),
-                    key_id=key_id, created=1_700_000_000)
+                    key_id=key_id, created_ms=1_700_000_000_000, publisher="b1")
 
 
 def test_canonical_bytes_are_stable_and_sorted() -> None:
@@ -46,7 +46,8 @@ def test_non_canonical_encoding_is_refused() -> None:
 
 @pytest.mark.parametrize("change", [
     {"extra": 1},
-    {"version": 2},
+    {"version": 3},
+    {"version": 1},
     {"layers": []},
     {"tag": ""},
 ])

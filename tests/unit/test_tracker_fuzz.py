@@ -28,6 +28,7 @@ from swarm.core.certs import make_csr, new_private_key
 from swarm.core.errors import InvalidInput, SwarmError
 from swarm.core.manifest import Manifest
 from swarm.core.signing import SignedManifest, SigningKey
+from swarm.core.trust import DelegatedKey, KeyDocument, SignedKeyDocument
 from swarm.tracker.announce import parse_announce, parse_scrape
 from swarm.tracker.options import ServeOptions
 from swarm.tracker.server import open_service, start_tracker
@@ -104,9 +105,10 @@ def test_msgpack_decoders(body: bytes) -> None:
 def fuzz_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TrackerService, bytes, str, str]]:
     tmp = tmp_path_factory.mktemp("fuzz")
     service = open_service(ServeOptions(tmp / "data", auth_failure_limit=0))
-    builder = service.create_token("b1", "builder")
+    key = SigningKey.generate()
+    builder = service.create_token("b1", "builder", key.public_raw)
     host = service.create_token("h1", "host")
-    signed = make_signed_manifest(tmp, service.ca.cert_pem, SigningKey.generate())
+    signed = make_signed_manifest(tmp, service.ca.cert_pem, key)
     service.publish(builder.secret, signed.to_bytes())
     yield service, signed.to_bytes(), builder.secret, host.secret
     service.close()
@@ -150,6 +152,43 @@ def test_manifest_verification(fuzz_service: tuple[TrackerService, bytes, str, s
         SignedManifest.from_bytes(data).verify(None)  # only what verifies gets in
 
 
+_ROOT = SigningKey.generate()
+_KEY_DOC = SignedKeyDocument.sign(
+    KeyDocument(1, (DelegatedKey(SigningKey.generate().public_raw, ("myapp/*", "base:*"), 4_000_000_000),)), _ROOT
+).to_bytes()
+
+
+@FUZZ
+@given(st.one_of(bodies, edits))
+def test_key_document_publication(fuzz_service: tuple[TrackerService, bytes, str, str],
+                                  body: bytes | list[tuple[int, int]]) -> None:
+    """Random bytes and a valid signed key document with a few bytes changed: kept only if it verifies."""
+    service = fuzz_service[0]
+    data = mutate(_KEY_DOC, body) if isinstance(body, list) else body
+    try:
+        service.publish_key_document(data)
+    except SwarmError as exc:
+        assert exc.message
+    else:
+        assert SignedKeyDocument.from_bytes(data).verify(None).version >= 1
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                                        max_size=4), max_leaves=12)
+
+
+@FUZZ
+@given(st.one_of(json_values, st.fixed_dictionaries({"version": json_values, "keys": st.lists(
+    st.fixed_dictionaries({"key": json_values, "repositories": json_values, "expires": json_values}), max_size=3)})))
+def test_key_spec_errors_are_one_line(spec: object) -> None:
+    """Whatever JSON an operator writes, `swarm keys sign` gets a document or a UsageError."""
+    try:
+        KeyDocument.from_spec(spec)
+    except SwarmError as exc:
+        assert exc.message and "\n" not in exc.message
+
+
 @FUZZ
 @given(any_query, st.sampled_from(["127.0.0.1", "::1", "::ffff:10.0.0.1", "", "junk"]))
 def test_service_announce_and_scrape_always_bencode(fuzz_service: tuple[TrackerService, bytes, str, str],
@@ -185,7 +224,7 @@ def server(fuzz_service: tuple[TrackerService, bytes, str, str]) -> Iterator[Ser
 
 paths = st.one_of(
     st.sampled_from(["/v1/enroll", "/v1/manifests", "/v1/manifests/demo/app:latest", "/v1/watch", "/v1/health",
-                     "/v1/ca", "/metrics", "/announce/", "/scrape/", "/v1/manifests/"]),
+                     "/v1/ca", "/metrics", "/announce/", "/scrape/", "/v1/manifests/", "/v1/keys"]),
     st.text(alphabet=st.sampled_from("/abcv1:%._-?&=~"), max_size=40).map(lambda p: "/" + p))
 
 

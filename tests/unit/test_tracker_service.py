@@ -91,7 +91,7 @@ def test_migrate_a_v1_database(tmp_path: Path) -> None:
 
 
 def test_token_lifecycle_and_hashes_only(service: TrackerService) -> None:
-    tok = service.create_token("b1", "builder")
+    tok = service.create_token("b1", "builder", SigningKey.generate().public_raw)
     assert tok.ca_fingerprint == service.ca.fingerprint
     assert service.authenticate(tok.secret).name == "b1"
     with pytest.raises(InvalidInput):
@@ -148,9 +148,9 @@ def test_enroll_certificate(service: TrackerService) -> None:
 
 
 def test_publish_roles_tamper_and_key_binding(service: TrackerService, tmp_path: Path) -> None:
-    builder = service.create_token("b1", "builder")
-    host = service.create_token("h1", "host")
     key = SigningKey.generate()
+    builder = service.create_token("b1", "builder", key.public_raw)
+    host = service.create_token("h1", "host")
     signed = make_signed_manifest(tmp_path, service.ca.cert_pem, key, "demo/app", "v1")
     with pytest.raises(Forbidden):
         service.publish(host.secret, signed.to_bytes())
@@ -193,9 +193,9 @@ def test_publish_roles_tamper_and_key_binding(service: TrackerService, tmp_path:
 
 
 async def test_watch(service: TrackerService, tmp_path: Path) -> None:
-    builder = service.create_token("b1", "builder")
-    host = service.create_token("h1", "host")
     key = SigningKey.generate()
+    builder = service.create_token("b1", "builder", key.public_raw)
+    host = service.create_token("h1", "host")
     assert await service.watch(host.secret, 0, 0) == (0, [])
     waiter = asyncio.create_task(service.watch(host.secret, 0, 30))
     await asyncio.sleep(0)  # let it start waiting (not needed for correctness: it checks the db first)
@@ -209,10 +209,11 @@ async def test_watch(service: TrackerService, tmp_path: Path) -> None:
 
 
 async def test_announce_and_revocation(service: TrackerService, tmp_path: Path) -> None:
-    builder = service.create_token("b1", "builder")
+    key = SigningKey.generate()
+    builder = service.create_token("b1", "builder", key.public_raw)
     h1 = service.create_token("h1", "host")
     h2 = service.create_token("h2", "host")
-    signed = make_signed_manifest(tmp_path, service.ca.cert_pem, SigningKey.generate())
+    signed = make_signed_manifest(tmp_path, service.ca.cert_pem, key)
     ih = signed.verify(None).layers[0].announce_hash
 
     def decode(b: bytes) -> dict[bytes, object]:
@@ -248,9 +249,10 @@ async def test_announce_and_revocation(service: TrackerService, tmp_path: Path) 
 
 
 async def test_revocation_by_another_process_drops_peers(service: TrackerService, tmp_path: Path) -> None:
-    builder = service.create_token("b1", "builder")
+    key = SigningKey.generate()
+    builder = service.create_token("b1", "builder", key.public_raw)
     h1, h2 = service.create_token("h1", "host"), service.create_token("h2", "host")
-    signed = make_signed_manifest(tmp_path, service.ca.cert_pem, SigningKey.generate())
+    signed = make_signed_manifest(tmp_path, service.ca.cert_pem, key)
     ih = signed.verify(None).layers[0].announce_hash
     service.publish(builder.secret, signed.to_bytes())
     await service.announce(h2.secret, announce_query(ih, 7002, b"2" * 20), "127.0.0.1")

@@ -15,8 +15,11 @@ request, so a revocation counts at once even where a tracker caches token
 records.
 
 Tables:
-  tokens        name PK, role, secret_hash UNIQUE, created, revoked_at, builder_key
-  manifests     ref PK ("repo:tag"), envelope, image_id, seq UNIQUE, published, publisher
+  tokens        name PK, role, secret_hash UNIQUE, created, revoked_at, builder_key (bound at
+                creation), publish (a builder's repository patterns, space-separated)
+  manifests     ref PK ("repo:tag"), envelope, image_id, seq UNIQUE, published, publisher,
+                created_ms (the signed creation time: a tag only moves forward)
+  repositories  repository PK, owner: the builder token whose tags these are
   torrents      (announce_hash, ref) PK, blob: the 20-byte announce hashes each
                 current manifest names (a blob shared by several manifests has one row each)
   certificates  serial, name, not_after, issued_at
@@ -28,6 +31,7 @@ Tables:
                 each agent's latest heartbeat (storage/rollout.py)
   pull_reports  (host, ref) PK, report (msgpack PullReport), state, image_id, updated: the latest
                 state of each pull on each host, at most MAX_PULLS_PER_HOST per host
+  key_document  one row: the newest root-signed key document (version, envelope)
   ca            one row: the CA key and certificate, PEM (PostgreSQL only: in SQLite
                 mode the CA lives in files beside the database, see swarm/tracker/ca.py)
 """
@@ -50,6 +54,8 @@ class TokenRecord:
     created: int
     revoked_at: int | None
     builder_key: bytes | None
+    #: repository patterns a builder may publish into
+    publish: tuple[str, ...] = ()
 
     @property
     def revoked(self) -> bool:
@@ -77,7 +83,17 @@ class Storage(RolloutStore, GroupStore, Protocol):
     def ping(self) -> None:
         """Raise if the database cannot answer a query now (/readyz)."""
 
-    def add_token(self, name: str, role: str, secret_hash: str, groups: tuple[str, ...] = ...) -> None: ...
+    def add_token(
+        self,
+        name: str,
+        role: str,
+        secret_hash: str,
+        builder_key: bytes | None = None,
+        publish: tuple[str, ...] = (),
+        groups: tuple[str, ...] = ...,
+    ) -> None: ...
+
+    def update_token(self, name: str, builder_key: bytes | None, publish: tuple[str, ...] | None) -> bool: ...
 
     def token_by_hash(self, secret_hash: str) -> TokenRecord | None: ...
 
@@ -101,10 +117,18 @@ class Storage(RolloutStore, GroupStore, Protocol):
         envelope: bytes,
         image_id: str,
         publisher: str,
-        builder_key: bytes,
+        created_ms: int,
         layers: Iterable[tuple[bytes, str]],
         group: str = ...,
     ) -> ManifestEntry: ...
+
+    def repositories(self) -> list[tuple[str, str]]: ...
+
+    def transfer_repository(self, repository: str, owner: str) -> bool: ...
+
+    def key_document(self) -> bytes | None: ...
+
+    def store_key_document(self, version: int, envelope: bytes) -> None: ...
 
     def envelope(self, ref: str) -> bytes | None: ...
 

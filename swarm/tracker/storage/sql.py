@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from swarm.core.api import ManifestEntry
-from swarm.core.errors import Forbidden, InvalidInput
+from swarm.core.errors import Conflict, Forbidden, InvalidInput
 from swarm.core.groups import DEFAULT
 from swarm.tracker.storage.base import Generation, TokenRecord
 from swarm.tracker.storage.groups import GroupSQL
@@ -49,15 +49,25 @@ class SQLStorage(RolloutSQL, GroupSQL):
 
     # tokens
 
-    def add_token(self, name: str, role: str, secret_hash: str, groups: tuple[str, ...] = (DEFAULT,)) -> None:
+    def add_token(
+        self,
+        name: str,
+        role: str,
+        secret_hash: str,
+        builder_key: bytes | None = None,
+        publish: tuple[str, ...] = (),
+        groups: tuple[str, ...] = (DEFAULT,),
+    ) -> None:
         try:
             with self._tx() as c:
                 self._require_groups(c, list(groups))
                 self._x(
                     c,
-                    "INSERT INTO tokens (name, role, secret_hash, created) VALUES (?, ?, ?, ?)",
-                    (name, role, secret_hash, int(time.time())),
+                    "INSERT INTO tokens (name, role, secret_hash, created, builder_key) VALUES (?, ?, ?, ?, ?)",
+                    (name, role, secret_hash, int(time.time()), builder_key),
                 )
+                if publish:
+                    self._x(c, "INSERT INTO publish_patterns (name, patterns) VALUES (?, ?)", (name, " ".join(publish)))
                 self._x(c, "DELETE FROM token_groups WHERE token = ?", (name,))
                 for g in dict.fromkeys(groups):
                     self._x(c, "INSERT INTO token_groups (token, grp) VALUES (?, ?)", (name, g))
@@ -65,18 +75,30 @@ class SQLStorage(RolloutSQL, GroupSQL):
         except self._integrity as exc:
             raise InvalidInput(f"a token named {name!r} already exists") from exc
 
+    def update_token(self, name: str, builder_key: bytes | None, publish: tuple[str, ...] | None) -> bool:
+        """Rebind a builder's key and/or replace its patterns; bumps the counter trackers poll (their
+        cached token records go at once). False when there is no such token."""
+        with self._tx() as c:
+            if self._x(c, "SELECT 1 FROM tokens WHERE name = ?", (name,)).fetchone() is None:
+                return False
+            if builder_key is not None:
+                self._x(c, "UPDATE tokens SET builder_key = ? WHERE name = ?", (builder_key, name))
+            if publish is not None:
+                self._x(c, "DELETE FROM publish_patterns WHERE name = ?", (name,))
+                self._x(c, "INSERT INTO publish_patterns (name, patterns) VALUES (?, ?)", (name, " ".join(publish)))
+            self._x(c, "UPDATE meta SET value = value + 1 WHERE key = 'revocations'")
+        return True
+
     def token_by_hash(self, secret_hash: str) -> TokenRecord | None:
-        row = self._one(
-            "SELECT name, role, created, revoked_at, builder_key FROM tokens WHERE secret_hash = ?", (secret_hash,)
-        )
+        row = self._one(_SELECT_TOKEN + " WHERE t.secret_hash = ?", (secret_hash,))
         return _token(row) if row else None
 
     def token(self, name: str) -> TokenRecord | None:
-        row = self._one("SELECT name, role, created, revoked_at, builder_key FROM tokens WHERE name = ?", (name,))
+        row = self._one(_SELECT_TOKEN + " WHERE t.name = ?", (name,))
         return _token(row) if row else None
 
     def tokens(self) -> list[TokenRecord]:
-        rows = self._all("SELECT name, role, created, revoked_at, builder_key FROM tokens ORDER BY name")
+        rows = self._all(_SELECT_TOKEN + " ORDER BY t.name")
         return [_token(r) for r in rows]
 
     def revoke_token(self, name: str) -> bool:
@@ -117,32 +139,50 @@ class SQLStorage(RolloutSQL, GroupSQL):
         envelope: bytes,
         image_id: str,
         publisher: str,
-        builder_key: bytes,
+        created_ms: int,
         layers: Iterable[tuple[bytes, str]],
         group: str = DEFAULT,
     ) -> ManifestEntry:
-        """Store a manifest with the next seq and the announce hashes it names.
+        """Store a manifest with the next seq and the announce hashes it names, in one transaction
+        that also settles ownership and order:
 
-        Binds the publisher's token to `builder_key` on its first publication,
-        and refuses (Forbidden) a manifest signed by any other key later.
+        - the repository belongs to the first token that publishes into it; another is Forbidden;
+        - a manifest not newer (`created_ms`) than the tag's current one is a Conflict, except the
+          very same envelope again, which changes nothing and answers the current entry.
         """
+        repository = ref.rpartition(":")[0]
         now = int(time.time())
         with self._tx() as c:
             self._lock_manifests(c)
-            row = self._x(c, "SELECT builder_key FROM tokens WHERE name = ?", (publisher,)).fetchone()
-            bound = row[0] if row else None
-            if bound is not None and bytes(bound) != builder_key:
-                raise Forbidden(f"builder token {publisher!r} is bound to another signing key")
-            if bound is None:
-                self._x(c, "UPDATE tokens SET builder_key = ? WHERE name = ?", (builder_key, publisher))
+            row = self._x(c, "SELECT owner FROM repositories WHERE repository = ?", (repository,)).fetchone()
+            if row is None:
+                self._x(c, "INSERT INTO repositories (repository, owner) VALUES (?, ?)", (repository, publisher))
+            elif row[0] != publisher:
+                raise Forbidden(
+                    f"repository {repository} belongs to builder {row[0]!r}: an operator can hand it "
+                    f"over with `swarm tracker repo transfer {repository} --to {publisher}`"
+                )
+            held = self._x(
+                c,
+                "SELECT created_ms, envelope, image_id, seq, published, publisher FROM manifests WHERE ref = ?",
+                (ref,),
+            ).fetchone()
+            if held is not None:
+                if bytes(held[1]) == envelope:
+                    return ManifestEntry(ref, held[2], int(held[3]), int(held[4]), held[5])
+                if int(held[0]) >= created_ms:
+                    raise Conflict(
+                        f"{ref} already has a manifest created at or after this one (created_ms "
+                        f"{int(held[0])} >= {created_ms}): to roll back, publish the old image anew"
+                    )
             seq = int(self._x(c, "SELECT coalesce(max(seq), 0) + 1 FROM manifests").fetchone()[0])
             self._x(c, "DELETE FROM torrents WHERE ref = ?", (ref,))
             self._x(c, "DELETE FROM manifests WHERE ref = ?", (ref,))
             self._x(
                 c,
-                "INSERT INTO manifests (ref, envelope, image_id, seq, published, publisher, grp)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (ref, envelope, image_id, seq, now, publisher, group),
+                "INSERT INTO manifests (ref, envelope, image_id, seq, published, publisher, created_ms, grp) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (ref, envelope, image_id, seq, now, publisher, created_ms, group),
             )
             for h, blob in dict(layers).items():
                 self._x(
@@ -151,6 +191,36 @@ class SQLStorage(RolloutSQL, GroupSQL):
                     (h, blob, ref),
                 )
         return ManifestEntry(ref, image_id, seq, now, publisher, group)
+
+    def repositories(self) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in self._all("SELECT repository, owner FROM repositories ORDER BY repository")]
+
+    def transfer_repository(self, repository: str, owner: str) -> bool:
+        """Give `repository` to token `owner` (creating the record if nobody published there yet);
+        False when `owner` is no builder token."""
+        with self._tx() as c:
+            row = self._x(c, "SELECT role FROM tokens WHERE name = ?", (owner,)).fetchone()
+            if row is None or row[0] != "builder":
+                return False
+            if self._x(c, "UPDATE repositories SET owner = ? WHERE repository = ?", (owner, repository)).rowcount == 0:
+                self._x(c, "INSERT INTO repositories (repository, owner) VALUES (?, ?)", (repository, owner))
+        return True
+
+    def key_document(self) -> bytes | None:
+        row = self._one("SELECT envelope FROM key_document WHERE id = 1")
+        return bytes(row[0]) if row else None
+
+    def store_key_document(self, version: int, envelope: bytes) -> None:
+        """Keep the newest key document; one whose version is not above the stored one is a Conflict."""
+        with self._tx() as c:
+            row = self._x(c, "SELECT version FROM key_document WHERE id = 1").fetchone()
+            if row is not None and int(row[0]) >= version:
+                raise Conflict(
+                    f"the tracker holds key document version {int(row[0])}, not older than "
+                    f"{version}: sign the new one with a higher version"
+                )
+            self._x(c, "DELETE FROM key_document WHERE id = 1")
+            self._x(c, "INSERT INTO key_document (id, version, envelope) VALUES (1, ?, ?)", (version, envelope))
 
     _ignore_tail = ""
 
@@ -190,8 +260,19 @@ class SQLStorage(RolloutSQL, GroupSQL):
         return [(r[0], int(r[1]), int(r[2])) for r in rows]
 
 
+_SELECT_TOKEN = (
+    "SELECT t.name, t.role, t.created, t.revoked_at, t.builder_key, p.patterns FROM tokens t "
+    "LEFT JOIN publish_patterns p ON p.name = t.name"
+)
+
+
 def _token(row: Any) -> TokenRecord:
-    name, role, created, revoked_at, key = row
+    name, role, created, revoked_at, key, publish = row
     return TokenRecord(
-        name, role, int(created), None if revoked_at is None else int(revoked_at), None if key is None else bytes(key)
+        name,
+        role,
+        int(created),
+        None if revoked_at is None else int(revoked_at),
+        None if key is None else bytes(key),
+        tuple(str(publish or "").split()),
     )
