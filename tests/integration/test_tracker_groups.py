@@ -225,4 +225,4 @@ async def test_builder_publishes_only_into_groups_its_patterns_reach(fleet: Flee
     into_web = make_signed_manifest(tmp_path, fleet.service.ca.cert_pem, key, "shop/cart", "v1", publisher="b-shop")
     assert fleet.service.publish(shop.secret, into_web.to_bytes()).group == "web"
     status, body = await fleet.get(fleet.web, "/v1/manifests")
-    assert sorted(m["ref"] for m in body["manifests"]) == ["shop/cart:v1", "shop/front:v1"]
+    assert status == 200 and sorted(m["ref"] for m in body["manifests"]) == ["shop/cart:v1", "shop/front:v1"]
