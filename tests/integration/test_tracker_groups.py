@@ -226,3 +226,33 @@ async def test_builder_publishes_only_into_groups_its_patterns_reach(fleet: Flee
     assert fleet.service.publish(shop.secret, into_web.to_bytes()).group == "web"
     status, body = await fleet.get(fleet.web, "/v1/manifests")
     assert status == 200 and sorted(m["ref"] for m in body["manifests"]) == ["shop/cart:v1", "shop/front:v1"]
+
+
+def test_postgres_upgrade_from_previous_schema_keeps_tokens_in_default() -> None:
+    import psycopg
+
+    from swarm.tracker.storage.postgres import PostgresStorage
+    from tests.support.postgres import PostgresServer
+
+    with PostgresServer.start() as pg:
+        url = pg.create_database("groups_upgrade")
+        with psycopg.connect(url, autocommit=True) as conn:
+            previous = [n for n in migrations.scripts("postgresql") if n < 7]
+            for n in previous:
+                for statement in migrations.statements(migrations.scripts("postgresql")[n]):
+                    conn.execute(statement.encode())
+            conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (max(previous),))
+            conn.execute(
+                "INSERT INTO tokens (name, role, secret_hash, created) VALUES ('old-host', 'host', %s, 1)",
+                (hash_secret("a" * 40),),
+            )
+        storage = PostgresStorage(url)
+        try:
+            assert storage.schema_version == migrations.latest("postgresql")
+            assert storage.memberships() == {"old-host": frozenset({"default"})}
+            record = storage.token_by_hash(hash_secret("a" * 40))
+            assert record is not None and record.name == "old-host"
+            assert [g.name for g in storage.group_records()] == ["default"]
+        finally:
+            storage.close()
