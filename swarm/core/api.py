@@ -20,6 +20,9 @@ announce/scrape errors are bencoded {"failure reason": ...} with status 200
                                          (long-poll: waits up to S seconds, max 60,
                                          for a publication after N)
   GET  /v1/keys        any role       -> SignedKeyDocument bytes (swarm/core/trust.py), 404 if none
+  GET  /v1/groups/resolve?repository=R  builder, admin -> {"group": name, "id": group id}
+                                      (hosts see, in manifests, watch, announce and scrape, only
+                                      the images of their groups: see swarm/core/groups.py)
   GET  /announce/<secret>?...         BEP 3/23/7 announce (v2 hashes truncated to 20 bytes)
   GET  /scrape/<secret>?info_hash=... BEP 48 scrape
   GET  /t/<secret>/announce, /t/<secret>/scrape
@@ -75,6 +78,7 @@ class ManifestEntry:
     seq: int  # publication sequence number, grows by one per publish
     published: int  # unix seconds
     publisher: str  # token name of the builder
+    group: str = "default"  # the host group whose hosts may read it (swarm/core/groups.py)
 
     def to_map(self) -> dict[str, Any]:
         return {
@@ -83,12 +87,20 @@ class ManifestEntry:
             "seq": self.seq,
             "published": self.published,
             "publisher": self.publisher,
+            "group": self.group,
         }
 
     @classmethod
     def from_map(cls, m: dict[str, Any]) -> ManifestEntry:
         try:
-            return cls(str(m["ref"]), str(m["image_id"]), int(m["seq"]), int(m["published"]), str(m["publisher"]))
+            return cls(
+                str(m["ref"]),
+                str(m["image_id"]),
+                int(m["seq"]),
+                int(m["published"]),
+                str(m["publisher"]),
+                str(m.get("group", "default")),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput("malformed manifest entry") from exc
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import shutil
 from pathlib import Path
@@ -304,17 +305,24 @@ _PUBLISH = click.option(
 @click.option("--role", required=True, type=click.Choice(ROLES), envvar="SWARM_ROLE", show_envvar=True)
 @_KEY
 @_PUBLISH
+@click.option("--group", "groups", multiple=True, help="a host group it belongs to (repeat; default: default)")
 @_FILE
 @_DATA
 @_DATABASE
 def token_create(
-    name: str, role: str, public_key: str | None, publish: tuple[str, ...], data: Path, database: str | None
+    name: str,
+    role: str,
+    public_key: str | None,
+    publish: tuple[str, ...],
+    groups: tuple[str, ...],
+    data: Path,
+    database: str | None,
 ) -> None:
     """Create a token; prints the join token (only this once). A builder token is bound to --key."""
     key = parse_public_key(public_key) if public_key else None
     service = _service(data, database)
     try:
-        click.echo(str(service.create_token(name, role, key, publish)))
+        click.echo(str(service.create_token(name, role, key, publish, groups)))
     finally:
         service.close()
 
@@ -355,21 +363,147 @@ def token_revoke(name: str, data: Path, database: str | None) -> None:
 
 
 @token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table")
 @_FILE
 @_DATA
 @_DATABASE
-def token_list(data: Path, database: str | None) -> None:
-    """List tokens (never their secrets)."""
+def token_list(as_json: bool, data: Path, database: str | None) -> None:
+    """List tokens (never their secrets) with their groups."""
     service = _service(data, database)
     try:
         records = service.list_tokens()
+        groups = {r.name: sorted(service.token_groups(r.name)) for r in records}
     finally:
         service.close()
+    if as_json:
+        listing = [
+            {"name": r.name, "role": r.role, "created": r.created, "revoked_at": r.revoked_at, "groups": groups[r.name]}
+            for r in records
+        ]
+        click.echo(json.dumps(listing, indent=2))
+        return
+    rows = [[r.name, r.role, _when(r.created), _when(r.revoked_at) if r.revoked_at else ""] for r in records]
+    headers = ["name", "role", "created", "revoked"]
+    # the groups column appears once groups are in use (a fleet all in `default` reads as before)
+    if any(g != ["default"] for g in groups.values()):
+        headers.insert(2, "groups")
+        for row, r in zip(rows, records, strict=True):
+            row.insert(2, ",".join(groups[r.name]) or "-")
+    print_table(Console(), headers, rows)
+
+
+@token.command("groups")
+@click.argument("name")
+@click.option("--add", "add", multiple=True, help="join this group (repeat)")
+@click.option("--remove", "remove", multiple=True, help="leave this group (repeat); refused at once")
+@_FILE
+@_DATA
+@_DATABASE
+def token_groups(name: str, add: tuple[str, ...], remove: tuple[str, ...], data: Path, database: str | None) -> None:
+    """Change a token's group memberships; prints the groups it is in after the change."""
+    service = _service(data, database)
+    try:
+        if add or remove:
+            service.change_memberships(name, list(add), list(remove))
+        elif service.storage.token(name) is None:
+            raise UsageError(f"no token named {name!r}")
+        click.echo(" ".join(sorted(service.token_groups(name))))
+    finally:
+        service.close()
+
+
+@tracker.group()
+def group() -> None:
+    """Host groups: which hosts may read which repositories."""
+
+
+@group.command("add")
+@click.argument("name")
+@_FILE
+@_DATA
+@_DATABASE
+def group_add(name: str, data: Path, database: str | None) -> None:
+    """Create a group (lowercase letters, digits, '-')."""
+    service = _service(data, database)
+    try:
+        service.add_group(name)
+    finally:
+        service.close()
+    click.echo(f"added group {name}", err=True)
+
+
+@group.command("rm")
+@click.argument("name")
+@_FILE
+@_DATA
+@_DATABASE
+def group_rm(name: str, data: Path, database: str | None) -> None:
+    """Remove a group and its memberships (refused while patterns map to it or images are in it)."""
+    service = _service(data, database)
+    try:
+        service.remove_group(name)
+    finally:
+        service.close()
+    click.echo(f"removed group {name}", err=True)
+
+
+@group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table")
+@_FILE
+@_DATA
+@_DATABASE
+def group_list(as_json: bool, data: Path, database: str | None) -> None:
+    """List groups with their id, repository patterns and member tokens."""
+    from swarm.core.groups import group_id
+
+    service = _service(data, database)
+    try:
+        records = service.list_groups()
+    finally:
+        service.close()
+    if as_json:
+        listing = [
+            {"name": r.name, "id": group_id(r.name), "patterns": list(r.patterns), "members": list(r.members)}
+            for r in records
+        ]
+        click.echo(json.dumps(listing, indent=2))
+        return
     print_table(
         Console(),
-        ("name", "role", "created", "revoked"),
-        [(r.name, r.role, _when(r.created), _when(r.revoked_at) if r.revoked_at else "") for r in records],
+        ("group", "id", "patterns", "members"),
+        [(r.name, group_id(r.name), " ".join(r.patterns), " ".join(r.members)) for r in records],
     )
+
+
+@group.command("map")
+@click.argument("pattern")
+@click.argument("group_name", metavar="GROUP")
+@_FILE
+@_DATA
+@_DATABASE
+def group_map(pattern: str, group_name: str, data: Path, database: str | None) -> None:
+    """Put the repositories PATTERN matches (`payments/*`) in GROUP; the most specific pattern wins."""
+    service = _service(data, database)
+    try:
+        service.map_pattern(pattern, group_name)
+    finally:
+        service.close()
+    click.echo(f"mapped {pattern} to {group_name}", err=True)
+
+
+@group.command("unmap")
+@click.argument("pattern")
+@_FILE
+@_DATA
+@_DATABASE
+def group_unmap(pattern: str, data: Path, database: str | None) -> None:
+    """Remove a pattern's mapping (its repositories fall back to other patterns or default)."""
+    service = _service(data, database)
+    try:
+        service.unmap_pattern(pattern)
+    finally:
+        service.close()
+    click.echo(f"unmapped {pattern}", err=True)
 
 
 @token.command("show")

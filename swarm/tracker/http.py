@@ -171,6 +171,12 @@ async def publish(request: web.Request) -> web.Response:
     return _msgpack(entry.to_map())
 
 
+async def resolve_group(request: web.Request) -> web.Response:
+    """GET /v1/groups/resolve?repository=R (builder, admin): the group R's images go to, and its id."""
+    name, gid = request.app[SERVICE].resolve_group(_secret(request), request.query.get("repository", ""), _ip(request))
+    return _msgpack({"group": name, "id": gid})
+
+
 async def list_manifests(request: web.Request) -> web.Response:
     entries = request.app[SERVICE].list_manifests(_secret(request), _ip(request))
     return _msgpack({"manifests": [e.to_map() for e in entries]})
@@ -267,6 +273,7 @@ def make_app(service: TrackerService, client_timeout: float = DEFAULT_CLIENT_TIM
     app.router.add_get("/v1/manifests", list_manifests)
     app.router.add_get("/v1/manifests/{ref:.+}", get_manifest)
     app.router.add_get("/v1/watch", watch)
+    app.router.add_get("/v1/groups/resolve", resolve_group)
     app.router.add_get("/v1/keys", key_document)
     app.router.add_get("/announce/{secret}", announce)
     app.router.add_get("/scrape/{secret}", scrape)

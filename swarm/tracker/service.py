@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from swarm.core import groups as grp
 from swarm.core.api import MAX_WATCH_TIMEOUT, EnrollResponse, ManifestEntry
 from swarm.core.digest import digest_hex
 from swarm.core.errors import (
@@ -53,6 +54,7 @@ from swarm.tracker.options import (
 from swarm.tracker.peers.base import Peer, PeerStore, SwarmCounts
 from swarm.tracker.ratelimit import DEFAULT_WINDOW, FailureLimiter
 from swarm.tracker.storage.base import Generation, Storage, TokenRecord
+from swarm.tracker.storage.groups import GroupRecord
 
 log = logging.getLogger("swarm.tracker")
 
@@ -123,7 +125,9 @@ class TrackerService:
         self._closing = False
         self._generation: Generation | None = None
         self._tokens: dict[str, tuple[TokenRecord, float]] = {}
-        self._hashes: dict[bytes, bool] = {}
+        self._hashes: dict[bytes, frozenset[str]] = {}
+        #: token name -> its groups, reloaded whenever the `groups` counter moves
+        self._members: tuple[dict[str, frozenset[str]], frozenset[str]] | None = None
         self._answers: dict[_AnswerKey, tuple[float, bytes]] = {}
         self._revoked: set[str] = set()
         self._to_drop: set[str] = set()
@@ -179,7 +183,12 @@ class TrackerService:
     # tokens
 
     def create_token(
-        self, name: str, role: str, builder_key: bytes | None = None, publish: tuple[str, ...] = ()
+        self,
+        name: str,
+        role: str,
+        builder_key: bytes | None = None,
+        publish: tuple[str, ...] = (),
+        groups: tuple[str, ...] = (),
     ) -> JoinToken:
         """A new join token. A builder's is bound here to its signing key, for good (until `update_token`),
         and may publish only into its `publish` patterns (default: any repository nobody owns)."""
@@ -192,8 +201,9 @@ class TrackerService:
         if role != "builder" and (builder_key is not None or publish):
             raise InvalidInput("only builder tokens take --key and --publish")
         patterns = _patterns(publish) if publish else (DEFAULT_PUBLISH if role == "builder" else ())
+        groups = tuple(grp.check_name(g) for g in groups) or (grp.DEFAULT,)
         token = JoinToken.new(self.ca.fingerprint)
-        self.storage.add_token(name, role, hash_secret(token.secret), builder_key, patterns)
+        self.storage.add_token(name, role, hash_secret(token.secret), builder_key, patterns, groups)
         return token
 
     def update_token(self, name: str, builder_key: bytes | None = None, publish: tuple[str, ...] | None = None) -> None:
@@ -236,9 +246,68 @@ class TrackerService:
             revoked = set(self.storage.revoked_names())
             self._to_drop |= revoked - self._revoked
             self._revoked = revoked
-        if old is None or gen.seq != old.seq:
+        if old is None or gen.seq != old.seq or gen.groups != old.groups:
             self._hashes.clear()
             self._answers.clear()
+        if old is None or gen.groups != old.groups:
+            self._members = None
+
+    # groups
+
+    def _access(self) -> tuple[dict[str, frozenset[str]], frozenset[str]]:
+        """(token name -> its groups, names of tokens that read every group), cached until any
+        membership or token changes (both bump the `groups` counter)."""
+        if self._members is None:
+            everything = frozenset(t.name for t in self.storage.tokens() if t.role != "host")
+            self._members = (self.storage.memberships(), everything)
+        return self._members
+
+    def token_groups(self, name: str) -> frozenset[str]:
+        return self._access()[0].get(name, frozenset())
+
+    def readable(self, record: TokenRecord) -> frozenset[str] | None:
+        """The groups whose images `record` may read; None: every group (builders and admins)."""
+        return self.token_groups(record.name) if record.role == "host" else None
+
+    def _entitled(self, host: str, groups: frozenset[str]) -> bool:
+        """May the peer of token `host` be handed out for a torrent of `groups`?"""
+        members, everything = self._access()
+        return host in everything or not members.get(host, frozenset()).isdisjoint(groups)
+
+    def group_of(self, repository: str) -> str:
+        return grp.resolve(repository, self.storage.group_patterns())
+
+    def resolve_group(self, secret: str | None, repository: str, ip: str | None = None) -> tuple[str, str]:
+        """(group, group id) of `repository`, for builders before they make torrents."""
+        record = self.authenticate(secret, ip)
+        if record.role == "host":
+            raise Forbidden(f"token {record.name!r} has role host: only builders and admins resolve groups")
+        try:
+            repo = ImageRef.parse(repository).repository
+        except SwarmError as exc:
+            raise InvalidInput(str(exc)) from exc
+        name = self.group_of(repo)
+        return name, grp.group_id(name)
+
+    def add_group(self, name: str) -> None:
+        self.storage.add_group(grp.check_name(name))
+
+    def remove_group(self, name: str) -> None:
+        self.storage.remove_group(grp.check_name(name))
+
+    def list_groups(self) -> list[GroupRecord]:
+        return self.storage.group_records()
+
+    def map_pattern(self, pattern: str, group: str) -> None:
+        self.storage.map_pattern(grp.check_pattern(pattern), grp.check_name(group))
+
+    def unmap_pattern(self, pattern: str) -> None:
+        if not self.storage.unmap_pattern(grp.check_pattern(pattern)):
+            raise NotFound(f"no group mapping for pattern {pattern!r}")
+
+    def change_memberships(self, token: str, add: list[str], remove: list[str]) -> None:
+        self.storage.change_memberships(token, [grp.check_name(g) for g in add], [grp.check_name(g) for g in remove])
+        self._refresh()
 
     def authenticate(self, secret: str | None, ip: str | None = None) -> TokenRecord:
         """The token's record, or Unauthorized (same message for missing, malformed, unknown, revoked).
@@ -343,6 +412,7 @@ class TrackerService:
             record.name,
             manifest.created_ms,
             [(layer.announce_hash, layer.blob) for layer in manifest.layers],
+            group=self.group_of(manifest.repository),
         )
         log.info("%s published %s (seq %d)", record.name, entry.ref, entry.seq)
         self.metrics.publications.inc()
@@ -383,19 +453,25 @@ class TrackerService:
         return self.storage.repositories()
 
     def get_manifest(self, secret: str | None, ref: str, ip: str | None = None) -> bytes:
-        self.authenticate(secret, ip)
+        record = self.authenticate(secret, ip)
         try:
             key = str(ImageRef.parse(ref))
         except SwarmError as exc:
             raise InvalidInput(str(exc)) from exc
+        readable = self.readable(record)
+        # outside the host's groups reads as absent: a 404 does not tell that the image exists
         envelope = self.storage.envelope(key)
-        if envelope is None:
+        if envelope is None or (readable is not None and self.storage.manifest_group(key) not in readable):
             raise NotFound(f"no manifest for {key}")
         return envelope
 
+    def _visible(self, record: TokenRecord, entries: list[ManifestEntry]) -> list[ManifestEntry]:
+        readable = self.readable(record)
+        return entries if readable is None else [e for e in entries if e.group in readable]
+
     def list_manifests(self, secret: str | None, ip: str | None = None) -> list[ManifestEntry]:
-        self.authenticate(secret, ip)
-        return self.storage.manifests()
+        record = self.authenticate(secret, ip)
+        return self._visible(record, self.storage.manifests())
 
     async def watch(
         self, secret: str | None, since: int, timeout: float, ip: str | None = None
@@ -403,13 +479,13 @@ class TrackerService:
         """Entries published after `since`, waiting up to `timeout` s (max 60) for one; (seq, entries).
 
         With a shared database another replica may publish: the database is polled every second too."""
-        self.authenticate(secret, ip)
+        record = self.authenticate(secret, ip)
         timeout = max(0.0, min(float(timeout), MAX_WATCH_TIMEOUT))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             published = self._published
-            entries = self.storage.manifests(since)
+            entries = self._visible(record, self.storage.manifests(since))
             remaining = deadline - loop.time()
             if entries or remaining <= 0 or self._closing:
                 break
@@ -420,19 +496,26 @@ class TrackerService:
                 pass
             finally:
                 self.watching -= 1
-        self.authenticate(secret)  # revoked while waiting: nothing more
-        return self.storage.current_seq(), entries
+        record = self.authenticate(secret)  # revoked while waiting: nothing more
+        return self.storage.current_seq(), self._visible(record, entries)
 
     # BitTorrent
 
-    def _is_published(self, info_hash: bytes) -> bool:
+    def _hash_groups(self, info_hash: bytes) -> frozenset[str]:
+        """The groups of the manifests that publish this torrent (empty: not published)."""
         known = self._hashes.get(info_hash)
         if known is None:
-            known = self.storage.is_published_hash(info_hash)
+            known = self.storage.hash_groups(info_hash)
             if len(self._hashes) >= MAX_CACHED_HASHES:
                 self._hashes.clear()
             self._hashes[info_hash] = known
         return known
+
+    def _may_swarm(self, record: TokenRecord, info_hash: bytes) -> bool:
+        """Published, and in one of the token's groups (outside them reads as unknown)."""
+        groups = self._hash_groups(info_hash)
+        readable = self.readable(record)
+        return bool(groups) and (readable is None or not readable.isdisjoint(groups))
 
     def _bt_auth(self, secret: str | None, ip: str | None) -> TokenRecord | bytes:
         try:
@@ -464,7 +547,7 @@ class TrackerService:
             if cached is not None and now - cached[0] < self.min_interval:
                 announces.labels("cached").inc()
                 return cached[1]
-        if not self._is_published(req.info_hash):
+        if not self._may_swarm(record, req.info_hash):
             announces.labels("unknown_torrent").inc()
             return bt.failure("unknown torrent")
         await self._drop_revoked()
@@ -473,7 +556,9 @@ class TrackerService:
         if handout.refused:
             announces.labels("refused").inc()
             return bt.failure(handout.refused)
-        peers = [p for p in handout.peers if p.host not in self._revoked]
+        groups = self._hash_groups(req.info_hash)
+        # only peers entitled now: a host removed from the group leaves every handout at once
+        peers = [p for p in handout.peers if p.host not in self._revoked and self._entitled(p.host, groups)]
         body = bt.announce_response(
             peers, handout.counts, self.interval, req.compact, req.no_peer_id, self.min_interval
         )
@@ -498,7 +583,7 @@ class TrackerService:
         except InvalidInput as exc:
             scrapes.labels("invalid").inc()
             return bt.failure(str(exc))
-        if not all(self._is_published(h) for h in hashes):
+        if not all(self._may_swarm(record, h) for h in hashes):
             scrapes.labels("unknown_torrent").inc()
             return bt.failure("unknown torrent")
         await self._drop_revoked()

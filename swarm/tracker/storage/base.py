@@ -23,7 +23,10 @@ Tables:
   torrents      (announce_hash, ref) PK, blob: the 20-byte announce hashes each
                 current manifest names (a blob shared by several manifests has one row each)
   certificates  serial, name, not_after, issued_at
-  meta          key PK, value: counters; `revocations` grows by one per revocation
+  meta          key PK, value: counters; `revocations` grows by one per revocation, `groups` by one
+                per change of groups, memberships or patterns
+  host_groups   name PK, created; token_groups (token, grp) PK: memberships;
+  group_patterns pattern PK, grp: repository pattern -> group (storage/groups.py); manifests.grp
   host_reports  name PK, address, version, cache_bytes, cache_budget, cert_not_after, last_seen:
                 each agent's latest heartbeat (storage/rollout.py)
   pull_reports  (host, ref) PK, report (msgpack PullReport), state, image_id, updated: the latest
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from swarm.core.api import ManifestEntry
+from swarm.tracker.storage.groups import GroupStore
 from swarm.tracker.storage.rollout import RolloutStore
 
 
@@ -64,9 +68,11 @@ class Generation:
 
     revocations: int
     seq: int
+    #: bumped by every change of groups, memberships or patterns (storage/groups.py)
+    groups: int = 0
 
 
-class Storage(RolloutStore, Protocol):
+class Storage(RolloutStore, GroupStore, Protocol):
     """Durable tracker state: tokens, manifests and their announce hashes, certificates, the CA."""
 
     #: where the state is, for logs ("sqlite:/path" or "postgresql://host/db")
@@ -78,7 +84,13 @@ class Storage(RolloutStore, Protocol):
         """Raise if the database cannot answer a query now (/readyz)."""
 
     def add_token(
-        self, name: str, role: str, secret_hash: str, builder_key: bytes | None = None, publish: tuple[str, ...] = ()
+        self,
+        name: str,
+        role: str,
+        secret_hash: str,
+        builder_key: bytes | None = None,
+        publish: tuple[str, ...] = (),
+        groups: tuple[str, ...] = ...,
     ) -> None: ...
 
     def update_token(self, name: str, builder_key: bytes | None, publish: tuple[str, ...] | None) -> bool: ...
@@ -107,6 +119,7 @@ class Storage(RolloutStore, Protocol):
         publisher: str,
         created_ms: int,
         layers: Iterable[tuple[bytes, str]],
+        group: str = ...,
     ) -> ManifestEntry: ...
 
     def repositories(self) -> list[tuple[str, str]]: ...

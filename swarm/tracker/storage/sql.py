@@ -11,11 +11,13 @@ from typing import Any
 
 from swarm.core.api import ManifestEntry
 from swarm.core.errors import Conflict, Forbidden, InvalidInput
+from swarm.core.groups import DEFAULT
 from swarm.tracker.storage.base import Generation, TokenRecord
+from swarm.tracker.storage.groups import GroupSQL
 from swarm.tracker.storage.rollout import RolloutSQL
 
 
-class SQLStorage(RolloutSQL):
+class SQLStorage(RolloutSQL, GroupSQL):
     """The SQL both backends run; subclasses give connections, transactions and dialect."""
 
     location = ""
@@ -48,10 +50,17 @@ class SQLStorage(RolloutSQL):
     # tokens
 
     def add_token(
-        self, name: str, role: str, secret_hash: str, builder_key: bytes | None = None, publish: tuple[str, ...] = ()
+        self,
+        name: str,
+        role: str,
+        secret_hash: str,
+        builder_key: bytes | None = None,
+        publish: tuple[str, ...] = (),
+        groups: tuple[str, ...] = (DEFAULT,),
     ) -> None:
         try:
             with self._tx() as c:
+                self._require_groups(c, list(groups))
                 self._x(
                     c,
                     "INSERT INTO tokens (name, role, secret_hash, created, builder_key) VALUES (?, ?, ?, ?, ?)",
@@ -59,6 +68,10 @@ class SQLStorage(RolloutSQL):
                 )
                 if publish:
                     self._x(c, "INSERT INTO publish_patterns (name, patterns) VALUES (?, ?)", (name, " ".join(publish)))
+                self._x(c, "DELETE FROM token_groups WHERE token = ?", (name,))
+                for g in dict.fromkeys(groups):
+                    self._x(c, "INSERT INTO token_groups (token, grp) VALUES (?, ?)", (name, g))
+                self._bump_groups(c)
         except self._integrity as exc:
             raise InvalidInput(f"a token named {name!r} already exists") from exc
 
@@ -110,9 +123,10 @@ class SQLStorage(RolloutSQL):
 
     def generation(self) -> Generation:
         row = self._one(
-            "SELECT (SELECT value FROM meta WHERE key = 'revocations'), (SELECT coalesce(max(seq), 0) FROM manifests)"
+            "SELECT (SELECT value FROM meta WHERE key = 'revocations'), (SELECT coalesce(max(seq), 0) FROM manifests),"
+            " (SELECT value FROM meta WHERE key = 'groups')"
         )
-        return Generation(int(row[0]), int(row[1]))
+        return Generation(int(row[0]), int(row[1]), int(row[2] or 0))
 
     # manifests
 
@@ -127,6 +141,7 @@ class SQLStorage(RolloutSQL):
         publisher: str,
         created_ms: int,
         layers: Iterable[tuple[bytes, str]],
+        group: str = DEFAULT,
     ) -> ManifestEntry:
         """Store a manifest with the next seq and the announce hashes it names, in one transaction
         that also settles ownership and order:
@@ -165,9 +180,9 @@ class SQLStorage(RolloutSQL):
             self._x(c, "DELETE FROM manifests WHERE ref = ?", (ref,))
             self._x(
                 c,
-                "INSERT INTO manifests (ref, envelope, image_id, seq, published, publisher, created_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (ref, envelope, image_id, seq, now, publisher, created_ms),
+                "INSERT INTO manifests (ref, envelope, image_id, seq, published, publisher, created_ms, grp) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (ref, envelope, image_id, seq, now, publisher, created_ms, group),
             )
             for h, blob in dict(layers).items():
                 self._x(
@@ -175,7 +190,7 @@ class SQLStorage(RolloutSQL):
                     f"{self._insert_ignore} torrents (announce_hash, blob, ref) VALUES (?, ?, ?)" + self._ignore_tail,
                     (h, blob, ref),
                 )
-        return ManifestEntry(ref, image_id, seq, now, publisher)
+        return ManifestEntry(ref, image_id, seq, now, publisher, group)
 
     def repositories(self) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in self._all("SELECT repository, owner FROM repositories ORDER BY repository")]
@@ -215,9 +230,9 @@ class SQLStorage(RolloutSQL):
 
     def manifests(self, since: int = 0) -> list[ManifestEntry]:
         rows = self._all(
-            "SELECT ref, image_id, seq, published, publisher FROM manifests WHERE seq > ? ORDER BY seq", (since,)
+            "SELECT ref, image_id, seq, published, publisher, grp FROM manifests WHERE seq > ? ORDER BY seq", (since,)
         )
-        return [ManifestEntry(r[0], r[1], int(r[2]), int(r[3]), r[4]) for r in rows]
+        return [ManifestEntry(r[0], r[1], int(r[2]), int(r[3]), r[4], r[5]) for r in rows]
 
     def manifest_count(self) -> int:
         return int(self._one("SELECT count(*) FROM manifests")[0])
