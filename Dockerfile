@@ -27,12 +27,12 @@ RUN python3 -m venv /opt/swarm \
  && /opt/swarm/bin/python -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
 COPY pyproject.toml README.md /src/
 COPY swarm /src/swarm
-COPY tracker /src/tracker
 RUN /opt/swarm/bin/pip install /src \
  && rm -rf /src \
  && /opt/swarm/bin/swarm --version
 COPY deploy/docker/entrypoint.sh /usr/local/bin/swarm-entrypoint
-RUN chmod 0755 /usr/local/bin/swarm-entrypoint \
+COPY deploy/docker/healthcheck.sh /usr/local/bin/swarm-healthcheck
+RUN chmod 0755 /usr/local/bin/swarm-entrypoint /usr/local/bin/swarm-healthcheck \
  && (getent group swarm >/dev/null || groupadd --system --gid 10001 swarm) \
  && (getent passwd swarm >/dev/null || useradd --system --uid 10001 --gid swarm --home-dir /var/lib/swarm-tracker \
         --no-create-home --shell /usr/sbin/nologin swarm)
@@ -47,8 +47,9 @@ ENV SWARM_DATA=/var/lib/swarm-tracker \
 USER swarm
 VOLUME ["/var/lib/swarm-tracker"]
 EXPOSE 7070
-HEALTHCHECK --interval=3s --timeout=3s --start-period=3s --retries=10 \
-    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:7070/v1/health', timeout=2).status != 200)"]
+# ready = the database and the peer store answer; https (SWARM_TLS) is verified against the swarm CA
+HEALTHCHECK --interval=3s --timeout=5s --start-period=3s --retries=10 \
+    CMD ["/usr/local/bin/swarm-healthcheck", "tracker"]
 CMD ["swarm", "tracker", "serve"]
 
 # The agent: runs as root inside its container because it talks to a Docker
@@ -56,7 +57,11 @@ CMD ["swarm", "tracker", "serve"]
 FROM base AS agent
 RUN mkdir -p /var/lib/swarm && chmod 0700 /var/lib/swarm
 ENV SWARM_DATA=/var/lib/swarm \
-    SWARM_LISTEN=0.0.0.0:6881
+    SWARM_LISTEN=0.0.0.0:6881 \
+    SWARM_METRICS_LISTEN=0.0.0.0:9101
 VOLUME ["/var/lib/swarm"]
-EXPOSE 6881
+EXPOSE 6881 9101
+# ready = torrent session up, certificate valid, tracker answering (GET /readyz on the metrics port)
+HEALTHCHECK --interval=5s --timeout=5s --start-period=5s --retries=6 \
+    CMD ["/usr/local/bin/swarm-healthcheck", "agent"]
 CMD ["swarm", "agent"]

@@ -228,7 +228,8 @@ def run_seed(fleet: Fleet, ref: str, t0: float) -> list[tuple[float, str]]:
 
 
 def swarm_phase(fleet: Fleet, ref: str, deadline: float, every: float = 1.0) -> dict[str, Any]:
-    from swarm.agent import protocol
+    from swarm.agent.api import PullProgress
+    from swarm.agent.client import AgentClient
 
     names = fleet.host_names
     results: dict[str, dict[str, Any]] = {}
@@ -241,12 +242,11 @@ def swarm_phase(fleet: Fleet, ref: str, deadline: float, every: float = 1.0) -> 
         def pull(name: str) -> None:
             stages: dict[str, float] = {}
 
-            def on_progress(msg: dict[str, Any]) -> None:
-                stage = msg.get("stage")
-                if isinstance(stage, str) and stage not in stages:
-                    stages[stage] = round(time.monotonic() - t0, 2)
+            def on_progress(progress: PullProgress) -> None:
+                if progress.stage not in stages:
+                    stages[progress.stage] = round(time.monotonic() - t0, 2)
             try:
-                protocol.call(fleet.agent(name).data / "agent.sock", "pull", on_progress, refs=[ref])
+                AgentClient(fleet.agent(name).data / "agent.sock").pull([ref], on_progress)
                 results[name] = {"done_s": round(time.monotonic() - t0, 2), "stages": stages}
             except Exception as exc:  # reported below
                 errors[name] = f"{type(exc).__name__}: {exc}"

@@ -16,7 +16,7 @@ processes on one port (SO_REUSEPORT) sharing a Redis peer store, and opentracker
 whitelist holds the 100 hashes; no authentication). The machine has 2 cores shared by the
 tracker(s), redis-server and wrk. Each run is bounded by --duration; nothing leaves loopback.
 
-The 100 torrents are registered in swarm's database directly (tracker.testing.
+The 100 torrents are registered in swarm's database directly (tests.support.manifests.
 register_announce_hash, a test-only path): the load is about announces, not publishing.
 Needs: wrk, opentracker, redis-server (Debian packages of the same names).
 """
@@ -41,9 +41,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from swarm.tracker.options import ServeOptions  # noqa: E402
+from swarm.tracker.server import open_service  # noqa: E402
+from tests.support.bt import free_port  # noqa: E402
+from tests.support.manifests import register_announce_hash  # noqa: E402
 from tests.support.redis import RedisServer  # noqa: E402
-from tracker.service import TrackerService  # noqa: E402
-from tracker.testing import register_announce_hash  # noqa: E402
 
 TORRENTS = 100
 TOKENS = 100
@@ -88,12 +90,6 @@ end
 def info_hash(t: int) -> bytes:
     return f"swarmbench{t:010d}".encode()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
@@ -169,13 +165,13 @@ def metric(url: str, name: str) -> str:
 class Swarm:
     def __init__(self, workdir: Path, workers: int, redis_url: str | None) -> None:
         self.data = workdir / f"swarm-{workers}"
-        service = TrackerService(self.data)
+        service = open_service(ServeOptions(self.data))
         self.secrets = [service.create_token(f"h{i}", "host").secret for i in range(TOKENS)]
         service.close()
         for t in range(TORRENTS):
             register_announce_hash(self.data / "tracker.db", info_hash(t), ref=f"bench/t{t}:v1")
         self.port = free_port()
-        args = [sys.executable, "-m", "swarm.cli.main", "tracker", "serve", "--data", str(self.data),
+        args = [sys.executable, "-m", "swarm", "tracker", "serve", "--data", str(self.data),
                 "--listen", f"127.0.0.1:{self.port}", "--announce-interval", "1800", "--min-interval", "0",
                 "--workers", str(workers)]
         if redis_url:

@@ -16,6 +16,8 @@ command -v pg_ctlcluster >/dev/null || need+=(postgresql)
 command -v aria2c >/dev/null || need+=(aria2)
 command -v transmission-show >/dev/null || need+=(transmission-cli)
 command -v tcpdump >/dev/null || need+=(tcpdump)
+# the fleet page's browser test (tests/integration/test_fleet_page.py): Debian's chromium, driven by playwright
+command -v chromium >/dev/null || need+=(chromium)
 # benchmarks only (bench/): the reference tracker, a load generator, a registry
 command -v opentracker >/dev/null || need+=(opentracker)
 command -v wrk >/dev/null || need+=(wrk)

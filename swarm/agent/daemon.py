@@ -6,299 +6,350 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 
+import click
 from aiohttp import web
 
 from swarm.agent.cache import CacheKeeper
+from swarm.agent.config import AgentConfig
 from swarm.agent.identity import Identity
 from swarm.agent.metrics import AgentMetrics, serve_metrics
+from swarm.agent.ops import AgentOps
 from swarm.agent.paths import AgentPaths
 from swarm.agent.pull import Puller
-from swarm.agent.server import Emit, SocketServer
+from swarm.agent.reporter import Reporter, agent_version, receipt_signer
+from swarm.agent.server import SocketServer
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
-from swarm.builder.prepare import prepare_archive, prepare_image
-from swarm.core.errors import InvalidInput, TrackerError, UsageError
+from swarm.core import logs
+from swarm.core.api import Heartbeat, ManifestEntry
+from swarm.core.errors import SwarmError, TrackerError, TrackerUnreachable
 from swarm.core.refs import ImageRef, matches
-from swarm.core.signing import SignedManifest, format_public_key
-from swarm.core.tokens import JoinToken
 from swarm.engine.session import Engine
 from swarm.images.docker_client import connect as docker_connect
 
 log = logging.getLogger(__name__)
 
-PROGRESS_EVERY = 0.5
 #: how often resume data is saved and the cache budget enforced
 HOUSEKEEPING_EVERY = 30.0
+#: first and longest pause between attempts to reach the tracker at start
+RETRY_FIRST, RETRY_MAX = 1.0, 60.0
+#: settings SIGHUP applies to the running agent; any other change waits for a restart
+LIVE_SETTINGS = ("upload_limit", "download_limit", "watch", "trust", "log_level")
 
 
-@dataclass
-class AgentConfig:
-    tracker: str
-    token: JoinToken
-    data: Path
-    listen: str = "0.0.0.0:6881"
-    trust: list[bytes] = field(default_factory=list)
-    watch: list[str] = field(default_factory=list)
-    docker_host: str | None = None
-    upload_limit: int = 0
-    download_limit: int = 0
-    cache_size: int = 0
-    min_seed_time: float = 3600.0
-    metrics_listen: str | None = None
+async def enroll_when_reachable(identity: Identity, tracker_url: str, wait: float) -> None:
+    """Enroll, retrying an unreachable tracker with back-off for `wait` seconds (0: forever).
+
+    A refusal (bad or revoked token, foreign CA) is final at once; one line per attempt, and the
+    pauses double up to a minute, so an agent started before its tracker neither dies nor floods."""
+    deadline = None if wait == 0 else time.monotonic() + wait
+    delay = RETRY_FIRST
+    while True:
+        try:
+            await identity.enroll()
+            return
+        except TrackerUnreachable as exc:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise
+            pause = delay if left is None else min(delay, left)
+            log.warning("%s; retrying in %.0fs", exc, pause)
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, RETRY_MAX)
 
 
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    """The running agent: every component built and started by `Agent.create`."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        paths: AgentPaths,
+        tracker: TrackerClient,
+        identity: Identity,
+        blobs: BlobStore,
+        manifests: ManifestStore,
+        engine: Engine,
+        puller: Puller,
+        cache: CacheKeeper,
+        server: SocketServer,
+        metrics_runner: web.AppRunner | None,
+    ) -> None:
         self.config = config
-        self.paths = AgentPaths(config.data)
-        self.paths.create()
-        self.tracker = TrackerClient(config.tracker, config.token)
-        self.identity = Identity(self.paths, self.tracker, config.token)
-        self.blobs = BlobStore(self.paths)
-        self.manifests = ManifestStore(self.paths)
-        self.metrics = AgentMetrics()
-        self.engine: Engine | None = None
-        self.puller: Puller | None = None
-        self.cache: CacheKeeper | None = None
-        self._runner: web.AppRunner | None = None
-        self.docker: Any = None
-        self._stop = asyncio.Event()
+        self.paths = paths
+        self.tracker = tracker
+        self.identity = identity
+        self.blobs = blobs
+        self.manifests = manifests
+        self.engine = engine
+        self.puller = puller
+        self.cache = cache
+        self.server = server
+        self._metrics_runner = metrics_runner
         self._tasks: list[asyncio.Task[None]] = []
-        self.server = SocketServer(self.paths.socket, {
-            "status": self._op_status, "pull": self._op_pull,
-            "prepare": self._op_prepare, "publish": self._op_publish,
-        })
+        self.reporter: Reporter | None = None
+        self._watching: asyncio.Task[None] | None = None
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal)
-        try:
-            await self._start(loop)
-            print(f"agent ready: {self.identity.name} ({self.identity.role}), peers on port "
-                  f"{self.engine.ssl_port if self.engine else 0}, socket {self.paths.socket}", flush=True)
-            await self._stop.wait()
-        finally:
-            await self._shutdown()
+    @classmethod
+    async def create(cls, config: AgentConfig) -> Agent:
+        """Enroll, connect to Docker, start the torrent engine, the socket and /metrics.
 
-    def _on_signal(self) -> None:
-        if self._stop.is_set():
-            log.warning("second signal: exiting at once")
-            os._exit(1)
-        log.info("stopping: saving resume data and announcing stopped (signal again to exit at once)")
-        self._stop.set()
+        Whatever was started is stopped again if a later step fails.
+        """
+        paths = AgentPaths(config.data)
+        paths.create()
+        async with AsyncExitStack() as undo:
+            tracker = TrackerClient(config.tracker, config.token)
+            undo.push_async_callback(tracker.close)
+            identity = Identity(paths, tracker, config.token)
+            await enroll_when_reachable(identity, config.tracker, config.tracker_wait)
+            # libtorrent's HTTPS announces trust exactly the pinned swarm CA
+            os.environ["SSL_CERT_FILE"] = str(paths.ca)
+            docker = await asyncio.to_thread(docker_connect, config.docker_host)
+            # resume data is trusted only if the last run ended cleanly; otherwise
+            # libtorrent re-checks whatever is on disk (verified pieces are kept)
+            clean = not paths.running.exists()
+            paths.running.touch()
+            undo.callback(paths.running.unlink, missing_ok=True)
+            if not clean:
+                log.warning("the last run did not stop cleanly: partial downloads will be re-checked")
+            blobs, manifests, metrics = BlobStore(paths), ManifestStore(paths), AgentMetrics()
+            engine = Engine(
+                config.listen,
+                identity.name,
+                paths.cert,
+                paths.key,
+                config.upload_limit,
+                config.download_limit,
+                role=identity.role,
+                resume_dir=paths.resume,
+                observer=metrics,
+            )
+            engine.start(asyncio.get_running_loop())
+            undo.callback(engine.close)
+            cache = CacheKeeper(config.cache_size, config.min_seed_time, blobs, manifests, engine, metrics)
+            puller = Puller(
+                engine,
+                blobs,
+                manifests,
+                cache,
+                tracker,
+                config.trust,
+                docker,
+                identity.ca_pem,
+                metrics,
+                trust_resume=clean,
+            )
+            reporter = Reporter(
+                tracker,
+                engine,
+                lambda: identity.name,
+                receipt_signer(paths.key, paths.cert),
+                lambda: Heartbeat(agent_version(), blobs.usage()[0], config.cache_size, identity.not_after),
+            )
+            puller.observer = reporter
+            ops = AgentOps(identity, tracker, engine, puller, cache, blobs, manifests, docker, config.trust)
+            server = SocketServer(paths.socket, ops.handlers())
+            await server.start()
+            undo.push_async_callback(server.close)
+            agent = cls(config, paths, tracker, identity, blobs, manifests, engine, puller, cache, server, None)
+            agent.reporter = reporter
+            metrics.add_live(agent.live_metrics)
+            if config.metrics_listen:
+                agent._metrics_runner = await serve_metrics(metrics, config.metrics_listen, agent.readiness)
+            undo.pop_all()  # from here on, `Agent.stop` owns them
+        return agent
 
-    async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        await self.identity.enroll()
-        # libtorrent's HTTPS announces trust exactly the pinned swarm CA
-        os.environ["SSL_CERT_FILE"] = str(self.paths.ca)
-        self.docker = await asyncio.to_thread(docker_connect, self.config.docker_host)
-        # resume data is trusted only if the last run ended cleanly; otherwise
-        # libtorrent re-checks whatever is on disk (verified pieces are kept)
-        clean = not self.paths.running.exists()
-        self.paths.running.touch()
-        if not clean:
-            log.warning("the last run did not stop cleanly: partial downloads will be re-checked")
-        self.engine = Engine(self.config.listen, self.identity.name, self.paths.cert, self.paths.key,
-                             self.config.upload_limit, self.config.download_limit, role=self.identity.role,
-                             resume_dir=self.paths.resume, observer=self.metrics)
-        self.engine.start(loop)
-        self.puller = Puller(self.engine, self.blobs, self.manifests, self.tracker, self.config.trust,
-                             self.docker, self.identity.ca_pem, self.metrics, trust_resume=clean)
-        self.cache = CacheKeeper(self.config.cache_size, self.config.min_seed_time, self.blobs, self.manifests,
-                                 self.engine, self.puller.busy_blobs)
-        self.metrics.add_live(self._live_metrics)
+    def start(self) -> None:
+        """Seed what is here, resume interrupted pulls, start the background tasks."""
         self._reseed()
-        await self.server.start()
-        if self.config.metrics_listen:
-            self._runner = await serve_metrics(self.metrics, self.config.metrics_listen)
-        engine = self.engine
-        self._tasks.append(asyncio.create_task(
-            self.identity.renew_forever(lambda: engine.set_certificate(self.paths.cert, self.paths.key))))
+        engine, paths = self.engine, self.paths
+        self._tasks.append(
+            asyncio.create_task(self.identity.renew_forever(lambda: engine.set_certificate(paths.cert, paths.key)))
+        )
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        if self.reporter is not None:
+            self._tasks.append(asyncio.create_task(self.reporter.run()))
         if self.config.watch:
-            self._tasks.append(asyncio.create_task(self._watch()))
+            self._start_watch()
         for ref in self.blobs.pending_pulls():
             log.info("resuming the pull of %s that was in flight", ref)
             self.puller.start(ImageRef.parse(ref))
 
-    async def _shutdown(self) -> None:
+    async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if self.puller is not None:
-            for _state, pull in list(self.puller.active.values()):
-                pull.cancel()
+        self.puller.cancel_all()
         await self.server.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self.engine is not None:
-            await asyncio.to_thread(self.engine.save_resume_data)
-            await asyncio.to_thread(self.engine.close)  # announces `stopped`
-            self.paths.running.unlink(missing_ok=True)
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+        await asyncio.to_thread(self.engine.save_resume_data)
+        await asyncio.to_thread(self.engine.close)  # announces `stopped`
+        self.paths.running.unlink(missing_ok=True)
         await self.tracker.close()
 
+    def _start_watch(self) -> None:
+        self._watching = asyncio.create_task(self._watch())
+        self._tasks.append(self._watching)
+
+    def reload(self, new: AgentConfig) -> None:
+        """Apply what can change while running (SIGHUP); say which other changes need a restart."""
+        old = self.config
+        changed = [name for name in LIVE_SETTINGS if getattr(old, name) != getattr(new, name)]
+        if new.upload_limit != old.upload_limit or new.download_limit != old.download_limit:
+            self.engine.set_rate_limits(new.upload_limit, new.download_limit)
+            old.upload_limit, old.download_limit = new.upload_limit, new.download_limit
+        old.trust[:] = new.trust  # the puller and the socket API hold this very list
+        old.watch[:] = new.watch
+        if old.watch and self._watching is None:
+            self._start_watch()
+        if new.log_level != old.log_level:
+            logs.set_level(new.log_level)
+            old.log_level = new.log_level
+        later = [
+            name
+            for name in (
+                "tracker",
+                "token",
+                "data",
+                "listen",
+                "docker_host",
+                "cache_size",
+                "min_seed_time",
+                "metrics_listen",
+            )
+            if getattr(old, name) != getattr(new, name)
+        ]
+        log.info(
+            "reloaded: %s changed%s",
+            ", ".join(changed) or "nothing",
+            f"; restart to apply {', '.join(later)}" if later else "",
+        )
+
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz reports: the torrent session up, a valid certificate, the tracker answering."""
+        return {
+            "session": self.engine.ssl_port > 0,
+            "certificate": self.identity.not_after > time.time(),
+            "tracker": await self.tracker.health(),
+        }
+
     async def _housekeeping(self) -> None:
-        assert self.engine is not None and self.cache is not None
         while True:
             await asyncio.sleep(HOUSEKEEPING_EVERY)
             await asyncio.to_thread(self.engine.save_resume_data)
             self.cache.evict()
 
-    def _live_metrics(self) -> dict[str, float]:
-        engine = self.engine
+    def live_metrics(self) -> dict[str, float]:
         used, _count = self.blobs.usage()
-        peers = sent = 0
-        torrents = engine.info_hashes() if engine else []
-        for ih in torrents:
-            assert engine is not None
-            st = engine.status(ih)
-            peers += sum(1 for p in st.peers if p.connected)
-            sent += st.uploaded
-        return {"cache_bytes": used, "cache_budget": self.config.cache_size, "connected_peers": peers,
-                "torrents": len(torrents), "sent_bytes": sent + (engine.removed_totals[1] if engine else 0),
-                "cert_expiry": self.identity.not_after}
+        torrents = self.engine.info_hashes()
+        peers = sum(1 for ih in torrents for p in self.engine.status(ih).peers if p.connected)
+        return {
+            "cache_bytes": used,
+            "cache_budget": self.config.cache_size,
+            "connected_peers": peers,
+            "torrents": len(torrents),
+            "sent_bytes": self.engine.uploaded_total(),
+            "cert_expiry": self.identity.not_after,
+            "pulls_in_flight": len(self.puller.progress_all()),
+        }
 
     def _reseed(self) -> None:
         """Serve again every verified blob of every manifest this host knows."""
-        assert self.engine is not None
         for _env, manifest in self.manifests.all():
             for layer in manifest.layers:
                 if self.blobs.is_verified(layer.blob):
-                    self.engine.add(layer.torrent, self.paths.blobs, self.tracker.announce_url, seed=True)
+                    self.engine.add(layer.torrent, self.blobs.blobs_dir, self.tracker.announce_url, seed=True)
 
     async def _watch(self) -> None:
-        """Preheat: pull every newly published tag matching a --watch pattern."""
-        assert self.puller is not None
-        since = 0
+        """Preheat: keep the newest matching tag of each repository pulled.
+
+        The first answer is everything published so far: of it, only the newest matching tag
+        of each repository is pulled (an agent started today does not fetch every tag since
+        the first); after that, every matching tag as it is published."""
+        since, failing = 0, False
         while True:
             try:
-                since, entries = await self.tracker.watch(since, 30)
+                seq, entries = await self.tracker.watch(since, 30)
             except TrackerError as exc:
-                log.warning("watch: %s", exc)
+                if not failing:  # one line when the tracker goes, one when it is back
+                    log.warning("watch: %s; retrying every 5s", exc)
+                failing = True
                 await asyncio.sleep(5)
                 continue
-            for entry in entries:
-                ref = ImageRef.parse(entry.ref)
-                if any(matches(p, ref) for p in self.config.watch):
-                    log.info("watch: %s published, pulling", ref)
-                    self.puller.start(ref)
+            if failing:
+                log.info("watch: tracker answering again")
+                failing = False
+            matching = [(ImageRef.parse(e.ref), e) for e in entries]
+            matching = [(ref, e) for ref, e in matching if any(matches(p, ref) for p in self.config.watch)]
+            if since == 0:
+                matching = list(newest_per_repository(matching).values())
+            since = seq
+            for ref, _entry in matching:
+                log.info("watch: %s published, pulling", ref)
+                self.puller.start(ref)
 
-    # -- socket API -----------------------------------------------------------
 
-    async def _op_status(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
-        assert self.engine is not None and self.puller is not None
-        torrents = []
-        for ih in self.engine.info_hashes():
-            st = self.engine.status(ih)
-            torrents.append({
-                "blob": "sha256:" + st.name, "info_hash": st.info_hash, "state": st.state,
-                "progress": st.progress, "total": st.total, "done": st.done,
-                "download_rate": st.download_rate, "upload_rate": st.upload_rate,
-                "downloaded": st.downloaded, "uploaded": st.uploaded, "failed_pieces": st.failed_pieces,
-                "error": st.error,
-                "peers": [{"name": p.name, "address": p.address, "downloaded": p.downloaded,
-                           "uploaded": p.uploaded, "connected": p.connected} for p in st.peers],
-            })
-        used, count = self.blobs.usage()
-        assert self.cache is not None
-        return {
-            "name": self.identity.name, "role": self.identity.role,
-            "tracker": self.config.tracker, "tracker_reachable": await self.tracker.health(),
-            "certificate_expires": self.identity.not_after, "certificate_error": self.identity.last_error,
-            "peer_port": self.engine.ssl_port,
-            "trusted_keys": [format_public_key(k) for k in self.config.trust],
-            "images": [{"ref": str(m.ref), "image_id": m.image_id, "layers": len(m.layers)}
-                       for _e, m in self.manifests.all()],
-            "pulls": [self.puller.progress(state) for state, _t in self.puller.active.values()],
-            "torrents": torrents,
-            "cache": {"bytes": used, "blobs": count, "budget": self.config.cache_size,
-                      "over_budget": self.cache.over_budget()},
-        }
+def newest_per_repository(entries: list[tuple[ImageRef, ManifestEntry]]) -> dict[str, tuple[ImageRef, ManifestEntry]]:
+    """Of each repository, the entry published last (highest sequence number)."""
+    newest: dict[str, tuple[ImageRef, ManifestEntry]] = {}
+    for ref, entry in entries:
+        if ref.repository not in newest or entry.seq > newest[ref.repository][1].seq:
+            newest[ref.repository] = (ref, entry)
+    return newest
 
-    async def _op_pull(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
-        result = await self._pull_and_report(request, emit)
-        assert self.cache is not None
-        self.cache.evict()
-        return result
 
-    async def _pull_and_report(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
-        assert self.puller is not None
-        refs = [ImageRef.parse(str(r)) for r in _str_list(request.get("refs"), "refs")]
-        pulls = [self.puller.start(ref) for ref in refs]
-        tasks = [task for _s, task in pulls]
-        while not all(t.done() for t in tasks):
-            await asyncio.wait(tasks, timeout=PROGRESS_EVERY)
-            for state, _t in pulls:
-                await emit(self.puller.progress(state))
-        results = []
-        for ref, task in zip(refs, tasks):
-            results.append({"ref": str(ref), "image_id": task.result()})  # re-raises a failure
-        return {"images": results}
+async def serve(config: AgentConfig, reload: Callable[[], AgentConfig] | None = None) -> None:
+    """Run an agent until SIGTERM or SIGINT (a second one exits at once); SIGHUP calls `reload` and applies
+    the live settings. A stop signal while the agent still waits for its tracker ends the wait."""
+    stopping = asyncio.Event()
+    running: Agent | None = None
 
-    async def _op_prepare(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
-        images = _str_list(request.get("images"), "images")
-        key_id = str(request.get("key_id", ""))
-        archive = request.get("archive")
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str] = asyncio.Queue()
+    def on_signal() -> None:
+        if stopping.is_set():
+            log.warning("second signal: exiting at once")
+            os._exit(1)
+        log.info("stopping: saving resume data and announcing stopped (signal again to exit at once)")
+        stopping.set()
 
-        def progress(text: str) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, text)
-
-        async def forward() -> None:
-            while True:
-                await emit({"message": await queue.get()})
-
-        forwarder = asyncio.create_task(forward())
-        manifests = []
+    def on_hangup() -> None:
+        if running is None or reload is None:
+            log.warning("SIGHUP: nothing to reload yet (still starting)")
+            return
         try:
-            for image in images:
-                if archive:
-                    m = await asyncio.to_thread(prepare_archive, Path(str(archive)), image, self.paths.blobs,
-                                                self.identity.ca_pem, key_id, progress)
-                else:
-                    m = await asyncio.to_thread(prepare_image, self.docker, image, self.paths.blobs,
-                                                self.identity.ca_pem, key_id, progress)
-                for layer in m.layers:
-                    self.blobs.mark_verified(layer.blob)  # hashed while exported
-                manifests.append(m.to_bytes())
-        finally:
-            forwarder.cancel()
-        return {"manifests": manifests}
+            running.reload(reload())
+        except (SwarmError, click.ClickException) as exc:  # a malformed file or variable
+            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", exc)
 
-    async def _op_publish(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
-        assert self.engine is not None
-        published = []
-        for raw in request.get("envelopes") or []:
-            if not isinstance(raw, bytes):
-                raise InvalidInput("envelopes are bytes")
-            envelope = SignedManifest.from_bytes(raw)
-            manifest = envelope.verify(None)
-            for layer in manifest.layers:
-                if not self.blobs.is_verified(layer.blob):
-                    raise UsageError(f"blob {layer.blob[:19]} of {manifest.ref} is not in this agent's cache")
-            entry = await self.tracker.publish(raw)
-            self.manifests.save(envelope)
-            for layer in manifest.layers:
-                self.engine.add(layer.torrent, self.paths.blobs, self.tracker.announce_url, seed=True)
-            self.blobs.touch([layer.blob for layer in manifest.layers])
-            await emit({"message": f"published {entry.ref} ({entry.image_id[:19]}), seeding"})
-            published.append(entry.to_map())
-        return {"published": published}
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    creating = asyncio.create_task(Agent.create(config))
+    stop_wait = asyncio.create_task(stopping.wait())
+    await asyncio.wait({creating, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if not creating.done():
+        creating.cancel()  # Agent.create undoes whatever it had started
+        await asyncio.gather(creating, return_exceptions=True)
+        return
+    stop_wait.cancel()
+    running = agent = creating.result()
+    try:
+        agent.start()
+        print(
+            f"agent ready: {agent.identity.name} ({agent.identity.role}), peers on port "
+            f"{agent.engine.ssl_port}, socket {agent.paths.socket}",
+            flush=True,
+        )
+        await stopping.wait()
+    finally:
+        await agent.stop()
 
 
-def _str_list(v: Any, what: str) -> list[str]:
-    if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
-        raise InvalidInput(f"{what} must be a non-empty list of strings")
-    return v
-
-
-def run_agent(config: AgentConfig) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    asyncio.run(Agent(config).run())
-
+def run_agent(config: AgentConfig, reload: Callable[[], AgentConfig] | None = None) -> None:
+    """Logging is set up by the caller (swarm.core.logs.configure)."""
+    asyncio.run(serve(config, reload))

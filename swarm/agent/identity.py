@@ -15,11 +15,12 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from swarm.agent.paths import AgentPaths, write_atomic, write_private
+from swarm.agent.paths import AgentPaths
 from swarm.agent.tracker_client import TrackerClient
 from swarm.core.api import EnrollResponse
 from swarm.core.certs import make_csr, new_private_key, private_key_pem
 from swarm.core.errors import SwarmError, TrackerError, UntrustedManifest
+from swarm.core.files import write_atomic
 from swarm.core.tokens import JoinToken
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class Identity:
             if isinstance(key, ec.EllipticCurvePrivateKey):
                 return key
         key = new_private_key()
-        write_private(self._paths.key, private_key_pem(key))
+        write_atomic(self._paths.key, private_key_pem(key), 0o600)
         return key
 
     async def enroll(self) -> EnrollResponse:
@@ -56,13 +57,17 @@ class Identity:
         answer = await self._client.enroll(make_csr(key, "swarm-host"))
         if "".join(answer.ca.split()) != "".join(pinned.split()):
             raise UntrustedManifest("the tracker enrolled us with a CA other than the pinned one")
-        write_atomic(self._paths.cert, answer.certificate.encode())
-        write_atomic(self._paths.ca, answer.ca.encode())
+        write_atomic(self._paths.cert, answer.certificate.encode(), 0o644)
+        write_atomic(self._paths.ca, answer.ca.encode(), 0o644)
         self.name, self.role, self.ca_pem = answer.name, answer.role, answer.ca
         self.not_after, self.issued_at = answer.not_after, int(time.time())
         self.last_error = ""
-        log.info("enrolled as %s (%s); certificate valid until %s", answer.name, answer.role,
-                 time.strftime("%H:%M:%S", time.localtime(answer.not_after)))
+        log.info(
+            "enrolled as %s (%s); certificate valid until %s",
+            answer.name,
+            answer.role,
+            time.strftime("%H:%M:%S", time.localtime(answer.not_after)),
+        )
         return answer
 
     def renew_delay(self) -> float:

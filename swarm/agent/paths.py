@@ -34,7 +34,7 @@ class AgentPaths:
         return self.identity / "ca.pem"
 
     @property
-    def blobs(self) -> Path:
+    def blobs_dir(self) -> Path:
         return self.root / "blobs"
 
     @property
@@ -55,12 +55,12 @@ class AgentPaths:
         return self.root / "state.msgpack"
 
     def blob(self, digest_hex: str) -> Path:
-        return self.blobs / digest_hex
+        return self.blobs_dir / digest_hex
 
     def create(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            for d in (self.identity, self.blobs, self.manifests, self.resume):
+            for d in (self.identity, self.blobs_dir, self.manifests, self.resume):
                 d.mkdir(exist_ok=True)
             os.chmod(self.identity, 0o700)
         except OSError as exc:
@@ -73,23 +73,3 @@ def socket_path(data: Path | None, socket: Path | None) -> Path:
     if data is not None:
         return AgentPaths(data).socket
     raise UsageError("give --data DIR (or --socket PATH) to find the local agent")
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret atomically with mode 0600 from the start."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

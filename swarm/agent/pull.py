@@ -12,21 +12,30 @@ import asyncio
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from swarm.agent.api import LayerProgress, PullProgress
+from swarm.agent.cache import CacheKeeper
 from swarm.agent.metrics import AgentMetrics
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
 from swarm.core.digest import digest_hex
 from swarm.core.errors import (
-    DockerError, DockerUnreachable, ImageNotFound, NotFound, SwarmError, TorrentError, UntrustedManifest,
+    DockerError,
+    DockerUnreachable,
+    ImageNotFound,
+    NotFound,
+    SwarmError,
+    TorrentError,
+    UntrustedManifest,
 )
 from swarm.core.manifest import Layer, Manifest
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
+from swarm.core.torrent import check_layer_torrent
 from swarm.core.units import human_bytes
-from swarm.engine.metainfo import check_layer_torrent
 from swarm.engine.session import Engine
 from swarm.images import load as docker_load
 
@@ -39,18 +48,68 @@ DOCKER_PATIENCE = 600.0
 @dataclass
 class PullState:
     ref: str
-    stage: str = "resolving"   # resolving → downloading → verifying → loading (→ waiting-for-docker) → done
+    stage: str = "resolving"  # resolving → downloading → verifying → loading (→ waiting-for-docker) → done
     manifest: Manifest | None = None
     started: float = field(default_factory=time.monotonic)
-    cached: set[str] = field(default_factory=set)   # blobs that were already here
+    cached: set[str] = field(default_factory=set)  # blobs that were already here
     note: str = ""
+    #: fetch the blobs even when Docker already holds the image, to seed them
+    seed: bool = False
+    outcome: str = "loaded"  # or "already-in-docker": nothing fetched, nothing loaded
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def set_stage(self, stage: str, note: str | None = None) -> None:
+        if note is not None:
+            self.note = note
+        if stage != self.stage:
+            self.stage = stage
+            self._changed.set()
+            self._changed = asyncio.Event()  # one event per change: every waiter sees each one
+
+    async def next_change(self) -> None:
+        """Return at the next change of stage."""
+        await self._changed.wait()
+
+    #: (stage, unix time it began), oldest first: every `state.stage = ...` is recorded (see __setattr__)
+    history: list[tuple[str, float]] = field(default_factory=list)
+    #: told of every stage change (the rollout reporter); must not raise or block
+    listener: Callable[[PullState], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.history.append((self.stage, time.time()))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "stage" and "listener" in self.__dict__:  # not while __init__ sets the fields
+            self.history.append((value, time.time()))
+            if self.listener is not None:
+                self.listener(self)
+
+
+class PullObserver(Protocol):
+    """Told of every pull: its stage changes, and its end (`error` None: loaded as `image_id`)."""
+
+    def changed(self, state: PullState) -> None: ...
+
+    def finished(self, state: PullState, image_id: str | None, error: str | None) -> None: ...
 
 
 class Puller:
-    def __init__(self, engine: Engine, blobs: BlobStore, manifests: ManifestStore, tracker: TrackerClient,
-                 trusted: list[bytes], docker: Any, ca_pem: str, metrics: AgentMetrics,
-                 trust_resume: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        blobs: BlobStore,
+        manifests: ManifestStore,
+        cache: CacheKeeper,
+        tracker: TrackerClient,
+        trusted: list[bytes],
+        docker: Any,
+        ca_pem: str,
+        metrics: AgentMetrics,
+        trust_resume: bool = False,
+    ) -> None:
         self._engine = engine
+        self._cache = cache
         self._blobs = blobs
         self._manifests = manifests
         self._tracker = tracker
@@ -59,36 +118,49 @@ class Puller:
         self._metrics = metrics
         self._trust_resume = trust_resume
         self.ca_pem = ca_pem
-        self.active: dict[str, tuple[PullState, asyncio.Task[str]]] = {}
+        self._active: dict[str, tuple[PullState, asyncio.Task[str]]] = {}
+        self.observer: PullObserver | None = None
 
-    def start(self, ref: ImageRef) -> tuple[PullState, asyncio.Task[str]]:
-        """Start pulling `ref`, or join the pull of it already under way."""
+    def start(self, ref: ImageRef, seed: bool = False) -> tuple[PullState, asyncio.Task[str]]:
+        """Start pulling `ref`, or join the pull of it already under way.
+
+        `seed`: fetch its blobs even if Docker already holds the image, so this host serves them.
+        """
         key = str(ref)
-        if key in self.active:
-            return self.active[key]
-        state = PullState(key)
+        if key in self._active:
+            state, task = self._active[key]
+            state.seed = state.seed or seed
+            return state, task
+        state = PullState(key, seed=seed)
+        if self.observer is not None:
+            state.listener = self.observer.changed
+            self.observer.changed(state)
         self._blobs.set_pending(key, True)
         self._metrics.pulls.labels("started").inc()
         task = asyncio.create_task(self._pull(ref, state), name=f"pull {key}")
-        self.active[key] = (state, task)
+        self._active[key] = (state, task)
         task.add_done_callback(lambda t: self._finished(key, state, t))
         return state, task
 
     def _finished(self, key: str, state: PullState, task: asyncio.Task[str]) -> None:
-        self.active.pop(key, None)
+        self._active.pop(key, None)
+        self._cache.release(key)
         if task.cancelled():
             return  # the agent is stopping: the pull stays pending and resumes on restart
         self._blobs.set_pending(key, False)
+        if self.observer is not None:
+            error = task.exception()
+            self.observer.finished(
+                state,
+                task.result() if error is None else None,
+                None if error is None else str(error) or type(error).__name__,
+            )
         if task.exception() is None:
             self._metrics.pulls.labels("completed").inc()
             self._metrics.pull_seconds.observe(time.monotonic() - state.started)
         else:
             self._metrics.pulls.labels("failed").inc()
             log.error("pull of %s failed: %s", key, task.exception())
-
-    def busy_blobs(self) -> set[str]:
-        return {layer.blob for state, _t in self.active.values() if state.manifest
-                for layer in state.manifest.layers}
 
     async def _pull(self, ref: ImageRef, state: PullState) -> str:
         try:
@@ -104,18 +176,40 @@ class Puller:
         for layer in manifest.layers:
             check_layer_torrent(layer.torrent, layer.info_hash, digest_hex(layer.blob), layer.blob_size, self.ca_pem)
         state.manifest = manifest
+        self._cache.hold(str(ref), (layer.blob for layer in manifest.layers))
         log.info("pulling %s (%s, %d layers)", ref, manifest.image_id[:19], len(manifest.layers))
 
-        if await self._loaded_id(ref) == manifest.image_id and self._all_verified(manifest):
-            state.cached = {layer.blob for layer in manifest.layers}
+        # Docker's image id is the config's digest and Docker checked every diff_id when it
+        # loaded it: holding this id, it holds exactly these layers
+        in_docker = await self._loaded_id(ref) == manifest.image_id
+        if in_docker and (self._all_verified(manifest) or not state.seed):
+            self._serve_cached(manifest, state)
+            state.outcome, state.note = "already-in-docker", "already in Docker"
         else:
             await self._fetch(manifest, state)
-            await self._load_with_retry(manifest, state)
-        self._blobs.touch([layer.blob for layer in manifest.layers])
+            if not in_docker:
+                await self._load_with_retry(manifest, state)
+        self._blobs.touch([layer.blob for layer in manifest.layers if self._blobs.is_verified(layer.blob)])
         self._manifests.save(envelope)
-        state.stage = "done"
-        log.info("%s loaded as %s in %.1fs", ref, manifest.image_id[:19], time.monotonic() - state.started)
+        state.set_stage("done")
+        if state.outcome == "already-in-docker":
+            log.info(
+                "%s already in Docker as %s (%d of %d blobs cached)",
+                ref,
+                manifest.image_id[:19],
+                len(state.cached),
+                len({layer.blob for layer in manifest.layers}),
+            )
+        else:
+            log.info("%s loaded as %s in %.1fs", ref, manifest.image_id[:19], time.monotonic() - state.started)
         return manifest.image_id
+
+    def _serve_cached(self, manifest: Manifest, state: PullState) -> None:
+        """Seed whatever blobs of `manifest` are here (a no-op for torrents already running)."""
+        state.cached = {layer.blob for layer in manifest.layers if self._blobs.is_verified(layer.blob)}
+        for layer in manifest.layers:
+            if layer.blob in state.cached:
+                self._engine.add(layer.torrent, self._blobs.blobs_dir, self._tracker.announce_url, seed=True)
 
     def _all_verified(self, manifest: Manifest) -> bool:
         return all(self._blobs.is_verified(layer.blob) for layer in manifest.layers)
@@ -131,14 +225,20 @@ class Puller:
         state.cached = {b for b in unique if self._blobs.is_verified(b)}
         missing = [layer for b, layer in unique.items() if b not in state.cached]
         self._check_room(manifest, missing)
+        self._cache.reserve(str(manifest.ref), {layer.blob: layer.blob_size for layer in missing})
         for layer in unique.values():
             # blobs already here are seeded too: this host serves what it holds
-            self._engine.add(layer.torrent, self._blobs.path(layer.blob).parent, self._tracker.announce_url,
-                             seed=layer.blob in state.cached, trust_resume=self._trust_resume)
-        state.stage = "downloading"
+            self._engine.add(
+                layer.torrent,
+                self._blobs.blobs_dir,
+                self._tracker.announce_url,
+                seed=layer.blob in state.cached,
+                trust_resume=self._trust_resume,
+            )
+        state.set_stage("downloading")
         try:
             await asyncio.gather(*(self._engine.wait_finished(layer.info_hash) for layer in missing))
-            state.stage = "verifying"
+            state.set_stage("verifying")
             for layer in missing:
                 await self._blobs.verify(layer.blob)
         except (TorrentError, SwarmError, OSError) as exc:
@@ -149,7 +249,6 @@ class Puller:
 
     def _check_room(self, manifest: Manifest, missing: list[Layer]) -> None:
         """Refuse up front a pull whose blobs cannot fit (libtorrent writes sparse files)."""
-        blobs_dir = self._blobs.path(manifest.layers[0].blob).parent
         have = 0
         for layer in missing:
             try:
@@ -157,15 +256,21 @@ class Puller:
             except FileNotFoundError:
                 pass
         need = sum(layer.blob_size for layer in missing) - have
-        free = shutil.disk_usage(blobs_dir).free
+        free = shutil.disk_usage(self._blobs.blobs_dir).free
         if need > free:
-            raise TorrentError(f"no space left on device for the layers of {manifest.ref}: "
-                               f"needs {human_bytes(need)}, {human_bytes(free)} free")
+            raise TorrentError(
+                f"no space left on device for the layers of {manifest.ref}: "
+                f"needs {human_bytes(need)}, {human_bytes(free)} free"
+            )
 
     def _discard(self, layers: list[Layer]) -> None:
         """Drop what a failed pull left: torrents and unverified partial files, unless another pull needs them."""
-        others = {layer.blob for state, _t in self.active.values() if state.manifest and state.stage != "done"
-                  for layer in state.manifest.layers} - {layer.blob for layer in layers}
+        others = {
+            layer.blob
+            for state, _t in self._active.values()
+            if state.manifest and state.stage != "done"
+            for layer in state.manifest.layers
+        } - {layer.blob for layer in layers}
         for layer in layers:
             if layer.blob in others or self._blobs.is_verified(layer.blob):
                 continue
@@ -175,7 +280,7 @@ class Puller:
     async def _load_with_retry(self, manifest: Manifest, state: PullState) -> None:
         delay, waited = 1.0, 0.0
         while True:
-            state.stage = "loading"
+            state.set_stage("loading")
             try:
                 await self._load(manifest)
                 state.note = ""
@@ -183,22 +288,23 @@ class Puller:
             except DockerUnreachable as exc:
                 if waited >= DOCKER_PATIENCE:
                     raise
-                state.stage, state.note = "waiting-for-docker", str(exc)
+                state.set_stage("waiting-for-docker", str(exc))
                 log.warning("%s; retrying in %.0fs", exc, delay)
                 await asyncio.sleep(delay)
                 waited += delay
                 delay = min(delay * 2, 30.0)
 
     async def _load(self, manifest: Manifest) -> None:
-        layers = [(layer.diff_id, layer.size, self._blobs.path(layer.blob), layer.compression)
-                  for layer in manifest.layers]
+        layers = [
+            (layer.diff_id, layer.size, self._blobs.path(layer.blob), layer.compression) for layer in manifest.layers
+        ]
         stream = docker_load.image_tar_stream(str(manifest.ref), manifest.config, layers)
         await asyncio.to_thread(docker_load.load_image, self._docker, stream)
         loaded = await asyncio.to_thread(docker_load.image_id, self._docker, str(manifest.ref))
         if loaded != manifest.image_id:
             raise DockerError(f"Docker holds {manifest.ref} as {loaded}, expected {manifest.image_id}")
 
-    def progress(self, state: PullState) -> dict[str, Any]:
+    def progress(self, state: PullState) -> PullProgress:
         layers = []
         if state.manifest is not None:
             seen = set()
@@ -206,14 +312,29 @@ class Puller:
                 if layer.blob in seen:
                     continue
                 seen.add(layer.blob)
-                entry: dict[str, Any] = {"blob": layer.blob, "total": layer.blob_size}
-                if layer.blob in state.cached:
-                    entry.update(done=layer.blob_size, rate=0, peers=0, state="cached")
-                elif self._engine.has(layer.info_hash):
-                    st = self._engine.status(layer.info_hash)
-                    entry.update(done=st.done, rate=st.download_rate,
-                                 peers=sum(1 for p in st.peers if p.connected), state=st.state)
-                else:
-                    entry.update(done=0, rate=0, peers=0, state="waiting")
-                layers.append(entry)
-        return {"ref": state.ref, "stage": state.stage, "note": state.note, "layers": layers}
+                layers.append(self._layer_progress(layer, state))
+        return PullProgress(state.ref, state.stage, state.note, tuple(layers))
+
+    def _layer_progress(self, layer: Layer, state: PullState) -> LayerProgress:
+        if layer.blob in state.cached:
+            return LayerProgress(layer.blob, layer.blob_size, layer.blob_size, 0, 0, "cached")
+        if self._engine.has(layer.info_hash):
+            st = self._engine.status(layer.info_hash)
+            return LayerProgress(
+                layer.blob,
+                layer.blob_size,
+                st.done,
+                st.download_rate,
+                sum(1 for p in st.peers if p.connected),
+                st.state,
+            )
+        return LayerProgress(layer.blob, layer.blob_size, 0, 0, 0, "waiting")
+
+    def progress_all(self) -> list[PullProgress]:
+        """The progress of every pull under way."""
+        return [self.progress(state) for state, _t in list(self._active.values())]
+
+    def cancel_all(self) -> None:
+        """Stop every pull (the agent is stopping): each stays pending and resumes on restart."""
+        for _state, task in list(self._active.values()):
+            task.cancel()

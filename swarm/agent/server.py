@@ -1,4 +1,4 @@
-"""The agent's unix socket server: framing and dispatch only."""
+"""The agent's unix socket server: framing and dispatch only (the protocol: swarm/agent/api.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from swarm.core.errors import InvalidInput, SwarmError
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[dict[str, Any]], Awaitable[None]]
-Handler = Callable[[dict[str, Any], Emit], Awaitable[Any]]
+#: sends one progress map to the client
+RawEmit = Callable[[dict[str, Any]], Awaitable[None]]
+#: answers one request map with the result map
+Handler = Callable[[dict[str, Any], RawEmit], Awaitable[dict[str, Any]]]
 MAX_REQUEST = 64 * 1024 * 1024
 
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import stat
 import threading
 import time
 from pathlib import Path
 
-from swarm.agent.paths import AgentPaths, write_atomic
+from swarm.agent.paths import AgentPaths
 from swarm.core import wire
 from swarm.core.digest import digest_hex, file_digest
 from swarm.core.errors import DigestMismatch, InvalidInput
+from swarm.core.files import write_atomic
 from swarm.core.manifest import Manifest
 from swarm.core.signing import SignedManifest
 
@@ -45,11 +47,16 @@ class BlobStore:
 
     def _save(self) -> None:
         try:
-            write_atomic(self._paths.state, wire.pack({
-                "verified": {k: list(v) for k, v in self._verified.items()},
-                "used": self._used,
-                "pending": self._pending,
-            }))
+            write_atomic(
+                self._paths.state,
+                wire.pack(
+                    {
+                        "verified": {k: list(v) for k, v in self._verified.items()},
+                        "used": self._used,
+                        "pending": self._pending,
+                    }
+                ),
+            )
         except OSError as exc:
             # the old state stays whole (atomic rename); at worst a blob is hashed again
             log.error("cannot save agent state: %s", exc.strerror)
@@ -84,6 +91,10 @@ class BlobStore:
     def verified(self) -> list[str]:
         with self._lock:
             return list(self._verified)
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self._paths.blobs_dir
 
     def path(self, digest: str) -> Path:
         return self._paths.blob(digest_hex(digest))
@@ -124,13 +135,23 @@ class BlobStore:
             self._used.pop(digest, None)
             self._save()
 
+    def sizes(self) -> dict[str, int]:
+        """Every blob file on disk (verified or still downloading) and its size."""
+        out = {}
+        for f in self._paths.blobs_dir.iterdir():
+            if len(f.name) == 64:
+                try:
+                    st = f.stat()
+                except FileNotFoundError:
+                    continue  # evicted or discarded meanwhile
+                if stat.S_ISREG(st.st_mode):
+                    out["sha256:" + f.name] = st.st_size
+        return out
+
     def usage(self) -> tuple[int, int]:
-        total = count = 0
-        for f in self._paths.blobs.iterdir():
-            if f.is_file() and len(f.name) == 64:
-                total += f.stat().st_size
-                count += 1
-        return total, count
+        """(bytes, blobs) on disk."""
+        sizes = self.sizes()
+        return sum(sizes.values()), len(sizes)
 
 
 class ManifestStore:

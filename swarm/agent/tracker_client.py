@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from typing import Any
 
 import aiohttp
 
 from swarm.core import wire
-from swarm.core.api import MSGPACK, EnrollResponse, ManifestEntry
+from swarm.core.api import MSGPACK, EnrollResponse, ManifestEntry, ReportBatch
 from swarm.core.certs import ca_fingerprint
 from swarm.core.errors import (
-    Forbidden, InvalidInput, NotFound, RateLimited, TrackerError, TrackerUnreachable, Unauthorized,
+    InvalidInput,
+    RateLimited,
+    TrackerError,
+    TrackerUnreachable,
+    Unauthorized,
     UntrustedManifest,
+    error_for_status,
 )
 from swarm.core.tokens import JoinToken
 
 HEALTH_TIMEOUT = 3.0
-
-_BY_STATUS: dict[int, type[TrackerError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound,
-                                             429: RateLimited}
 
 
 class TrackerClient:
@@ -51,8 +52,7 @@ class TrackerClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=90))
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=90))
         return self._session
 
     async def pin_ca(self) -> str:
@@ -64,14 +64,22 @@ class TrackerClient:
         pem = (await self._request("GET", "/v1/ca", authenticated=False, verify=False)).decode()
         if not self._token.fingerprint_matches(ca_fingerprint(pem)):
             raise UntrustedManifest(
-                "the tracker's CA does not match the fingerprint in the join token: refusing to enroll")
+                "the tracker's CA does not match the fingerprint in the join token: refusing to enroll"
+            )
         if self.https:
             self._ssl = ssl.create_default_context(cadata=pem)
         return pem
 
-    async def _request(self, method: str, path: str, body: bytes | None = None,
-                       params: dict[str, str] | None = None, authenticated: bool = True,
-                       verify: bool = True, timeout: float | None = None) -> bytes:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        params: dict[str, str] | None = None,
+        authenticated: bool = True,
+        verify: bool = True,
+        timeout: float | None = None,
+    ) -> bytes:
         url = self.base_url + path
         if authenticated and self.https and self._ssl is None:
             raise TrackerError("internal: the tracker's CA must be pinned before the token is sent")
@@ -81,7 +89,12 @@ class TrackerClient:
         tls: ssl.SSLContext | bool = (self._ssl or True) if verify else False
         try:
             async with self._http().request(
-                method, url, data=body, params=params, ssl=tls, headers=headers,
+                method,
+                url,
+                data=body,
+                params=params,
+                ssl=tls,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout) if timeout else None,
             ) as resp:
                 data = await resp.read()
@@ -90,7 +103,7 @@ class TrackerClient:
                 return data
         except aiohttp.ClientConnectorError as exc:
             raise TrackerUnreachable(f"tracker unreachable at {self.base_url}: {exc.os_error.strerror or exc}") from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise TrackerUnreachable(f"tracker unreachable at {self.base_url}: {exc or type(exc).__name__}") from exc
 
     def _error(self, status: int, data: bytes) -> TrackerError:
@@ -98,11 +111,13 @@ class TrackerClient:
             message = str(wire.unpack_map(data).get("error", ""))
         except InvalidInput:
             message = ""
-        cls = _BY_STATUS.get(status, TrackerError)
+        cls = error_for_status(status)
         if cls is Unauthorized:
             message = f"the tracker refused the join token ({message or 'unknown or revoked'})"
         elif cls is RateLimited:
-            message = f"the tracker is refusing this address for a while ({message or 'too many failures'}): retry later"
+            message = (
+                f"the tracker is refusing this address for a while ({message or 'too many failures'}): retry later"
+            )
         return cls(message or f"tracker answered HTTP {status}")
 
     async def enroll(self, csr_pem: str) -> EnrollResponse:
@@ -120,9 +135,24 @@ class TrackerClient:
         return [ManifestEntry.from_map(m) for m in _list(data.get("manifests"))]
 
     async def watch(self, since: int, timeout: float) -> tuple[int, list[ManifestEntry]]:
-        data = wire.unpack_map(await self._request(
-            "GET", "/v1/watch", params={"since": str(since), "timeout": str(timeout)}))
+        data = wire.unpack_map(
+            await self._request("GET", "/v1/watch", params={"since": str(since), "timeout": str(timeout)})
+        )
         return int(data.get("seq", since)), [ManifestEntry.from_map(m) for m in _list(data.get("manifests"))]
+
+    # rollout view
+
+    async def report(self, batch: ReportBatch, timeout: float) -> None:
+        await self._request("POST", "/v1/reports", wire.pack(batch.to_map()), timeout=timeout)
+
+    async def hosts(self) -> list[dict[str, Any]]:
+        return _list(wire.unpack_map(await self._request("GET", "/v1/hosts")).get("hosts"))
+
+    async def rollouts(self) -> list[dict[str, Any]]:
+        return _list(wire.unpack_map(await self._request("GET", "/v1/rollouts")).get("rollouts"))
+
+    async def rollout(self, ref: str) -> dict[str, Any]:
+        return wire.unpack_map(await self._request("GET", f"/v1/rollouts/{ref}"))
 
     async def health(self) -> bool:
         try:

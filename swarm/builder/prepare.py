@@ -16,7 +16,8 @@ from typing import Any, Self
 from swarm.core.digest import digest_hex
 from swarm.core.manifest import Layer, Manifest
 from swarm.core.refs import ImageRef
-from swarm.engine.metainfo import inspect_torrent, make_torrent
+from swarm.core.torrent import inspect_torrent
+from swarm.engine.metainfo import make_torrent
 from swarm.images.export import ExportedImage, export_image, read_archive
 
 Progress = Callable[[str], None]
@@ -86,9 +87,7 @@ def manifest_for(
     )
 
 
-def prepare_image(
-    api: Any, image: str, blobs_dir: Path, ca_pem: str, key_id: str, progress: Progress
-) -> Manifest:
+def prepare_image(api: Any, image: str, blobs_dir: Path, ca_pem: str, key_id: str, progress: Progress) -> Manifest:
     ref = ImageRef.parse(image)
     progress(f"{ref}: exporting from Docker")
     with TorrentMaker(ca_pem) as maker:

@@ -9,164 +9,321 @@ from typing import Any
 
 import click
 
-from swarm.agent import protocol
-from swarm.agent.paths import socket_path
-from swarm.cli.render import PullProgress, err, status_table
-from swarm.cli.tracker_cmds import tracker
-from swarm.core.errors import SwarmError, UsageError
-from swarm.core.signing import SigningKey, parse_public_key
-from swarm.core.manifest import Manifest
+from swarm.agent.api import Note
+from swarm.agent.client import AgentClient
+from swarm.agent.config import AgentConfig
+from swarm.agent.paths import AgentPaths, socket_path
+from swarm.builder.seed import seed as seed_images
+from swarm.cli.config import AGENT_CONFIG, config_option, default_agent_data
+from swarm.cli.params import RATE, SIZE, one_secret, public_keys, split_words
+from swarm.cli.progress import pull_view
+from swarm.cli.render import err, pulled_note, status_table
+from swarm.cli.rollout import hosts as tracker_hosts
+from swarm.cli.rollout import rollout
+from swarm.core import logs
+from swarm.core.addresses import LISTEN, format_listen
+from swarm.core.errors import SwarmError
+from swarm.core.logs import DEFAULT_FORMAT, DEFAULT_LEVEL, FORMATS, LEVELS
 from swarm.core.refs import ImageRef
+from swarm.core.signing import SigningKey
 from swarm.core.tokens import JoinToken
-from swarm.core.units import parse_rate, parse_size
+from swarm.tracker.cli import tracker
 
-DATA = click.option("--data", type=click.Path(path_type=Path), envvar="SWARM_DATA",
-                    help="The agent's data dir (its socket is DATA/agent.sock).")
-SOCKET = click.option("--socket", type=click.Path(path_type=Path), envvar="SWARM_SOCKET",
-                      help="The agent's socket, instead of --data.")
+DATA = click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    envvar="SWARM_DATA",
+    show_envvar=True,
+    help="The agent's data dir (its socket is DATA/agent.sock)  "
+    f"[default: {default_agent_data()}, if an agent runs there]",
+)
+SOCKET = click.option(
+    "--socket",
+    type=click.Path(path_type=Path),
+    envvar="SWARM_SOCKET",
+    show_envvar=True,
+    help="The agent's socket, instead of --data.",
+)
+AGENT_FILE = config_option(AGENT_CONFIG, strict=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option("0.1.0", prog_name="swarm")
+@click.version_option(package_name="swarm", prog_name="swarm")
 def cli() -> None:
     """Peer-to-peer distribution of confidential Docker images."""
 
 
 cli.add_command(tracker)
+tracker.add_command(tracker_hosts)
+cli.add_command(rollout)
 
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 def keygen(path: Path) -> None:
     """Make a builder signing key at PATH (mode 0600); prints its public key."""
-    if path.exists():
-        raise UsageError(f"{path} already exists: refusing to overwrite a key")
     key = SigningKey.generate()
-    try:
-        key.save(path)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
+    key.save(path)
     click.echo(key.public_text)
 
 
+LOG_LEVEL = click.option(
+    "--log-level",
+    type=click.Choice(LEVELS),
+    default=DEFAULT_LEVEL,
+    show_default=True,
+    envvar="SWARM_LOG_LEVEL",
+    show_envvar=True,
+    help="Least severe log level shown.",
+)
+LOG_FORMAT = click.option(
+    "--log-format",
+    type=click.Choice(FORMATS),
+    default=DEFAULT_FORMAT,
+    show_default=True,
+    envvar="SWARM_LOG_FORMAT",
+    show_envvar=True,
+    help="text: one line per event; json: one JSON object per line.",
+)
+
+
 @cli.command()
-@click.option("--tracker", "tracker_url", required=True, envvar="SWARM_TRACKER", help="Tracker URL.")
-@click.option("--token", envvar="SWARM_TOKEN", help="Join token from `swarm tracker token create`.")
-@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), envvar="SWARM_TOKEN_FILE",
-              help="Read the join token from this file instead (keeps it out of the process list).")
-@click.option("--data", type=click.Path(path_type=Path), required=True, envvar="SWARM_DATA", help="Data dir.")
-@click.option("--listen", default="0.0.0.0:6881", show_default=True, envvar="SWARM_LISTEN",
-              help="HOST:PORT for peer (TLS) connections; port 0 picks one.")
-@click.option("--trust", multiple=True, envvar="SWARM_TRUST", help="Builder public key to trust (repeatable).")
-@click.option("--trust-file", type=click.Path(path_type=Path, dir_okay=False), envvar="SWARM_TRUST_FILE",
-              help="File of builder public keys to trust, one per line (# comments).")
-@click.option("--watch", multiple=True, envvar="SWARM_WATCH", help="Pull every new tag matching PATTERN.")
-@click.option("--docker-host", envvar="SWARM_DOCKER_HOST", help="Docker engine URL (default: DOCKER_HOST).")
-@click.option("--upload-limit", default="0", envvar="SWARM_UPLOAD_LIMIT", help="e.g. 50MB/s, 100mbit; 0 = none.")
-@click.option("--download-limit", default="0", envvar="SWARM_DOWNLOAD_LIMIT", help="e.g. 50MB/s; 0 = none.")
-@click.option("--cache-size", default="0", envvar="SWARM_CACHE_SIZE", help="Blob cache budget, e.g. 20GiB; 0 = none.")
-@click.option("--min-seed-time", default=3600.0, type=click.FloatRange(min=0), envvar="SWARM_MIN_SEED_TIME",
-              show_default=True, help="Seconds an image's blobs stay cached after it was pulled or published.")
-@click.option("--metrics-listen", envvar="SWARM_METRICS_LISTEN", help="HOST:PORT to serve Prometheus /metrics on.")
-def agent(tracker_url: str, token: str | None, token_file: Path | None, data: Path, listen: str,
-          trust: tuple[str, ...], trust_file: Path | None, watch: tuple[str, ...],
-          docker_host: str | None, upload_limit: str, download_limit: str, cache_size: str,
-          min_seed_time: float, metrics_listen: str | None) -> None:
-    """Run the host agent (the builder runs one too)."""
-    from swarm.agent.daemon import AgentConfig, run_agent
+@config_option(AGENT_CONFIG, strict=True)
+@click.option("--tracker", "tracker_url", required=True, envvar="SWARM_TRACKER", show_envvar=True, help="Tracker URL.")
+@click.option("--token", envvar="SWARM_TOKEN", show_envvar=True, help="Join token from `swarm tracker token create`.")
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="SWARM_TOKEN_FILE",
+    show_envvar=True,
+    help="Read the join token from this file instead (keeps it out of the process list).",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=default_agent_data,
+    show_default=str(default_agent_data()),
+    envvar="SWARM_DATA",
+    show_envvar=True,
+    help="Data dir (identity, blobs, agent.sock).",
+)
+@click.option(
+    "--listen",
+    type=LISTEN,
+    default=AgentConfig.listen,
+    show_default=format_listen(AgentConfig.listen),
+    envvar="SWARM_LISTEN",
+    show_envvar=True,
+    help="HOST:PORT for peer (TLS) connections; port 0 picks one.",
+)
+@click.option(
+    "--trust", multiple=True, envvar="SWARM_TRUST", show_envvar=True, help="Builder public key to trust (repeatable)."
+)
+@click.option(
+    "--trust-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="SWARM_TRUST_FILE",
+    show_envvar=True,
+    help="File of builder public keys to trust, one per line (# comments).",
+)
+@click.option(
+    "--watch", multiple=True, envvar="SWARM_WATCH", show_envvar=True, help="Pull every new tag matching PATTERN."
+)
+@click.option(
+    "--docker-host", envvar="SWARM_DOCKER_HOST", show_envvar=True, help="Docker engine URL (default: DOCKER_HOST)."
+)
+@click.option(
+    "--upload-limit",
+    type=RATE,
+    default=AgentConfig.upload_limit,
+    envvar="SWARM_UPLOAD_LIMIT",
+    show_envvar=True,
+    help="e.g. 50MB/s, 100mbit; 0 = none.",
+)
+@click.option(
+    "--download-limit",
+    type=RATE,
+    default=AgentConfig.download_limit,
+    envvar="SWARM_DOWNLOAD_LIMIT",
+    show_envvar=True,
+    help="e.g. 50MB/s; 0 = none.",
+)
+@click.option(
+    "--cache-size",
+    type=SIZE,
+    default=AgentConfig.cache_size,
+    envvar="SWARM_CACHE_SIZE",
+    show_envvar=True,
+    help="Blob cache budget, e.g. 20GiB; 0 = none.",
+)
+@click.option(
+    "--min-seed-time",
+    type=click.FloatRange(min=0),
+    default=AgentConfig.min_seed_time,
+    envvar="SWARM_MIN_SEED_TIME",
+    show_default=True,
+    show_envvar=True,
+    help="Seconds an image's blobs stay cached after it was pulled or published.",
+)
+@click.option(
+    "--metrics-listen",
+    type=LISTEN,
+    default=AgentConfig.metrics_listen,
+    envvar="SWARM_METRICS_LISTEN",
+    show_envvar=True,
+    help="HOST:PORT to serve Prometheus /metrics, /healthz and /readyz on.",
+)
+@click.option(
+    "--tracker-wait",
+    type=click.FloatRange(min=0),
+    default=AgentConfig.tracker_wait,
+    show_default=True,
+    envvar="SWARM_TRACKER_WAIT",
+    show_envvar=True,
+    help="Seconds to keep retrying an unreachable tracker at start (0: forever).",
+)
+@LOG_LEVEL
+@LOG_FORMAT
+def agent(**params: Any) -> None:
+    """Run the host agent (the builder runs one too). SIGHUP reloads limits, watch, trust and log level."""
+    from swarm.agent.daemon import run_agent  # loads libtorrent: only for this command
 
-    run_agent(AgentConfig(
-        tracker=tracker_url, token=JoinToken.parse(_one_secret(token, token_file)), data=data, listen=listen,
-        trust=[parse_public_key(t) for t in [*_split(trust), *_lines(trust_file)]], watch=list(_split(watch)),
-        docker_host=docker_host, upload_limit=parse_rate(upload_limit),
-        download_limit=parse_rate(download_limit), cache_size=parse_size(cache_size),
-        min_seed_time=min_seed_time, metrics_listen=metrics_listen,
-    ))
+    config = agent_config(params)
+    logs.configure(config.log_level, params["log_format"])
+    raw_args = _own_args("agent")
+    run_agent(config, reload=lambda: agent_config(agent.make_context("agent", list(raw_args)).params))
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+def agent_config(params: dict[str, Any]) -> AgentConfig:
+    """The agent's settings from its parsed options (at start, and again on SIGHUP)."""
+    return AgentConfig(
+        tracker=params["tracker_url"],
+        token=JoinToken.parse(one_secret(params["token"], params["token_file"])),
+        data=params["data"],
+        listen=params["listen"],
+        trust=public_keys(params["trust"], params["trust_file"]),
+        watch=split_words(params["watch"]),
+        docker_host=params["docker_host"],
+        upload_limit=params["upload_limit"],
+        download_limit=params["download_limit"],
+        cache_size=params["cache_size"],
+        min_seed_time=params["min_seed_time"],
+        metrics_listen=params["metrics_listen"],
+        tracker_wait=params["tracker_wait"],
+        log_level=params["log_level"],
+    )
 
 
-def _one_secret(token: str | None, token_file: Path | None) -> str:
-    if token_file is not None and token is None:
-        return _read(token_file).strip()
-    if token is not None and token_file is None:
-        return token
-    raise UsageError("give exactly one of --token and --token-file")
-
-
-def _lines(path: Path | None) -> list[str]:
-    if path is None:
-        return []
-    return [ln.strip() for ln in _read(path).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-
-
-def _split(values: tuple[str, ...]) -> list[str]:
-    """Repeatable options also come space-separated from one environment variable."""
-    return [part for v in values for part in v.split()]
+def _own_args(command: str) -> list[str]:
+    """This process's arguments after the subcommand's name, to parse them again on reload."""
+    argv = sys.argv[1:]
+    return argv[argv.index(command) + 1 :] if command in argv else []
 
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--key", type=click.Path(path_type=Path), required=True, envvar="SWARM_KEY",
-              help="The builder's Ed25519 signing key.")
-@click.option("--from-archive", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Read the image from a `docker save`/OCI archive instead of Docker.")
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path),
+    required=True,
+    envvar="SWARM_KEY",
+    show_envvar=True,
+    help="The builder's Ed25519 signing key.",
+)
+@click.option(
+    "--from-archive",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Read the image from a `docker save`/OCI archive instead of Docker.",
+)
+@AGENT_FILE
 @DATA
 @SOCKET
-def seed(images: tuple[str, ...], key: Path, from_archive: Path | None, data: Path | None,
-         socket: Path | None) -> None:
+def seed(images: tuple[str, ...], key: Path, from_archive: Path | None, data: Path | None, socket: Path | None) -> None:
     """Export, sign, publish and seed IMAGE... through the local agent."""
     signing_key = SigningKey.load(key)
-    for image in images:
-        ImageRef.parse(image)
-    sock = socket_path(data, socket)
-    answer = protocol.call(sock, "prepare", _print_message, images=list(images), key_id=signing_key.key_id,
-                           archive=str(from_archive.resolve()) if from_archive else None)
-    envelopes = [signing_key.sign(Manifest.from_bytes(raw)).to_bytes() for raw in answer["manifests"]]
-    result = protocol.call(sock, "publish", _print_message, envelopes=envelopes)
-    for entry in result["published"]:
-        click.echo(f"{entry['ref']} {entry['image_id']}")
+    client = AgentClient(_socket(data, socket))
+    for entry in seed_images(client, images, signing_key, from_archive, _print_note):
+        click.echo(f"{entry.ref} {entry.image_id}")
 
 
-def _print_message(msg: dict[str, Any]) -> None:
-    err.print(str(msg.get("message", "")))
+def _print_note(note: Note) -> None:
+    err.print(note.message)
 
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
+@click.option(
+    "--seed",
+    "reseed",
+    is_flag=True,
+    help="Fetch the layers even of an image Docker already holds, so this host seeds it again.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Progress and results as JSON lines on stdout.")
+@AGENT_FILE
 @DATA
 @SOCKET
-def pull(images: tuple[str, ...], data: Path | None, socket: Path | None) -> None:
+def pull(images: tuple[str, ...], reseed: bool, as_json: bool, data: Path | None, socket: Path | None) -> None:
     """Download IMAGE... from the swarm and load it into Docker."""
     refs = [str(ImageRef.parse(image)) for image in images]
-    sock = socket_path(data, socket)
-    with PullProgress() as progress:
-        result = protocol.call(sock, "pull", progress.update, refs=refs)
-    for img in result["images"]:
-        click.echo(f"{img['ref']} {img['image_id']}")
+    client = AgentClient(_socket(data, socket))
+    with pull_view(as_json, err) as view:
+        result = client.pull(refs, view.update, seed=reseed)
+    for img in result.images:
+        view.pulled(img, pulled_note(img))
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@AGENT_FILE
 @DATA
 @SOCKET
 def status(as_json: bool, data: Path | None, socket: Path | None) -> None:
     """Show the local agent's images, layers, peers and cache."""
-    result = protocol.call(socket_path(data, socket), "status")
+    result = AgentClient(_socket(data, socket)).status()
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps(result.to_map(), indent=2))
     else:
         status_table(result)
 
 
+@cli.command()
+@click.argument("url", envvar="SWARM_PROBE_URL")
+@click.option(
+    "--ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="SWARM_PROBE_CA",
+    show_envvar=True,
+    help="Verify an https:// URL against this CA (the tracker's DATA/ca.pem).",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    envvar="SWARM_PROBE_WAIT",
+    show_envvar=True,
+    help="Keep asking for up to this many seconds until the answer is 200.",
+)
+def probe(url: str, ca: Path | None, wait: float) -> None:
+    """Ask a /healthz or /readyz URL (or $SWARM_PROBE_URL): exit 0 on 200, else 1 with the reason."""
+    from swarm.cli.probe import probe_until
+
+    click.echo(probe_until(url, ca, wait))
+
+
+def _socket(data: Path | None, socket: Path | None) -> Path:
+    """--socket, --data, else the default data dir's socket if an agent made it there."""
+    if data is None and socket is None:
+        default = AgentPaths(default_agent_data()).socket
+        if default.exists():
+            return default
+    return socket_path(data, socket)
+
+
 def main() -> None:
+    """The entry point: every error becomes one line on stderr and its exit code, here and only here."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="swarm", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

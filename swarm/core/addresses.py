@@ -23,6 +23,12 @@ def format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def format_listen(address: tuple[str, int]) -> str:
+    """(host, port) as `HOST:PORT`, the form `parse_listen` reads."""
+    host, port = address
+    return f"{format_host(host)}:{port}"
+
+
 class ListenAddress(click.ParamType):  # type: ignore[type-arg]
     """A click option value `HOST:PORT`, converted to (host, port)."""
 

@@ -6,7 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from swarm.core.errors import DigestMismatch, InvalidInput
+from swarm.core.errors import InvalidInput
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
@@ -23,7 +23,7 @@ def validate_digest(value: object, what: str = "digest") -> str:
 
 
 def digest_hex(digest: str) -> str:
-    return validate_digest(digest)[len("sha256:"):]
+    return validate_digest(digest)[len("sha256:") :]
 
 
 def file_digest(path: Path) -> str:
@@ -32,9 +32,3 @@ def file_digest(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return "sha256:" + h.hexdigest()
-
-
-def verify_file(path: Path, expected: str) -> None:
-    actual = file_digest(path)
-    if actual != expected:
-        raise DigestMismatch(f"{path.name}: sha256 is {actual}, expected {expected}")

@@ -19,6 +19,8 @@
 
 Errors from libraries underneath are converted at the boundary
 (`raise SwarmError(...) from exc`) so the CLI maps them in one place.
+Between the tracker and its clients an error travels as an HTTP status:
+`HTTP_STATUS` below is that one table, read by both sides.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ class AgentNotRunning(SwarmError):
 
 class TrackerError(SwarmError):
     kind = "tracker"
-    status = 502
 
 
 class TrackerUnreachable(TrackerError):
@@ -57,22 +58,18 @@ class TrackerUnreachable(TrackerError):
 
 class Unauthorized(TrackerError):
     kind = "unauthorized"
-    status = 401
 
 
 class Forbidden(TrackerError):
     kind = "forbidden"
-    status = 403
 
 
 class NotFound(TrackerError):
     kind = "not-found"
-    status = 404
 
 
 class RateLimited(TrackerError):
     kind = "rate-limited"
-    status = 429
 
 
 class ImageNotFound(SwarmError):
@@ -81,7 +78,6 @@ class ImageNotFound(SwarmError):
 
 class InvalidInput(SwarmError):
     kind = "invalid-input"
-    status = 400
 
 
 class UntrustedManifest(SwarmError):
@@ -102,6 +98,34 @@ class DockerUnreachable(DockerError):
 
 class TorrentError(SwarmError):
     kind = "torrent"
+
+
+#: the HTTP status of each error the tracker answers with (a subclass inherits its parent's);
+#: any other SwarmError is the caller's fault: 400
+HTTP_STATUS: dict[type[SwarmError], int] = {
+    InvalidInput: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    RateLimited: 429,
+    TrackerError: 502,
+}
+
+
+def status_for(exc: SwarmError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 400
+
+
+def error_for_status(status: int) -> type[TrackerError]:
+    """The error a tracker client raises for an error answer: the tracker's refusals by their own
+    class, any other status a plain TrackerError."""
+    for cls, code in HTTP_STATUS.items():
+        if code == status and issubclass(cls, TrackerError):
+            return cls
+    return TrackerError
 
 
 _BY_KIND: dict[str, type[SwarmError]] = {}

@@ -23,19 +23,23 @@ COMPRESSIONS = ("zstd", "none")
 
 @dataclass(frozen=True)
 class Layer:
-    diff_id: str        # sha256 of the uncompressed layer tar (what Docker checks)
-    size: int           # bytes of the uncompressed layer tar
-    blob: str           # sha256 of the transport blob (content address)
+    diff_id: str  # sha256 of the uncompressed layer tar (what Docker checks)
+    size: int  # bytes of the uncompressed layer tar
+    blob: str  # sha256 of the transport blob (content address)
     blob_size: int
-    compression: str    # how the blob encodes the layer tar
-    info_hash: bytes    # 32-byte BitTorrent v2 info-hash of `torrent`
-    torrent: bytes      # bencoded metainfo of the blob's private SSL torrent
+    compression: str  # how the blob encodes the layer tar
+    info_hash: bytes  # 32-byte BitTorrent v2 info-hash of `torrent`
+    torrent: bytes  # bencoded metainfo of the blob's private SSL torrent
 
     def to_map(self) -> dict[str, Any]:
         return {
-            "diff_id": self.diff_id, "size": self.size, "blob": self.blob,
-            "blob_size": self.blob_size, "compression": self.compression,
-            "info_hash": self.info_hash, "torrent": self.torrent,
+            "diff_id": self.diff_id,
+            "size": self.size,
+            "blob": self.blob,
+            "blob_size": self.blob_size,
+            "compression": self.compression,
+            "info_hash": self.info_hash,
+            "torrent": self.torrent,
         }
 
     @classmethod
@@ -66,10 +70,10 @@ class Layer:
 class Manifest:
     repository: str
     tag: str
-    config: bytes                  # the image config JSON, byte for byte
+    config: bytes  # the image config JSON, byte for byte
     layers: tuple[Layer, ...]
-    key_id: str                    # which builder key signed it
-    created: int                   # unix seconds
+    key_id: str  # which builder key signed it
+    created: int  # unix seconds
     version: int = FORMAT_VERSION
 
     @property
@@ -86,15 +90,17 @@ class Manifest:
         return sum(layer.blob_size for layer in self.layers)
 
     def to_bytes(self) -> bytes:
-        return wire.pack_canonical({
-            "version": self.version,
-            "repository": self.repository,
-            "tag": self.tag,
-            "config": self.config,
-            "layers": [layer.to_map() for layer in self.layers],
-            "key_id": self.key_id,
-            "created": self.created,
-        })
+        return wire.pack_canonical(
+            {
+                "version": self.version,
+                "repository": self.repository,
+                "tag": self.tag,
+                "config": self.config,
+                "layers": [layer.to_map() for layer in self.layers],
+                "key_id": self.key_id,
+                "created": self.created,
+            }
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:

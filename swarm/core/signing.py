@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from swarm.core import wire
 from swarm.core.errors import InvalidInput, UntrustedManifest, UsageError
+from swarm.core.files import write_atomic
 from swarm.core.manifest import Manifest
 
 _DOMAIN = b"swarm-manifest-v1\x00"
@@ -40,7 +40,7 @@ def parse_public_key(text: str) -> bytes:
     if not text.startswith(_PREFIX):
         raise UsageError(f"invalid public key {text[:20]!r}: expected ed25519:<base64>")
     try:
-        raw = base64.b64decode(text[len(_PREFIX):], validate=True)
+        raw = base64.b64decode(text[len(_PREFIX) :], validate=True)
     except (binascii.Error, ValueError) as exc:
         raise UsageError("invalid public key: bad base64") from exc
     if len(raw) != 32:
@@ -51,9 +51,7 @@ def parse_public_key(text: str) -> bytes:
 class SigningKey:
     def __init__(self, private: Ed25519PrivateKey) -> None:
         self._private = private
-        self.public_raw = private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        self.public_raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.key_id = key_id(self.public_raw)
 
     @classmethod
@@ -75,12 +73,16 @@ class SigningKey:
         return cls(private)
 
     def save(self, path: Path) -> None:
+        """Write the key (mode 0600); never over an existing file."""
         pem = self._private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+        try:
+            write_atomic(path, pem, 0o600, exclusive=True)
+        except FileExistsError as exc:
+            raise UsageError(f"{path} already exists: refusing to overwrite a key") from exc
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
 
     @property
     def public_text(self) -> str:
@@ -120,9 +122,7 @@ class SignedManifest:
         Returns the decoded manifest only when everything holds.
         """
         if trusted is not None and self.public_key not in set(trusted):
-            raise UntrustedManifest(
-                f"manifest signed by untrusted key {format_public_key(self.public_key)}"
-            )
+            raise UntrustedManifest(f"manifest signed by untrusted key {format_public_key(self.public_key)}")
         try:
             Ed25519PublicKey.from_public_bytes(self.public_key).verify(self.signature, _DOMAIN + self.manifest)
         except InvalidSignature as exc:

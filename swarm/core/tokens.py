@@ -17,7 +17,8 @@ from swarm.core.errors import UsageError
 
 _TOKEN = re.compile(r"^swarm1\.([0-9a-f]{40})\.([0-9a-f]{64})$")
 _SECRET = re.compile(r"^[0-9a-f]{40}$")
-ROLES = ("builder", "host")
+#: builder: publishes; host: pulls; admin: reads fleet state (hosts, rollouts), joins no swarm
+ROLES = ("builder", "host", "admin")
 
 
 def hash_secret(secret: str) -> str:

@@ -32,7 +32,9 @@ from typing import Any, Protocol
 
 import libtorrent as lt
 
+from swarm.core.addresses import format_host, parse_listen
 from swarm.core.errors import TorrentError, UsageError
+from swarm.core.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +53,14 @@ def peer_tag(name: str, role: str = "host") -> str:
 
 @dataclass(frozen=True)
 class PeerIdentity:
-    role: str       # "builder", "host" or "?" for a peer id swarm did not make
+    role: str  # "builder", "host" or "?" for a peer id swarm did not make
     name: str
 
 
 def peer_identity(pid: bytes) -> PeerIdentity:
     """Who a swarm peer id says it is (only CA-certified peers reach us at all)."""
     text = pid.decode("latin-1")
-    rest = text[len(PEER_ID_PREFIX):]
+    rest = text[len(PEER_ID_PREFIX) :]
     if not text.startswith(PEER_ID_PREFIX) or "-" not in rest:
         return PeerIdentity("?", "?")
     tag = rest.split("-", 1)[0]
@@ -84,19 +86,12 @@ def dh_params_path() -> str:
     return str(resources.files("swarm.engine").joinpath("dhparams.pem"))
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host or int(port) > 65535:
-        raise UsageError(f"invalid listen address {listen!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
 @dataclass
 class PeerStat:
     name: str
     address: str
-    downloaded: int      # payload bytes received from it (whole life of the torrent)
-    uploaded: int        # payload bytes sent to it while connected now
+    downloaded: int  # payload bytes received from it (whole life of the torrent)
+    uploaded: int  # payload bytes sent to it while connected now
     connected: bool
 
 
@@ -110,11 +105,13 @@ class TorrentStatus:
     done: int
     download_rate: int
     upload_rate: int
-    downloaded: int      # payload received this session
-    uploaded: int        # payload sent this session
+    downloaded: int  # payload received this session
+    uploaded: int  # payload sent this session
     peers: list[PeerStat]
     failed_pieces: int
     error: str
+    #: payload received by the sending peer's role ("builder", "host", "?"), whole life of the torrent
+    received_by_role: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,6 +122,7 @@ class _Torrent:
     flushed: asyncio.Event
     downloading: bool
     from_peer: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    from_role: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     #: total_download of each open connection (peer id, endpoint) at the last poll
     seen: dict[tuple[bytes, str], int] = field(default_factory=dict)
     #: peers whose connection closed since the torrent's last reconciliation
@@ -136,7 +134,7 @@ class _Torrent:
 class Engine:
     def __init__(
         self,
-        listen: str,
+        listen: str | tuple[str, int],
         host_name: str,
         cert_path: Path,
         key_path: Path,
@@ -146,7 +144,7 @@ class Engine:
         resume_dir: Path | None = None,
         observer: EngineObserver | None = None,
     ) -> None:
-        self._listen = parse_listen(listen)
+        self._listen = parse_listen(listen) if isinstance(listen, str) else listen
         self._cert = cert_path
         self._key = key_path
         self._tag = peer_tag(host_name, role)
@@ -154,8 +152,8 @@ class Engine:
         self._observer = observer
         self._resume_pending = 0
         self._resume_done = threading.Condition()
-        #: payload counters of torrents already removed, so totals never go backwards
-        self.removed_totals = [0, 0]
+        #: payload bytes sent by torrents already removed, so the total never goes backwards
+        self._removed_uploaded = 0
         self._limits = (upload_limit, download_limit)
         self._torrents: dict[bytes, _Torrent] = {}
         self._lock = threading.Lock()
@@ -164,34 +162,54 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: Any = None
+        #: the tracker error being seen, if announces are failing: one line when lost, one when back
+        self._tracker_lost: str | None = None
 
     # -- life cycle ---------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         host, port = self._listen
-        bind = f"[{host}]" if ":" in host else host
         pack = lt.high_performance_seed()
-        pack.update({
-            "listen_interfaces": f"{bind}:{port}s",
-            "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
-            "enable_outgoing_utp": False, "enable_incoming_utp": False,
-            "active_downloads": -1, "active_seeds": -1, "active_limit": -1, "active_checking": -1,
-            "allow_multiple_connections_per_ip": True,
-            "ignore_limits_on_local_network": False,
-            "upload_rate_limit": self._limits[0], "download_rate_limit": self._limits[1],
-            "peer_fingerprint": self._tag,
-            "user_agent": "swarm/0.1",
-            # high_performance_seed drops a peer after 20 s of silence and never retries one
-            # that failed once: a host whose link drops for 20 s then waits minutes for the
-            # tracker's back-off (tests/e2e/test_e2e_faults.py). Keep peers through outages.
-            "peer_timeout": 120, "inactivity_timeout": 600, "max_failcount": 10, "min_reconnect_time": 2,
-            "min_announce_interval": 5,
-            "suggest_mode": 0, "request_queue_time": 1, "max_out_request_queue": 64,
-            "stop_tracker_timeout": 2,
-            "alert_mask": (lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage
-                           | lt.alert_category.tracker),
-        })
+        pack.update(
+            {
+                "listen_interfaces": f"{format_host(host)}:{port}s",
+                "enable_dht": False,
+                "enable_lsd": False,
+                "enable_upnp": False,
+                "enable_natpmp": False,
+                "enable_outgoing_utp": False,
+                "enable_incoming_utp": False,
+                "active_downloads": -1,
+                "active_seeds": -1,
+                "active_limit": -1,
+                "active_checking": -1,
+                "allow_multiple_connections_per_ip": True,
+                "ignore_limits_on_local_network": False,
+                "upload_rate_limit": self._limits[0],
+                "download_rate_limit": self._limits[1],
+                "peer_fingerprint": self._tag,
+                "user_agent": "swarm/0.1",
+                # high_performance_seed drops a peer after 20 s of silence and never retries one
+                # that failed once: a host whose link drops for 20 s then waits minutes for the
+                # tracker's back-off (tests/e2e/test_e2e_faults.py). Keep peers through outages.
+                "peer_timeout": 120,
+                "inactivity_timeout": 600,
+                "max_failcount": 10,
+                "min_reconnect_time": 2,
+                "min_announce_interval": 5,
+                "suggest_mode": 0,
+                "request_queue_time": 1,
+                "max_out_request_queue": 64,
+                "stop_tracker_timeout": 2,
+                "alert_mask": (
+                    lt.alert_category.error
+                    | lt.alert_category.status
+                    | lt.alert_category.storage
+                    | lt.alert_category.tracker
+                ),
+            }
+        )
         self._session = lt.session(pack)
         if self.ssl_port == 0:
             raise UsageError(f"cannot listen for peers on {host}:{port}")
@@ -217,8 +235,7 @@ class Engine:
 
     # -- torrents -----------------------------------------------------------
 
-    def add(self, metainfo: bytes, save_dir: Path, tracker_url: str, seed: bool,
-            trust_resume: bool = False) -> bytes:
+    def add(self, metainfo: bytes, save_dir: Path, tracker_url: str, seed: bool, trust_resume: bool = False) -> bytes:
         """Start a torrent (idempotent).
 
         `seed`: the file is complete and its sha256 verified. Otherwise the
@@ -242,8 +259,13 @@ class Engine:
             atp.flags |= lt.torrent_flags.seed_mode
         assert self._loop is not None
         # file 0 is the blob; v2 pads the tail, and padding is not payload
-        entry = _Torrent(handle=None, size=ti.layout().file_size(0),
-                         finished=asyncio.Event(), flushed=asyncio.Event(), downloading=not seed)
+        entry = _Torrent(
+            handle=None,
+            size=ti.layout().file_size(0),
+            finished=asyncio.Event(),
+            flushed=asyncio.Event(),
+            downloading=not seed,
+        )
         with self._lock:
             self._torrents[ih] = entry
         try:
@@ -261,8 +283,7 @@ class Engine:
             entry = self._torrents.pop(ih, None)
         if entry is not None:
             s = entry.handle.status()
-            self.removed_totals[0] += int(s.total_payload_download)
-            self.removed_totals[1] += int(s.total_payload_upload)
+            self._removed_uploaded += int(s.total_payload_upload)
             self._session.remove_torrent(entry.handle)
         if self._resume_dir is not None:
             (self._resume_dir / f"{ih.hex()}.resume").unlink(missing_ok=True)
@@ -297,10 +318,7 @@ class Engine:
     def _write_resume(self, alert: Any) -> None:
         assert self._resume_dir is not None
         ih = alert.handle.info_hashes().v2.to_bytes()
-        path = self._resume_dir / f"{ih.hex()}.resume"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(lt.write_resume_data_buf(alert.params))
-        tmp.replace(path)
+        write_atomic(self._resume_dir / f"{ih.hex()}.resume", lt.write_resume_data_buf(alert.params))
 
     def _resume_answered(self) -> None:
         with self._resume_done:
@@ -359,16 +377,31 @@ class Engine:
             stat.uploaded += p.total_upload
         with self._lock:
             received = dict(entry.from_peer)
+            by_role = dict(entry.from_role)
         for name, n in received.items():
             live.setdefault(name, PeerStat(name, "", 0, 0, False)).downloaded = n
         return TorrentStatus(
-            info_hash=ih.hex(), name=s.name, state=_STATES.get(int(s.state), str(s.state)),
-            progress=float(s.progress), total=entry.size, done=int(s.total_wanted_done),
-            download_rate=int(s.download_payload_rate), upload_rate=int(s.upload_payload_rate),
-            downloaded=int(s.total_payload_download), uploaded=int(s.total_payload_upload),
-            peers=sorted(live.values(), key=lambda p: p.name), failed_pieces=entry.failed_pieces,
+            info_hash=ih.hex(),
+            name=s.name,
+            state=_STATES.get(int(s.state), str(s.state)),
+            progress=float(s.progress),
+            total=entry.size,
+            done=int(s.total_wanted_done),
+            download_rate=int(s.download_payload_rate),
+            upload_rate=int(s.upload_payload_rate),
+            downloaded=int(s.total_payload_download),
+            uploaded=int(s.total_payload_upload),
+            peers=sorted(live.values(), key=lambda p: p.name),
+            failed_pieces=entry.failed_pieces,
             error=entry.error or (s.errc.message() if s.errc.value() else ""),
+            received_by_role=by_role,
         )
+
+    def uploaded_total(self) -> int:
+        """Payload bytes sent this session, torrents since removed included."""
+        with self._lock:
+            handles = [t.handle for t in self._torrents.values()]
+        return self._removed_uploaded + sum(int(h.status().total_payload_upload) for h in handles)
 
     def info_hashes(self) -> list[bytes]:
         with self._lock:
@@ -427,6 +460,7 @@ class Engine:
                 entry.seen = now
                 for pid, delta in got:
                     entry.from_peer[peer_name(pid)] += delta
+                    entry.from_role[peer_identity(pid).role] += delta
         self._tell_observer(got)
 
     def _reconcile(self, entry: _Torrent) -> None:
@@ -446,9 +480,10 @@ class Engine:
                 weights = [max(1, entry.from_peer.get(peer_name(pid), 0)) for pid in gone]
                 shares = [missing * w // sum(weights) for w in weights]
                 shares[0] += missing - sum(shares)
-                got = list(zip(gone, shares))
+                got = list(zip(gone, shares, strict=True))
                 for pid, n in got:
                     entry.from_peer[peer_name(pid)] += n
+                    entry.from_role[peer_identity(pid).role] += n
         self._tell_observer(got)
 
     def _tell_observer(self, got: list[tuple[bytes, int]]) -> None:
@@ -496,7 +531,15 @@ class Engine:
                 entry.handle.pause()  # a disk error repeats for every block otherwise
                 self._signal(entry)
         elif isinstance(alert, lt.tracker_error_alert):
-            log.warning("tracker: %s", _redact(alert.message()))
+            message = _redact(alert.message())
+            if self._tracker_lost is None:
+                log.warning("tracker lost (announces failing; logged once until it answers): %s", message)
+            else:
+                log.debug("tracker: %s", message)
+            self._tracker_lost = message
+        elif isinstance(alert, lt.tracker_reply_alert) and self._tracker_lost is not None:
+            self._tracker_lost = None
+            log.info("tracker regained: announces answered again")
 
     def _entry_for(self, alert: Any) -> _Torrent | None:
         try:
@@ -519,5 +562,10 @@ def _redact(message: str) -> str:
 _RESUME_FLAGS = lt.save_resume_flags_t.only_if_modified | lt.save_resume_flags_t.flush_disk_cache
 _DONE_STATES = (lt.torrent_status.states.finished, lt.torrent_status.states.seeding)
 _STATES = {
-    1: "checking", 2: "downloading-metadata", 3: "downloading", 4: "finished", 5: "seeding", 7: "checking-resume",
+    1: "checking",
+    2: "downloading-metadata",
+    3: "downloading",
+    4: "finished",
+    5: "seeding",
+    7: "checking-resume",
 }

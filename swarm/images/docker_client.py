@@ -72,8 +72,13 @@ def api_error_message(exc: Any) -> str:
 def _short(exc: BaseException) -> str:
     # requests/urllib3 nest their causes in long reprs; keep the innermost reason.
     text = str(exc) or type(exc).__name__
-    for reason in ("No such file or directory", "Connection refused", "Permission denied",
-                   "timed out", "Name or service not known"):
+    for reason in (
+        "No such file or directory",
+        "Connection refused",
+        "Permission denied",
+        "timed out",
+        "Name or service not known",
+    ):
         if reason in text:
             return reason
     return _one_line(text)

@@ -106,9 +106,7 @@ def export_image(
             chunks = api.get_image(image_name, chunk_size=CHUNK)
             return read_archive(chunks, blobs_dir, image=image_name, on_blob=on_blob)
         except docker.errors.NotFound as exc:
-            raise ImageNotFound(
-                f"no image {image_name} in Docker at {host_of(api)}"
-            ) from exc
+            raise ImageNotFound(f"no image {image_name} in Docker at {host_of(api)}") from exc
 
 
 def read_archive(
@@ -198,9 +196,7 @@ class _Processed:
     layer: ExportedLayer
 
 
-def _process_layer(
-    member: IO[bytes], blobs_dir: Path, known_size: int | None
-) -> _Processed:
+def _process_layer(member: IO[bytes], blobs_dir: Path, known_size: int | None) -> _Processed:
     head = member.read(4)
     raw = _HashingReader(head, member)
     tar_stream: _Readable
@@ -208,9 +204,7 @@ def _process_layer(
         tar_stream = gzip.GzipFile(fileobj=io.BufferedReader(raw, CHUNK), mode="rb")
         known_size = None
     elif head.startswith(ZSTD_MAGIC):
-        tar_stream = zstandard.ZstdDecompressor().stream_reader(
-            io.BufferedReader(raw, CHUNK), read_across_frames=True
-        )
+        tar_stream = zstandard.ZstdDecompressor().stream_reader(io.BufferedReader(raw, CHUNK), read_across_frames=True)
         known_size = None
     else:
         tar_stream = raw
@@ -258,9 +252,7 @@ class _BlobWriter:
         self._queue: queue.Queue[bytes | None] = queue.Queue(QUEUE_CHUNKS)
         self._failed: BaseException | None = None
         self._stopped = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="blob-writer", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="blob-writer", daemon=True)
         self._thread.start()
 
     def put(self, chunk: bytes | None) -> None:
@@ -307,14 +299,12 @@ class _BlobWriter:
 
     def _run(self) -> None:
         try:
-            while (
-                chunk := self._queue.get()
-            ) is not None and not self._stopped.is_set():
+            while (chunk := self._queue.get()) is not None and not self._stopped.is_set():
                 self._emit(self._cobj.compress(chunk))
             if chunk is None and not self._stopped.is_set():
                 self._emit(self._cobj.flush())
                 self._out.close()
-        except BaseException as exc:  # noqa: BLE001  handed to the reader thread by put/finish
+        except BaseException as exc:  # handed to the reader thread by put/finish
             self._failed = exc
         finally:
             self._stopped.set()
@@ -344,18 +334,14 @@ class _Archive:
             for member in tar:
                 name = _norm(member.name)
                 if member.issym():
-                    self.links[name] = _norm(
-                        posixpath.join(posixpath.dirname(name), member.linkname)
-                    )
+                    self.links[name] = _norm(posixpath.join(posixpath.dirname(name), member.linkname))
                 elif member.islnk():
                     self.links[name] = _norm(member.linkname)
                 elif member.isfile():
                     f = tar.extractfile(member)
                     assert f is not None
                     if posixpath.basename(name) == "layer.tar" or member.size > SMALL:
-                        self.layers[name] = _process_layer(
-                            f, self.blobs_dir, member.size
-                        )
+                        self.layers[name] = _process_layer(f, self.blobs_dir, member.size)
                         if self.on_blob is not None:
                             self.on_blob(self.layers[name].layer.path)
                     else:
@@ -384,18 +370,14 @@ class _Archive:
         if real not in self.layers:
             if real not in self.small:
                 raise InvalidInput(f"image archive lacks layer {path}")
-            self.layers[real] = _process_layer(
-                io.BytesIO(self.small[real]), self.blobs_dir, len(self.small[real])
-            )
+            self.layers[real] = _process_layer(io.BytesIO(self.small[real]), self.blobs_dir, len(self.small[real]))
         processed = self.layers[real]
         _check_blob_name(real, processed.raw_digest)
         return processed.layer
 
     def _json(self, path: str, what: str) -> Any:
         data = self._file(path, what)
-        _check_blob_name(
-            self._follow(path), "sha256:" + hashlib.sha256(data).hexdigest()
-        )
+        _check_blob_name(self._follow(path), "sha256:" + hashlib.sha256(data).hexdigest())
         try:
             return json.loads(data)
         except ValueError as exc:
@@ -468,20 +450,14 @@ class _Archive:
     def _platform_manifest(self, descriptors: object) -> dict[str, Any]:
         if not isinstance(descriptors, list):
             raise InvalidInput("image archive: malformed nested index")
-        arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(
-            platform.machine(), platform.machine()
-        )
+        arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
         present = [
             d
             for d in descriptors
-            if isinstance(d, dict)
-            and _blob_path(d) in self.small
-            and (d.get("platform") or {}).get("os") != "unknown"
+            if isinstance(d, dict) and _blob_path(d) in self.small and (d.get("platform") or {}).get("os") != "unknown"
         ]
         if not present:
-            raise InvalidInput(
-                "image archive: no manifest of the nested index is in the archive"
-            )
+            raise InvalidInput("image archive: no manifest of the nested index is in the archive")
         for d in present:
             if (d.get("platform") or {}).get("architecture") == arch:
                 return d
@@ -545,11 +521,7 @@ def _check_diff_ids(config: bytes, layers: list[ExportedLayer]) -> None:
     if not isinstance(diff_ids, list):
         raise InvalidInput("image config rootfs.diff_ids is not a list")
     if len(diff_ids) != len(layers):
-        raise DigestMismatch(
-            f"image config lists {len(diff_ids)} layers, the archive has {len(layers)}"
-        )
-    for i, (expected, layer) in enumerate(zip(diff_ids, layers), 1):
+        raise DigestMismatch(f"image config lists {len(diff_ids)} layers, the archive has {len(layers)}")
+    for i, (expected, layer) in enumerate(zip(diff_ids, layers, strict=False), 1):
         if expected != layer.diff_id:
-            raise DigestMismatch(
-                f"layer {i}: diff_id is {layer.diff_id}, the image config says {expected}"
-            )
+            raise DigestMismatch(f"layer {i}: diff_id is {layer.diff_id}, the image config says {expected}")

@@ -43,21 +43,22 @@ def image_tar_stream(repo_tag: str, config: bytes, layers: Sequence[LayerSource]
         if size < 0:
             raise InvalidInput("negative layer size")
     config_name = hashlib.sha256(config).hexdigest() + ".json"
-    manifest = [{
-        "Config": config_name,
-        "RepoTags": [repo_tag] if repo_tag else None,
-        "Layers": [f"{digest_hex(diff_id)}/layer.tar" for diff_id, _s, _p, _c in layers],
-    }]
+    manifest = [
+        {
+            "Config": config_name,
+            "RepoTags": [repo_tag] if repo_tag else None,
+            "Layers": [f"{digest_hex(diff_id)}/layer.tar" for diff_id, _s, _p, _c in layers],
+        }
+    ]
     return _generate(config_name, config, json.dumps(manifest).encode(), layers)
 
 
-def _generate(config_name: str, config: bytes, manifest: bytes,
-              layers: Sequence[LayerSource]) -> Iterator[bytes]:
+def _generate(config_name: str, config: bytes, manifest: bytes, layers: Sequence[LayerSource]) -> Iterator[bytes]:
     yield from _small_file(config_name, config)
     sent: set[str] = set()
     for diff_id, size, path, compression in layers:
         hex_ = digest_hex(diff_id)
-        if hex_ in sent:           # a layer used twice is stored once
+        if hex_ in sent:  # a layer used twice is stored once
             continue
         sent.add(hex_)
         yield _header(hex_ + "/", 0, tarfile.DIRTYPE, 0o755)
@@ -91,7 +92,7 @@ def _layer_body(diff_id: str, size: int, path: Path, compression: str) -> Iterat
     sha = hashlib.sha256()
     sent = 0
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 (closed in the generator's finally)
     except FileNotFoundError as exc:
         raise InvalidInput(f"blob for layer {diff_id[:19]} is missing: {path}") from exc
     with f:
@@ -112,12 +113,15 @@ def _layer_body(diff_id: str, size: int, path: Path, compression: str) -> Iterat
         except zstandard.ZstdError as exc:
             raise DigestMismatch(f"layer {diff_id[:19]}: blob {path.name[:12]} is not valid zstd: {exc}") from exc
     if sent != size or extra:
-        raise DigestMismatch(f"layer {diff_id[:19]}: blob {path.name[:12]} decompresses to "
-                             f"{'more' if extra else sent} bytes, expected {size}")
+        raise DigestMismatch(
+            f"layer {diff_id[:19]}: blob {path.name[:12]} decompresses to "
+            f"{'more' if extra else sent} bytes, expected {size}"
+        )
     actual = "sha256:" + sha.hexdigest()
     if actual != diff_id:
-        raise DigestMismatch(f"layer {diff_id[:19]}: blob {path.name[:12]} decompresses to {actual[:19]}…, "
-                             f"expected {diff_id}")
+        raise DigestMismatch(
+            f"layer {diff_id[:19]}: blob {path.name[:12]} decompresses to {actual[:19]}…, expected {diff_id}"
+        )
 
 
 def load_image(api: Any, stream: Iterable[bytes]) -> str:
@@ -134,7 +138,7 @@ def load_image(api: Any, stream: Iterable[bytes]) -> str:
             if isinstance(text, str):
                 for prefix in ("Loaded image: ", "Loaded image ID: "):
                     if text.startswith(prefix):
-                        loaded.append(text[len(prefix):].strip())
+                        loaded.append(text[len(prefix) :].strip())
     if not loaded:
         raise DockerError("docker load: Docker reported no loaded image")
     return loaded[-1]

@@ -58,8 +58,9 @@ def payload(size: int, seed: int = 0, compressible: bool = False) -> bytes:
     return bytes(out[:size])
 
 
-def write_context(context: Path, layers: Sequence[Mapping[str, bytes]], cmd: Sequence[str],
-                  with_busybox: bool = True) -> None:
+def write_context(
+    context: Path, layers: Sequence[Mapping[str, bytes]], cmd: Sequence[str], with_busybox: bool = True
+) -> None:
     """Write a build context (Dockerfile + files) for `build_image`."""
     lines = ["FROM scratch"]
     if with_busybox:
@@ -101,8 +102,9 @@ def _set_mtimes(root: Path, mtime: int) -> None:
     os.utime(root, (mtime, mtime))
 
 
-def build_image(api: Any, tag: str, layers: Sequence[Mapping[str, bytes]], cmd: Sequence[str],
-                with_busybox: bool = True) -> str:
+def build_image(
+    api: Any, tag: str, layers: Sequence[Mapping[str, bytes]], cmd: Sequence[str], with_busybox: bool = True
+) -> str:
     """Build a FROM-scratch image with one layer per dict (plus busybox first);
     returns its image ID (sha256:...)."""
     with tempfile.TemporaryDirectory(prefix="swarm-build-") as tmp:
@@ -111,8 +113,7 @@ def build_image(api: Any, tag: str, layers: Sequence[Mapping[str, bytes]], cmd: 
         image: str | None = None
         errors: list[str] = []
         with docker_errors(api, f"docker build {tag}"):
-            for event in api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True,
-                                   network_mode="none"):
+            for event in api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True, network_mode="none"):
                 if not isinstance(event, dict):
                     continue
                 if "error" in event or "errorDetail" in event:
@@ -128,7 +129,6 @@ def build_image(api: Any, tag: str, layers: Sequence[Mapping[str, bytes]], cmd: 
     return image
 
 
-
 def run_image(api: Any, image: str, cmd: Sequence[str] | None = None, timeout: float = 120) -> bytes:
     """Run `image` (no network) to completion and return its stdout+stderr.
 
@@ -138,8 +138,11 @@ def run_image(api: Any, image: str, cmd: Sequence[str] | None = None, timeout: f
     Raises DockerError if the container exits non-zero.
     """
     with docker_errors(api, f"docker run {image}"):
-        container = api.create_container(image, command=list(cmd) if cmd is not None else None,
-                                         host_config=api.create_host_config(network_mode="none"))
+        container = api.create_container(
+            image,
+            command=list(cmd) if cmd is not None else None,
+            host_config=api.create_host_config(network_mode="none"),
+        )
         cid = container["Id"]
         try:
             api.start(cid)

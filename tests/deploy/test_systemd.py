@@ -37,10 +37,11 @@ def _scratch_root(tmp_path: Path) -> Path:
     if source is None:
         pytest.fail("no system units to verify against (apt-get install systemd)", pytrace=False)
     shutil.copytree(source, root / "usr/lib/systemd/system", symlinks=True)
-    stub = root / "opt/swarm/bin/swarm"
-    stub.parent.mkdir(parents=True)
-    stub.write_text("#!/bin/sh\n")
-    stub.chmod(0o755)
+    for command in ("opt/swarm/bin/swarm", "bin/kill"):  # what the units' Exec*= lines run
+        stub = root / command
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text("#!/bin/sh\n")
+        stub.chmod(0o755)
     return root
 
 

@@ -2,7 +2,7 @@
 
     python -m tests.e2e.peertools steal    --torrent F --peer IP:PORT... --listen IP [--cert C --key K | --self-signed]
     python -m tests.e2e.peertools enroll   --tracker URL --token T --data DIR
-    python -m tests.e2e.peertools liar     --torrent F... --blob-dir D --cert C --key K --tracker URL --token T --listen IP:PORT
+    python -m tests.e2e.peertools liar     --torrent F... --blobs-dir D --cert C --key K --tracker URL --token T --listen IP:PORT
     python -m tests.e2e.peertools announce --tracker URL --token T --info-hash HEX --port N
     python -m tests.e2e.peertools fetch    --url URL
 
@@ -139,12 +139,12 @@ def liar(args: argparse.Namespace) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     session = _session(args.listen, args.name)
-    blob_dir = Path(args.blob_dir)
+    blobs_dir = Path(args.blobs_dir)
     handles = []
     for torrent in args.torrent:
         atp = lt.add_torrent_params()
         atp.ti = lt.torrent_info(Path(torrent).read_bytes())
-        atp.save_path = str(blob_dir)
+        atp.save_path = str(blobs_dir)
         atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         h = session.add_torrent(atp)
         h.set_ssl_certificate(args.cert, args.key, dh_params_path())
@@ -156,7 +156,7 @@ def liar(args: argparse.Namespace) -> None:
         session.wait_for_alert(100)
         session.pop_alerts()
     for h in handles:
-        corrupt(blob_dir / h.status().name)
+        corrupt(blobs_dir / h.status().name)
     url = _announce_url(args.tracker, args.token)
     for h in handles:
         h.add_tracker({"url": url})
@@ -242,7 +242,7 @@ def main(argv: list[str]) -> None:
     p.set_defaults(fn=enroll)
     p = sub.add_parser("liar")
     p.add_argument("--torrent", action="append", required=True)
-    p.add_argument("--blob-dir", required=True)
+    p.add_argument("--blobs-dir", required=True)
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--tracker", required=True)

@@ -99,12 +99,12 @@ def test_lying_peer_is_detected_banned_and_every_host_gets_the_right_image(
     token = fleet.tracker.token("liar", "host")  # type: ignore[union-attr]
     ident = tool(testbed, "liar", "enroll", "--tracker", fleet.url, "--token", token,
                  "--data", str(testbed.dir / "liar"))
-    blob_dir = testbed.dir / "liar-blobs"
-    blob_dir.mkdir()
-    args = ["liar", "--blob-dir", str(blob_dir), "--cert", ident["cert"], "--key", ident["key"],
+    blobs_dir = testbed.dir / "liar-blobs"
+    blobs_dir.mkdir()
+    args = ["liar", "--blobs-dir", str(blobs_dir), "--cert", ident["cert"], "--key", ident["key"],
             "--tracker", fleet.url, "--token", token, "--listen", f"{liar.ip}:{PEER_PORT}"]
     for layer in manifest.layers:  # an honest copy first: the liar's libtorrent checks it, then it is spoiled
-        shutil.copyfile(fleet.agent("builder").data / "blobs" / layer.blob[7:], blob_dir / layer.blob[7:])
+        shutil.copyfile(fleet.agent("builder").data / "blobs" / layer.blob[7:], blobs_dir / layer.blob[7:])
         path = testbed.dir / f"{layer.blob[7:19]}.torrent"
         path.write_bytes(layer.torrent)
         args += ["--torrent", str(path)]

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -23,6 +22,7 @@ import docker
 import pytest
 
 from swarm.images.synthetic import build_image, payload, run_image
+from tests.support.bt import free_port
 from tests.support.dockerd import Dockerd, stop_all
 from tests.support.procs import SWARM, Agent, Proc, Tracker, run_swarm, wait_for
 
@@ -222,6 +222,17 @@ def test_preheat_pulls_tags_published_after_the_agent_started(bed: Bed, dockerd_
     assert image_id(engine, "prod/big:1") is None, "tags not matching the pattern are left alone"
 
 
+def test_watch_after_a_restart_pulls_only_the_newest_tag_of_each_repository(bed: Bed, dockerd_factory: Any) -> None:
+    for tag, source in (("1", "prod/app:1"), ("2", "prod/app:2")):
+        bed.builder_engine.api().tag(source, "history/app", tag)
+        bed.seed(f"history/app:{tag}")
+    engine = dockerd_factory()
+    host = bed.host("latecomer", engine, "--watch", "history/*")
+    wait_for(lambda: image_id(engine, "history/app:2"), 90, "the newest tag to be loaded")
+    assert host.proc.text().count("watch: history/app:") == 1, host.proc.text()
+    assert image_id(engine, "history/app:1") is None, "an older tag of the same repository is not pulled"
+
+
 def test_download_limit_is_honoured(bed: Bed, dockerd_factory: Any) -> None:
     host = bed.host("throttled", dockerd_factory(), "--download-limit", "2MB/s")
     started = time.monotonic()
@@ -232,13 +243,6 @@ def test_download_limit_is_honoured(bed: Bed, dockerd_factory: Any) -> None:
     rate = got / elapsed
     assert rate <= 2_000_000 * 1.10, f"{rate / 1e6:.2f} MB/s over a 2 MB/s limit"
     assert rate >= 2_000_000 * 0.5, f"{rate / 1e6:.2f} MB/s: the transfer should run near its limit"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def metric(text: str, name: str) -> float:
     m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)

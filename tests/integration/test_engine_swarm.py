@@ -18,9 +18,10 @@ from swarm.core.digest import file_digest
 from swarm.core.manifest import Manifest
 from swarm.engine.session import Engine, peer_name, peer_tag
 from swarm.core.signing import SigningKey
-from tracker.http import start_tracker
-from tracker.service import TrackerService
-from tracker.testing import make_signed_manifest
+from swarm.tracker.options import ServeOptions
+from swarm.tracker.server import open_service, start_tracker
+from swarm.tracker.service import TrackerService
+from tests.support.manifests import make_signed_manifest
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Swarm:
 
 @pytest.fixture
 async def swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
-    service = TrackerService(tmp_path / "tracker")
+    service = open_service(ServeOptions(tmp_path / "tracker"))
     runner, port = await start_tracker(service, "127.0.0.1", 0)
     seed_dir = tmp_path / "seed"
     seed_dir.mkdir()

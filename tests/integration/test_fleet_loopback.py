@@ -196,7 +196,7 @@ def test_agent_with_an_unknown_token_is_refused(fleet: Fleet) -> None:
 
 def test_agent_with_unreachable_tracker_or_docker_fails_cleanly(fleet: Fleet, tmp_path: Path) -> None:
     token = fleet.tracker.token("lonely", "host")
-    result = run_swarm("agent", "--tracker", "http://127.0.0.1:9", "--token", token,
+    result = run_swarm("agent", "--tracker", "http://127.0.0.1:9", "--token", token, "--tracker-wait", "1",
                        "--data", str(tmp_path / "a"), "--listen", "127.0.0.1:0", check=False, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: tracker unreachable at http://127.0.0.1:9")

@@ -16,7 +16,6 @@ from urllib.parse import quote_from_bytes
 import aiohttp
 import libtorrent as lt
 import pytest
-from click.testing import CliRunner
 from yarl import URL
 
 from swarm.core import wire
@@ -24,11 +23,13 @@ from swarm.core.api import MAX_BODY, MSGPACK, EnrollResponse, ManifestEntry
 from swarm.core.certs import load_cert, make_csr, new_private_key
 from swarm.core.signing import SignedManifest, SigningKey
 from swarm.core.tokens import JoinToken
-from swarm.cli.tracker_cmds import tracker as tracker_cli
-from tracker.http import start_tracker
-from tracker.peers import Peer
-from tracker.service import TrackerService
-from tracker.testing import make_signed_manifest
+from swarm.tracker.options import ServeOptions
+from swarm.tracker.peers.base import Peer
+from swarm.tracker.server import open_service, start_tracker
+from swarm.tracker.service import TrackerService
+from tests.support.bt import announce_query
+from tests.support.manifests import make_signed_manifest
+from tests.support.procs import run_swarm
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,7 +70,7 @@ class Tracker:
 async def tracker_server(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Tracker]:
     caplog.set_level(logging.INFO)
     # many deliberate auth failures from 127.0.0.1 below: the limit has its own tests
-    service = TrackerService(tmp_path / "data", cert_lifetime=600, interval=30, auth_failure_limit=1000)
+    service = open_service(ServeOptions(tmp_path / "data", cert_lifetime=600, interval=30, auth_failure_limit=1000))
     runner, port = await start_tracker(service, "127.0.0.1", 0)
     work = tmp_path / "work"
     work.mkdir()
@@ -82,13 +83,6 @@ async def tracker_server(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> As
     # no unexpected error, and no secret in any log line
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert t.builder.secret not in caplog.text and t.host.secret not in caplog.text
-
-
-def announce_query(info_hash: bytes, port: int, peer_id: bytes, left: int = 10, event: str = "started") -> str:
-    return (f"info_hash={quote_from_bytes(info_hash, safe='')}&peer_id={quote_from_bytes(peer_id, safe='')}"
-            f"&port={port}&uploaded=0&downloaded=0&left={left}&corrupt=0&key=1a2b&event={event}"
-            f"&numwant=200&compact=1&no_peer_id=1&supportcrypto=1&redundant=0")
-
 
 def error_of(body: bytes) -> str:
     return str(wire.unpack_map(body)["error"])
@@ -298,37 +292,46 @@ async def test_real_libtorrent_announce(tracker_server: Tracker, tmp_path: Path)
 
 
 def test_cli_tokens(tmp_path: Path) -> None:
-    runner = CliRunner()
+    """Through `swarm` (main() maps errors to one line and an exit code)."""
     data = str(tmp_path / "data")
-    res = runner.invoke(tracker_cli, ["token", "create", "b1", "--role", "builder", "--data", data])
-    assert res.exit_code == 0, res.output
+    res = run_swarm("tracker", "token", "create", "b1", "--role", "builder", "--data", data, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
     token = JoinToken.parse(res.stdout.strip())
-    res = runner.invoke(tracker_cli, ["token", "create", "h1", "--role", "host"], env={"SWARM_DATA": data})
-    assert res.exit_code == 0
-    res = runner.invoke(tracker_cli, ["token", "create", "h1", "--role", "host", "--data", data])
-    assert res.exit_code == 1 and res.stderr.startswith("error: ") and "Traceback" not in res.output
-    res = runner.invoke(tracker_cli, ["token", "revoke", "h1", "--data", data])
-    assert res.exit_code == 0
-    res = runner.invoke(tracker_cli, ["token", "revoke", "nobody", "--data", data])
-    assert res.exit_code == 1 and res.stderr == "error: no token named 'nobody'\n"
-    res = runner.invoke(tracker_cli, ["token", "list", "--data", data])
-    assert res.exit_code == 0
+    res = run_swarm("tracker", "token", "create", "h1", "--role", "host", env={"SWARM_DATA": data}, check=False)
+    assert res.returncode == 0
+    res = run_swarm("tracker", "token", "create", "h1", "--role", "host", "--data", data, check=False)
+    assert res.returncode == 1 and res.stderr.startswith("error: ") and "Traceback" not in res.stdout + res.stderr
+    res = run_swarm("tracker", "token", "revoke", "h1", "--data", data, check=False)
+    assert res.returncode == 0
+    res = run_swarm("tracker", "token", "revoke", "nobody", "--data", data, check=False)
+    assert res.returncode == 1 and res.stderr == "error: no token named 'nobody'\n"
+    res = run_swarm("tracker", "token", "list", "--data", data, check=False)
+    assert res.returncode == 0
     assert "b1" in res.stdout and "h1" in res.stdout and "builder" in res.stdout
     assert token.secret not in res.stdout
-    service = TrackerService(Path(data))
+    service = open_service(ServeOptions(Path(data)))
     assert token.ca_fingerprint == service.ca.fingerprint
     assert service.authenticate(token.secret).name == "b1"
     assert [t.revoked for t in service.list_tokens()] == [False, True]
     service.close()
-    res = runner.invoke(tracker_cli, ["token", "create", "x", "--role", "admin", "--data", data])
-    assert res.exit_code == 2
+    res = run_swarm("tracker", "token", "create", "x", "--role", "root", "--data", data, check=False)
+    assert res.returncode == 2
+
+
+def test_token_commands_do_not_load_libtorrent(tmp_path: Path) -> None:
+    res = run_swarm("tracker", "token", "create", "h1", "--role", "host", "--data", str(tmp_path), env={
+        "PYTHONPROFILEIMPORTTIME": "1"})
+    JoinToken.parse(res.stdout.strip())
+    imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "swarm.tracker.service" in imported and "fastbencode" in imported
+    assert "libtorrent" not in imported
 
 
 async def test_cli_serve_subprocess(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from swarm.cli.tracker_cmds import tracker; tracker()",
-        "serve", "--data", str(tmp_path / "data"), "--listen", "127.0.0.1:0",
+        sys.executable, "-m", "swarm.cli.main", "tracker", "serve", "--data", str(tmp_path / "data"),
+        "--listen", "127.0.0.1:0",
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
     try:
         assert proc.stdout is not None

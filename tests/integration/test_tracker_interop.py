@@ -1,6 +1,6 @@
 """Clients no one here wrote against the tracker: aria2c announces and downloads, transmission-show
 scrapes. They only speak v1, so the test registers a plain v1 torrent's info-hash in the tracker's
-database itself (`tracker.testing.register_announce_hash`, a test-only path).
+database itself (`tests.support.manifests.register_announce_hash`, a test-only path).
 
 Needs Debian's `aria2` and `transmission-cli`.
 """
@@ -20,9 +20,10 @@ import libtorrent as lt
 import pytest
 
 from tests.support.redis import free_port
-from tracker.http import start_tracker
-from tracker.service import TrackerService
-from tracker.testing import register_announce_hash
+from swarm.tracker.options import ServeOptions
+from swarm.tracker.server import open_service, start_tracker
+from swarm.tracker.service import TrackerService
+from tests.support.manifests import register_announce_hash
 
 
 def need(binary: str, package: str) -> str:
@@ -49,7 +50,7 @@ class V1:
 
 @pytest.fixture
 async def v1(tmp_path: Path) -> AsyncIterator[V1]:
-    service = TrackerService(tmp_path / "data", interval=5, min_interval=1)
+    service = open_service(ServeOptions(tmp_path / "data", interval=5, min_interval=1))
     runner, port = await start_tracker(service, "127.0.0.1", 0)
     seed = tmp_path / "seed"
     seed.mkdir()

@@ -8,21 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from swarm.tracker.peers.base import MAX_NUMWANT, Peer, PeerStore, SwarmCounts
+from swarm.tracker.peers.memory import MemoryPeerStore
+from swarm.tracker.peers.redis import RedisPeerStore
+from tests.support.bt import Clock
 from tests.support.redis import RedisServer
-from tracker.peers import MAX_NUMWANT, MemoryPeerStore, Peer, PeerStore, SwarmCounts
-from tracker.redispeers import RedisPeerStore
 
 IH = bytes(range(200, 220))
 OTHER = bytes(20)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 def peer(i: int, left: int, ip: str = "10.0.0.9", host: str | None = None) -> Peer:
     return Peer(ip, 7000 + i, i.to_bytes(20, "big"), left, host or f"h{i}")
@@ -36,7 +29,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[PeerStore, Clock]]:
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     s: PeerStore
     if request.param == "memory":
         s = MemoryPeerStore(ttl=60, rng=random.Random(1), clock=clock)

@@ -19,17 +19,11 @@ from swarm.core import wire
 from swarm.core.certs import make_csr, new_private_key
 from swarm.core.signing import SigningKey
 from swarm.core.tokens import JoinToken
-from tracker.http import start_tracker
-from tracker.service import RATE_LIMITED, TrackerService
-from tracker.testing import make_signed_manifest
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from swarm.tracker.options import ServeOptions
+from swarm.tracker.server import open_service, start_tracker
+from swarm.tracker.service import RATE_LIMITED, TrackerService
+from tests.support.bt import Clock
+from tests.support.manifests import make_signed_manifest
 
 
 @dataclass
@@ -67,8 +61,8 @@ def q(ih: bytes, port: int, pid: bytes, left: int = 10, event: str = "") -> str:
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     clock = Clock()
-    service = TrackerService(tmp_path / "data", interval=60, min_interval=20, auth_failure_limit=5,
-                             auth_failure_window=60, clock=clock)
+    service = open_service(ServeOptions(tmp_path / "data", interval=60, min_interval=20, auth_failure_limit=5,
+                                        auth_failure_window=60), clock=clock)
     runner, port = await start_tracker(service, "127.0.0.1", 0, client_timeout=1.0)
     builder = service.create_token("b1", "builder")
     signed = make_signed_manifest(tmp_path, service.ca.cert_pem, SigningKey.generate())

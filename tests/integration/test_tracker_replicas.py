@@ -20,11 +20,11 @@ from swarm.core.api import EnrollResponse, ManifestEntry
 from swarm.core.certs import load_cert, make_csr, new_private_key
 from swarm.core.signing import SignedManifest, SigningKey
 from swarm.core.tokens import JoinToken
+from tests.support.bt import announce_query, bt
+from tests.support.manifests import make_signed_manifest
 from tests.support.postgres import PostgresServer
-from tests.support.bt import bt
 from tests.support.procs import Tracker, run_swarm
 from tests.support.redis import RedisServer
-from tracker.testing import make_signed_manifest
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +37,6 @@ def token(root: Path, database: str, name: str, role: str) -> JoinToken:
     out = run_swarm("tracker", "token", "create", name, "--role", role, "--data", str(root / "cli"),
                     env={"SWARM_DATABASE": database})
     return JoinToken.parse(out.stdout.strip().splitlines()[-1])
-
-
-def announce_query(info_hash: bytes, port: int, peer_id: bytes, left: int = 10, event: str = "started") -> str:
-    return (f"info_hash={quote_from_bytes(info_hash, safe='')}&peer_id={quote_from_bytes(peer_id, safe='')}"
-            f"&port={port}&uploaded=0&downloaded=0&left={left}&event={event}&numwant=50&compact=1")
-
 
 def compact(port: int) -> bytes:
     return bytes([127, 0, 0, 1]) + port.to_bytes(2, "big")

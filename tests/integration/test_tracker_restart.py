@@ -19,7 +19,7 @@ from swarm.core.tokens import JoinToken
 from swarm.engine.session import Engine
 from tests.support.bt import bt
 from tests.support.procs import SWARM, Proc, Tracker, run_swarm
-from tracker.testing import make_signed_manifest
+from tests.support.manifests import make_signed_manifest
 
 
 def auth(token: JoinToken) -> dict[str, str]:

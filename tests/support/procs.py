@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SWARM = [sys.executable, "-m", "swarm.cli.main"]
+SWARM = [sys.executable, "-m", "swarm"]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

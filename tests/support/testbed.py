@@ -396,9 +396,8 @@ class Fleet:
 
     def status(self, name: str) -> dict[str, Any]:
         """`swarm status --json`, asked over the agent's socket in-process (fast enough to poll)."""
-        from swarm.agent import protocol
-        data: dict[str, Any] = protocol.call(self.agent(name).data / "agent.sock", "status")
-        return data
+        from swarm.agent.client import AgentClient
+        return AgentClient(self.agent(name).data / "agent.sock").status().to_map()
 
     # -- images -------------------------------------------------------------------
 

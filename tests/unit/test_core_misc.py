@@ -52,3 +52,16 @@ def test_sizes_and_rates() -> None:
             parse_rate(bad)
     with pytest.raises(UsageError):
         parse_size("lots")
+
+
+def test_one_status_table_both_ways() -> None:
+    from swarm.core.errors import (
+        Forbidden, InvalidInput, NotFound, RateLimited, SwarmError, TrackerError, TrackerUnreachable, Unauthorized,
+        UntrustedManifest, error_for_status, status_for,
+    )
+
+    for cls, status in ((Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (RateLimited, 429)):
+        assert status_for(cls("x")) == status and error_for_status(status) is cls
+    assert status_for(InvalidInput("x")) == status_for(UntrustedManifest("x")) == status_for(SwarmError("x")) == 400
+    assert status_for(TrackerUnreachable("x")) == 502
+    assert error_for_status(400) is error_for_status(500) is TrackerError

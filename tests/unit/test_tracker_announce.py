@@ -9,10 +9,17 @@ import libtorrent as lt
 import pytest
 
 from swarm.core.errors import InvalidInput
-from tracker.announce import (
-    announce_response, failure, normalize_ip, parse_announce, parse_scrape, scrape_response,
+from swarm.tracker.announce import (
+    announce_response,
+    failure,
+    normalize_ip,
+    parse_announce,
+    parse_scrape,
+    scrape_response,
 )
-from tracker.peers import MAX_NUMWANT, MemoryPeerStore, Peer, SwarmCounts
+from swarm.tracker.peers.base import MAX_NUMWANT, Peer, SwarmCounts
+from swarm.tracker.peers.memory import MemoryPeerStore
+from tests.support.bt import Clock
 
 IH = bytes(range(200, 220))           # not valid UTF-8, has '%' '&' '=' '+' free bytes after quoting
 PID = b"-LT2110-" + bytes([0, 37, 38, 43, 61, 255, 32, 1, 2, 3, 4, 5])  # includes % & + = and space
@@ -123,15 +130,6 @@ def test_scrape_and_failure() -> None:
     d = lt.bdecode(scrape_response({IH: SwarmCounts(2, 3, 4)}))
     assert d == {b"files": {IH: {b"complete": 2, b"downloaded": 4, b"incomplete": 3}}}
     assert lt.bdecode(failure("unknown torrent")) == {b"failure reason": b"unknown torrent"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 def peer(i: int, left: int, ip: str = "10.0.0.9") -> Peer:
     return Peer(ip, 7000 + i, i.to_bytes(20, "big"), left, f"h{i}")

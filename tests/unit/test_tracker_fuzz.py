@@ -28,10 +28,11 @@ from swarm.core.certs import make_csr, new_private_key
 from swarm.core.errors import InvalidInput, SwarmError
 from swarm.core.manifest import Manifest
 from swarm.core.signing import SignedManifest, SigningKey
-from tracker.announce import parse_announce, parse_scrape
-from tracker.http import start_tracker
-from tracker.service import TrackerService
-from tracker.testing import make_signed_manifest
+from swarm.tracker.announce import parse_announce, parse_scrape
+from swarm.tracker.options import ServeOptions
+from swarm.tracker.server import open_service, start_tracker
+from swarm.tracker.service import TrackerService
+from tests.support.manifests import make_signed_manifest
 
 EXAMPLES = int(os.environ.get("SWARM_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
@@ -102,7 +103,7 @@ def test_msgpack_decoders(body: bytes) -> None:
 @pytest.fixture(scope="module")
 def fuzz_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TrackerService, bytes, str, str]]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    service = TrackerService(tmp / "data", auth_failure_limit=0)
+    service = open_service(ServeOptions(tmp / "data", auth_failure_limit=0))
     builder = service.create_token("b1", "builder")
     host = service.create_token("h1", "host")
     signed = make_signed_manifest(tmp, service.ca.cert_pem, SigningKey.generate())

@@ -21,22 +21,20 @@ from swarm.core.certs import ca_fingerprint, load_cert, make_csr, new_private_ke
 from swarm.core.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from swarm.core.signing import SignedManifest, SigningKey
 from swarm.core.tokens import hash_secret
-from tracker.service import TrackerService
-from tracker.storage import _SCHEMA_V1, SCHEMA_VERSION, migrate
-from tracker.testing import make_signed_manifest
+from swarm.tracker.options import ServeOptions
+from swarm.tracker.server import open_service
+from swarm.tracker.service import TrackerService
+from swarm.tracker.storage import migrations
+from swarm.tracker.storage.sqlite import SCHEMA_VERSION, migrate
+from tests.support.bt import announce_query
+from tests.support.manifests import make_signed_manifest
 
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[TrackerService]:
-    svc = TrackerService(tmp_path / "data", cert_lifetime=600, interval=30)
+    svc = open_service(ServeOptions(tmp_path / "data", cert_lifetime=600, interval=30))
     yield svc
     svc.close()
-
-
-def announce_query(info_hash: bytes, port: int, peer_id: bytes, left: int = 10, event: str = "started") -> str:
-    return (f"info_hash={quote_from_bytes(info_hash)}&peer_id={quote_from_bytes(peer_id)}&port={port}"
-            f"&uploaded=0&downloaded=0&left={left}&event={event}&compact=1&numwant=200")
-
 
 def test_ca_files(service: TrackerService) -> None:
     data = service.data_dir
@@ -45,7 +43,7 @@ def test_ca_files(service: TrackerService) -> None:
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days >= 3649
     # a second service over the same dir keeps the same CA
-    again = TrackerService(data)
+    again = open_service(ServeOptions(data))
     assert again.ca.fingerprint == service.ca.fingerprint == ca_fingerprint(service.ca.cert_pem)
     again.close()
 
@@ -62,7 +60,7 @@ def test_migrate_a_v1_database(tmp_path: Path) -> None:
     data = tmp_path / "old"
     data.mkdir()
     conn = sqlite3.connect(data / "tracker.db")
-    conn.executescript(_SCHEMA_V1 + "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+    conn.executescript(migrations.scripts("sqlite")[1] + "CREATE TABLE schema_version (version INTEGER NOT NULL);"
                        "INSERT INTO schema_version VALUES (1);")
     with conn:
         conn.execute("INSERT INTO tokens VALUES ('h1', 'host', ?, 1, NULL, NULL)", (hash_secret("a" * 40),))
@@ -70,7 +68,7 @@ def test_migrate_a_v1_database(tmp_path: Path) -> None:
         conn.execute("INSERT INTO manifests VALUES ('demo/app:v1', x'00', 'sha256:1', 7, 1, 'b1')")
         conn.execute("INSERT INTO torrents VALUES (?, 'sha256:2', 'demo/app:v1')", (bytes(20),))
     conn.close()
-    svc = TrackerService(data)
+    svc = open_service(ServeOptions(data))
     try:
         assert sqlite3.connect(data / "tracker.db").execute("SELECT version FROM schema_version").fetchall() == [
             (SCHEMA_VERSION,)]
@@ -89,7 +87,7 @@ def test_migrate_a_v1_database(tmp_path: Path) -> None:
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     conn.close()
     with pytest.raises(InvalidInput, match="newer"):
-        TrackerService(data)
+        open_service(ServeOptions(data))
 
 
 def test_token_lifecycle_and_hashes_only(service: TrackerService) -> None:
@@ -99,7 +97,7 @@ def test_token_lifecycle_and_hashes_only(service: TrackerService) -> None:
     with pytest.raises(InvalidInput):
         service.create_token("b1", "host")
     with pytest.raises(InvalidInput):
-        service.create_token("x", "admin")
+        service.create_token("x", "root")
     with pytest.raises(InvalidInput):
         service.create_token("bad name", "host")
     h = service.create_token("h1", "host")
@@ -167,7 +165,7 @@ def test_publish_roles_tamper_and_key_binding(service: TrackerService, tmp_path:
     with pytest.raises(InvalidInput):
         service.publish(builder.secret, b"\x93garbage")
     # a torrent bound to another CA
-    other_ca = TrackerService(tmp_path / "other")
+    other_ca = open_service(ServeOptions(tmp_path / "other"))
     foreign = make_signed_manifest(tmp_path, other_ca.ca.cert_pem, key, "demo/app", "v1")
     other_ca.close()
     with pytest.raises(InvalidInput, match="CA"):
@@ -257,7 +255,7 @@ async def test_revocation_by_another_process_drops_peers(service: TrackerService
     service.publish(builder.secret, signed.to_bytes())
     await service.announce(h2.secret, announce_query(ih, 7002, b"2" * 20), "127.0.0.1")
     # the CLI revokes through its own connection
-    cli = TrackerService(service.data_dir)
+    cli = open_service(ServeOptions(service.data_dir))
     cli.revoke_token("h2")
     cli.close()
     d = lt.bdecode(await service.announce(h1.secret, announce_query(ih, 7001, b"1" * 20), "127.0.0.1"))

@@ -1,0 +1,5 @@
+"""`python -m swarm`: the `swarm` command."""
+
+from swarm.cli.main import main
+
+main()

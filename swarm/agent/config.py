@@ -1,0 +1,36 @@
+"""What `swarm agent` is told: every option, with its one default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from swarm.core.tokens import JoinToken
+
+
+@dataclass
+class AgentConfig:
+    tracker: str  # the tracker's base URL
+    token: JoinToken
+    data: Path  # identity, blobs, manifests, state, agent.sock
+    #: HOST:PORT for peer (TLS) connections; port 0 picks one
+    listen: tuple[str, int] = ("0.0.0.0", 6881)
+    #: builder public keys (raw Ed25519) whose manifests this host accepts
+    trust: list[bytes] = field(default_factory=list)
+    #: pull every newly published tag matching one of these patterns
+    watch: list[str] = field(default_factory=list)
+    #: Docker engine URL; None: $DOCKER_HOST, then the standard socket
+    docker_host: str | None = None
+    #: bytes/s, 0: no limit
+    upload_limit: int = 0
+    download_limit: int = 0
+    #: blob cache budget in bytes, 0: none
+    cache_size: int = 0
+    #: seconds an image's blobs stay cached after it was pulled or published
+    min_seed_time: float = 3600.0
+    #: where to serve Prometheus /metrics; None: nowhere
+    metrics_listen: tuple[str, int] | None = None
+    #: seconds to keep retrying an unreachable tracker at start; 0: forever
+    tracker_wait: float = 0.0
+    #: debug, info, warning, error (swarm.core.logs)
+    log_level: str = "info"

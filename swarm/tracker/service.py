@@ -1,0 +1,418 @@
+"""The tracker's protocol logic, with no web framework: the HTTP layer only maps to it.
+
+Authentication: every authenticated call reads the storage's generation (one
+small query: the revocation counter and the latest manifest seq). Token
+records and "is this hash published" answers are cached in-process for
+`token_cache_ttl` seconds, but the whole cache is dropped as soon as the
+revocation counter moves, so a token revoked by `swarm tracker token revoke`
+(another process, maybe through another replica's database connection) is
+refused on its very next request, and its peers leave every handout.
+
+Announce policy: complete peers first, then a random sample of the rest,
+never the requester itself, never a revoked host, at most MAX_NUMWANT. A
+host that announces again (a regular announce, no event) sooner than `min
+interval` gets its previous answer back from memory, without touching the
+peer store. Peers that stop announcing expire after two intervals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from swarm.core.api import MAX_WATCH_TIMEOUT, EnrollResponse, ManifestEntry
+from swarm.core.digest import digest_hex
+from swarm.core.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    SwarmError,
+    Unauthorized,
+)
+from swarm.core.refs import ImageRef
+from swarm.core.signing import SignedManifest
+from swarm.core.tokens import ROLES, JoinToken, hash_secret, is_secret_shaped
+from swarm.core.torrent import check_layer_torrent
+from swarm.tracker import announce as bt
+from swarm.tracker.ca import CertificateAuthority
+from swarm.tracker.metrics import TrackerMetrics
+from swarm.tracker.options import (
+    DEFAULT_AUTH_FAILURE_LIMIT,
+    DEFAULT_CERT_LIFETIME,
+    DEFAULT_INTERVAL,
+    MIN_CERT_LIFETIME,
+)
+from swarm.tracker.peers.base import Peer, PeerStore, SwarmCounts
+from swarm.tracker.ratelimit import DEFAULT_WINDOW, FailureLimiter
+from swarm.tracker.storage.base import Generation, Storage, TokenRecord
+
+log = logging.getLogger("swarm.tracker")
+
+DEFAULT_TOKEN_CACHE_TTL = 5.0
+#: remembered announce answers at most (for min interval); past that the memory starts over
+MAX_CACHED_ANSWERS = 500_000
+MAX_CACHED_HASHES = 100_000
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_UNAUTHORIZED = "missing, unknown or revoked token"
+RATE_LIMITED = "too many failed authentications from this address: retry later"
+
+
+_AnswerKey = tuple[bytes, bytes, str, bool, bool]
+
+
+class TrackerService:
+    """The tracker over its parts (see swarm/tracker/server.py, which puts them together)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        ca: CertificateAuthority,
+        peers: PeerStore,
+        data_dir: Path,
+        *,
+        cert_lifetime: int = DEFAULT_CERT_LIFETIME,
+        interval: int = DEFAULT_INTERVAL,
+        min_interval: int | None = None,
+        public_url: str | None = None,
+        auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT,
+        auth_failure_window: float = DEFAULT_WINDOW,
+        token_cache_ttl: float = DEFAULT_TOKEN_CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if cert_lifetime < MIN_CERT_LIFETIME:
+            raise InvalidInput(f"certificate lifetime must be at least {MIN_CERT_LIFETIME} seconds")
+        if interval < 1:
+            raise InvalidInput("announce interval must be at least 1 second")
+        min_interval = max(1, interval // 2) if min_interval is None else min_interval
+        if not 0 <= min_interval <= interval:
+            raise InvalidInput("min interval must be between 0 and the announce interval")
+        if auth_failure_limit < 0:
+            raise InvalidInput("the auth failure limit must not be negative")
+        self.data_dir = data_dir
+        self.storage = storage
+        self.shared = not storage.location.startswith("sqlite:")
+        self.ca = ca
+        self.cert_lifetime = cert_lifetime
+        self.interval = interval
+        self.min_interval = min_interval
+        self.public_url = public_url
+        self.peers = peers
+        self.metrics = TrackerMetrics()
+        self.limiter = FailureLimiter(auth_failure_limit, auth_failure_window, clock)
+        self.token_cache_ttl = token_cache_ttl
+        self._clock = clock
+        self._published = asyncio.Event()
+        self._closing = False
+        self._generation: Generation | None = None
+        self._tokens: dict[str, tuple[TokenRecord, float]] = {}
+        self._hashes: dict[bytes, bool] = {}
+        self._answers: dict[_AnswerKey, tuple[float, bytes]] = {}
+        self._revoked: set[str] = set()
+        self._to_drop: set[str] = set()
+        #: watch calls waiting for a publication right now
+        self.watching = 0
+        #: readiness checks failing at the last /readyz
+        self._not_ready: set[str] = set()
+
+    def shutdown(self) -> None:
+        """Wake every watcher: they return at once, and new ones do not wait."""
+        self._closing = True
+        self._published.set()
+
+    def close(self) -> None:
+        self.storage.close()
+
+    async def aclose(self) -> None:
+        await self.peers.aclose()
+        self.close()
+
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz reports: the database and the peer store both answer (logged when that changes)."""
+        checks: dict[str, bool] = {}
+        reasons: dict[str, str] = {}
+        try:
+            self.storage.ping()
+            checks["database"] = True
+        except Exception as exc:  # any driver's failure means "not ready", never a 500
+            checks["database"], reasons["database"] = False, f"database {self.storage.location}: {exc}"
+        try:
+            await self.peers.ping()
+            checks["peers"] = True
+        except Exception as exc:
+            checks["peers"], reasons["peers"] = False, f"peer store: {exc}"
+        for name, ok in checks.items():
+            if not ok and name not in self._not_ready:
+                log.warning("not ready: %s", reasons[name])
+            elif ok and name in self._not_ready:
+                log.info("ready again: %s answers", name)
+        self._not_ready = set(reasons)
+        return checks
+
+    def token_name(self, secret: str | None) -> str | None:
+        """The name of the token `secret` is, for logs; None if none (never counted as a failure)."""
+        if not secret or not is_secret_shaped(secret):
+            return None
+        try:
+            record = self.storage.token_by_hash(hash_secret(secret))
+        except Exception:
+            return None
+        return record.name if record else None
+
+    # tokens
+
+    def create_token(self, name: str, role: str) -> JoinToken:
+        if not _NAME.match(name):
+            raise InvalidInput(f"invalid token name {name!r}: letters, digits, '.', '_', '-' (up to 63)")
+        if role not in ROLES:
+            raise InvalidInput(f"invalid role {role!r}: expected one of {', '.join(ROLES)}")
+        token = JoinToken.new(self.ca.fingerprint)
+        self.storage.add_token(name, role, hash_secret(token.secret))
+        return token
+
+    def revoke_token(self, name: str) -> None:
+        if not self.storage.revoke_token(name):
+            raise NotFound(f"no token named {name!r}")
+        self._refresh()
+
+    def list_tokens(self) -> list[TokenRecord]:
+        return self.storage.tokens()
+
+    def _refresh(self) -> None:
+        """Drop the caches that a revocation or publication made stale (maybe by another process)."""
+        gen = self.storage.generation()
+        old = self._generation
+        if old == gen:
+            return
+        self._generation = gen
+        if old is None or gen.revocations != old.revocations:
+            self._tokens.clear()
+            self._answers.clear()
+            revoked = set(self.storage.revoked_names())
+            self._to_drop |= revoked - self._revoked
+            self._revoked = revoked
+        if old is None or gen.seq != old.seq:
+            self._hashes.clear()
+            self._answers.clear()
+
+    def authenticate(self, secret: str | None, ip: str | None = None) -> TokenRecord:
+        """The token's record, or Unauthorized (same message for missing, malformed, unknown, revoked).
+
+        With the caller's `ip`, guesses are counted and RateLimited refuses an address past the limit."""
+        if ip is not None and self.limiter.blocked(ip):
+            self.metrics.auth_failures.labels("rate_limited").inc()
+            raise RateLimited(RATE_LIMITED)
+        self._refresh()
+        record = None
+        if secret and is_secret_shaped(secret):
+            # the lookup is by sha256 of the secret: timing reveals nothing about the secret itself
+            digest = hash_secret(secret)
+            now = self._clock()
+            cached = self._tokens.get(digest)
+            if cached is not None and now - cached[1] < self.token_cache_ttl:
+                record = cached[0]
+            else:
+                record = self.storage.token_by_hash(digest)
+                if record is not None:
+                    if len(self._tokens) >= MAX_CACHED_HASHES:
+                        self._tokens.clear()
+                    self._tokens[digest] = (record, now)
+        if record is None:
+            self.metrics.auth_failures.labels("unknown").inc()
+            if ip is not None:
+                self.limiter.failed(ip)
+            raise Unauthorized(_UNAUTHORIZED)
+        if record.revoked or record.name in self._revoked:
+            self.metrics.auth_failures.labels("revoked").inc()
+            raise Unauthorized(_UNAUTHORIZED)
+        return record
+
+    async def _drop_revoked(self) -> None:
+        """Remove from the peer store the hosts revoked since last time (in any process)."""
+        while self._to_drop:
+            name = self._to_drop.pop()
+            gone = await self.peers.drop_host(name)
+            if gone:
+                log.info("dropped %d peers of revoked host %s", gone, name)
+
+    # CA
+
+    def enroll(self, secret: str | None, csr_pem: str, ip: str | None = None) -> EnrollResponse:
+        record = self.authenticate(secret, ip)
+        if record.role == "admin":
+            raise Forbidden(f"token {record.name!r} has role admin: it reads fleet state and joins no swarm")
+        issued = self.ca.sign_csr(csr_pem, record.name, self.cert_lifetime)
+        self.storage.record_certificate(issued.serial, record.name, issued.not_after)
+        self.metrics.certificates.inc()
+        log.info("issued a certificate to %s, valid until %d", record.name, issued.not_after)
+        return EnrollResponse(issued.pem, self.ca.cert_pem, issued.not_after, record.name, record.role)
+
+    # manifests
+
+    def publish(self, secret: str | None, envelope: bytes, ip: str | None = None) -> ManifestEntry:
+        record = self.authenticate(secret, ip)
+        if record.role != "builder":
+            raise Forbidden(f"token {record.name!r} has role {record.role}: only builder tokens publish")
+        signed = SignedManifest.from_bytes(envelope)
+        try:
+            manifest = signed.verify(None)
+        except SwarmError as exc:
+            raise InvalidInput(str(exc)) from exc
+        for layer in manifest.layers:
+            check_layer_torrent(
+                layer.torrent, layer.info_hash, digest_hex(layer.blob), layer.blob_size, self.ca.cert_pem
+            )
+        entry = self.storage.publish(
+            str(manifest.ref),
+            signed.to_bytes(),
+            manifest.image_id,
+            record.name,
+            signed.public_key,
+            [(layer.announce_hash, layer.blob) for layer in manifest.layers],
+        )
+        log.info("%s published %s (seq %d)", record.name, entry.ref, entry.seq)
+        self.metrics.publications.inc()
+        self._refresh()
+        self._published.set()
+        self._published = asyncio.Event()
+        return entry
+
+    def get_manifest(self, secret: str | None, ref: str, ip: str | None = None) -> bytes:
+        self.authenticate(secret, ip)
+        try:
+            key = str(ImageRef.parse(ref))
+        except SwarmError as exc:
+            raise InvalidInput(str(exc)) from exc
+        envelope = self.storage.envelope(key)
+        if envelope is None:
+            raise NotFound(f"no manifest for {key}")
+        return envelope
+
+    def list_manifests(self, secret: str | None, ip: str | None = None) -> list[ManifestEntry]:
+        self.authenticate(secret, ip)
+        return self.storage.manifests()
+
+    async def watch(
+        self, secret: str | None, since: int, timeout: float, ip: str | None = None
+    ) -> tuple[int, list[ManifestEntry]]:
+        """Entries published after `since`, waiting up to `timeout` s (max 60) for one; (seq, entries).
+
+        With a shared database another replica may publish: the database is polled every second too."""
+        self.authenticate(secret, ip)
+        timeout = max(0.0, min(float(timeout), MAX_WATCH_TIMEOUT))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            published = self._published
+            entries = self.storage.manifests(since)
+            remaining = deadline - loop.time()
+            if entries or remaining <= 0 or self._closing:
+                break
+            self.watching += 1
+            try:
+                await asyncio.wait_for(published.wait(), min(remaining, 1.0) if self.shared else remaining)
+            except TimeoutError:
+                pass
+            finally:
+                self.watching -= 1
+        self.authenticate(secret)  # revoked while waiting: nothing more
+        return self.storage.current_seq(), entries
+
+    # BitTorrent
+
+    def _is_published(self, info_hash: bytes) -> bool:
+        known = self._hashes.get(info_hash)
+        if known is None:
+            known = self.storage.is_published_hash(info_hash)
+            if len(self._hashes) >= MAX_CACHED_HASHES:
+                self._hashes.clear()
+            self._hashes[info_hash] = known
+        return known
+
+    def _bt_auth(self, secret: str | None, ip: str | None) -> TokenRecord | bytes:
+        try:
+            return self.authenticate(secret, ip)
+        except RateLimited:
+            return bt.failure(RATE_LIMITED)
+        except Unauthorized:
+            return bt.failure("unauthorized")
+
+    async def announce(self, secret: str | None, raw_query: str, remote_ip: str) -> bytes:
+        announces = self.metrics.announces
+        record = self._bt_auth(secret, remote_ip or None)
+        if isinstance(record, bytes):
+            announces.labels("rate_limited" if RATE_LIMITED.encode() in record else "unauthorized").inc()
+            return record
+        try:
+            req = bt.parse_announce(raw_query)
+            ip = bt.normalize_ip(remote_ip)
+        except InvalidInput as exc:
+            announces.labels("invalid").inc()
+            return bt.failure(str(exc))
+        key: _AnswerKey = (req.info_hash, req.peer_id, record.name, req.compact, req.no_peer_id)
+        now = self._clock()
+        if req.event in ("", "paused"):
+            cached = self._answers.get(key)
+            if cached is not None and now - cached[0] < self.min_interval:
+                announces.labels("cached").inc()
+                return cached[1]
+        if not self._is_published(req.info_hash):
+            announces.labels("unknown_torrent").inc()
+            return bt.failure("unknown torrent")
+        await self._drop_revoked()
+        peer = Peer(ip, req.port, req.peer_id, req.left, record.name)
+        handout = await self.peers.handle(req.info_hash, peer, req.event, req.numwant)
+        peers = [p for p in handout.peers if p.host not in self._revoked]
+        body = bt.announce_response(
+            peers, handout.counts, self.interval, req.compact, req.no_peer_id, self.min_interval
+        )
+        if req.event == "stopped":
+            self._answers.pop(key, None)
+            announces.labels("stopped").inc()
+        else:
+            if len(self._answers) >= MAX_CACHED_ANSWERS:
+                self._answers.clear()
+            self._answers[key] = (now, body)
+            announces.labels("ok").inc()
+        return body
+
+    async def scrape(self, secret: str | None, raw_query: str, remote_ip: str | None = None) -> bytes:
+        scrapes = self.metrics.scrapes
+        record = self._bt_auth(secret, remote_ip)
+        if isinstance(record, bytes):
+            scrapes.labels("rate_limited" if RATE_LIMITED.encode() in record else "unauthorized").inc()
+            return record
+        try:
+            hashes = bt.parse_scrape(raw_query)
+        except InvalidInput as exc:
+            scrapes.labels("invalid").inc()
+            return bt.failure(str(exc))
+        if not all(self._is_published(h) for h in hashes):
+            scrapes.labels("unknown_torrent").inc()
+            return bt.failure("unknown torrent")
+        await self._drop_revoked()
+        files: dict[bytes, SwarmCounts] = await self.peers.scrape(hashes)
+        scrapes.labels("ok").inc()
+        return bt.scrape_response(files)
+
+    async def sweep(self) -> int:
+        """Periodic upkeep: expire peers, forget stale answers and failures, apply revocations."""
+        self._refresh()
+        await self._drop_revoked()
+        now = self._clock()
+        for key in [k for k, (t, _) in self._answers.items() if now - t >= self.min_interval]:
+            del self._answers[key]
+        self.limiter.prune()
+        return await self.peers.sweep()
+
+    async def render_metrics(self) -> bytes:
+        m = self.metrics
+        m.active_peers.set(await self.peers.active())
+        m.enrolled_hosts.set(self.storage.active_token_count())
+        m.revoked_tokens.set(self.storage.revoked_count())
+        m.manifests.set(self.storage.manifest_count())
+        return m.render()
