@@ -23,6 +23,7 @@ from aiohttp import web
 from swarm.core.addresses import format_host
 from swarm.core.errors import SwarmError
 from swarm.core.files import write_atomic
+from swarm.tracker.announce import seed_interval
 from swarm.tracker.ca import CertificateAuthority, server_names
 from swarm.tracker.http import RedactingAccessLogger, make_app
 from swarm.tracker.options import DEFAULT_CLIENT_TIMEOUT, ServeOptions
@@ -45,7 +46,8 @@ def open_service(o: ServeOptions, *, clock: Callable[[], float] = time.monotonic
     storage = open_storage(o.data, o.database)
     try:
         ca = CertificateAuthority.for_storage(storage, o.data)
-        peers = open_peer_store(o.redis, ttl=PEER_TTL_INTERVALS * o.interval)
+        seeds_every = seed_interval(o.interval, durable_peers=o.redis is not None)
+        peers = open_peer_store(o.redis, ttl=PEER_TTL_INTERVALS * seeds_every)
         return TrackerService(
             storage,
             ca,
@@ -54,6 +56,7 @@ def open_service(o: ServeOptions, *, clock: Callable[[], float] = time.monotonic
             cert_lifetime=o.cert_lifetime,
             interval=o.interval,
             min_interval=o.min_interval,
+            seed_interval=seeds_every,
             public_url=o.public_url,
             auth_failure_limit=o.auth_failure_limit,
             auth_failure_window=o.auth_failure_window,
