@@ -25,10 +25,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Python packages (and works where the system Python is "externally managed")
 RUN python3 -m venv /opt/swarm \
  && /opt/swarm/bin/python -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md constraints.txt /src/
 COPY swarm /src/swarm
-RUN /opt/swarm/bin/pip install /src \
- && rm -rf /src \
+# versions pinned by constraints.txt; the tracker target adds its extras below
+RUN /opt/swarm/bin/pip install -c /src/constraints.txt /src \
  && /opt/swarm/bin/swarm --version
 COPY deploy/docker/entrypoint.sh /usr/local/bin/swarm-entrypoint
 COPY deploy/docker/healthcheck.sh /usr/local/bin/swarm-healthcheck
@@ -41,6 +41,7 @@ ENTRYPOINT ["swarm-entrypoint"]
 
 # The tracker: unprivileged user, state in one volume.
 FROM base AS tracker
+RUN /opt/swarm/bin/pip install -c /src/constraints.txt '/src[tracker,tracker-ha]' && rm -rf /src
 RUN mkdir -p /var/lib/swarm-tracker && chown swarm:swarm /var/lib/swarm-tracker && chmod 0700 /var/lib/swarm-tracker
 ENV SWARM_DATA=/var/lib/swarm-tracker \
     SWARM_LISTEN=0.0.0.0:7070
@@ -55,7 +56,7 @@ CMD ["swarm", "tracker", "serve"]
 # The agent: runs as root inside its container because it talks to a Docker
 # engine socket (root-equivalent on that engine anyway); peers on 6881/tcp.
 FROM base AS agent
-RUN mkdir -p /var/lib/swarm && chmod 0700 /var/lib/swarm
+RUN rm -rf /src && mkdir -p /var/lib/swarm && chmod 0700 /var/lib/swarm
 ENV SWARM_DATA=/var/lib/swarm \
     SWARM_LISTEN=0.0.0.0:6881 \
     SWARM_METRICS_LISTEN=0.0.0.0:9101

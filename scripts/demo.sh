@@ -3,5 +3,5 @@
 # an image generated on the spot is seeded and pulled on both hosts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-exec python3 scripts/demo.py "$@"
+bash scripts/setup.sh --demo
+exec "${SWARM_VENV:-.venv}/bin/python" scripts/demo.py "$@"

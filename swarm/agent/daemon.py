@@ -18,15 +18,15 @@ from swarm.agent.config import AgentConfig
 from swarm.agent.identity import Identity
 from swarm.agent.metrics import AgentMetrics, serve_metrics
 from swarm.agent.ops import AgentOps
-from swarm.agent.paths import AgentPaths
+from swarm.agent.paths import AGENT_UMASK, AgentPaths
 from swarm.agent.pull import Puller
 from swarm.agent.reporter import Reporter, agent_version, receipt_signer
 from swarm.agent.server import SocketServer
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
-from swarm.core import logs
+from swarm.core import logs, redact
 from swarm.core.api import Heartbeat, ManifestEntry
-from swarm.core.errors import SwarmError, TrackerError, TrackerUnreachable
+from swarm.core.errors import SwarmError, TrackerUnreachable
 from swarm.core.refs import ImageRef, matches
 from swarm.engine.session import Engine
 from swarm.images.docker_client import connect as docker_connect
@@ -102,6 +102,7 @@ class Agent:
         """
         paths = AgentPaths(config.data)
         paths.create()
+        redact.add_secret(config.token.secret)
         async with AsyncExitStack() as undo:
             tracker = TrackerClient(config.tracker, config.token)
             undo.push_async_callback(tracker.close)
@@ -275,7 +276,7 @@ class Agent:
         while True:
             try:
                 seq, entries = await self.tracker.watch(since, 30)
-            except TrackerError as exc:
+            except SwarmError as exc:  # unreachable, refused, or an answer that is not one
                 if not failing:  # one line when the tracker goes, one when it is back
                     log.warning("watch: %s; retrying every 5s", exc)
                 failing = True
@@ -284,14 +285,20 @@ class Agent:
             if failing:
                 log.info("watch: tracker answering again")
                 failing = False
-            matching = [(ImageRef.parse(e.ref), e) for e in entries]
-            matching = [(ref, e) for ref, e in matching if any(matches(p, ref) for p in self.config.watch)]
-            if since == 0:
-                matching = list(newest_per_repository(matching).values())
+            try:
+                self._preheat(entries, first=since == 0)
+            except Exception:  # preheat must outlive any one answer; the cause is logged
+                log.exception("watch: handling the tracker's answer failed; watching on")
             since = seq
-            for ref, _entry in matching:
-                log.info("watch: %s published, pulling", ref)
-                self.puller.start(ref)
+
+    def _preheat(self, entries: list[ManifestEntry], first: bool) -> None:
+        matching = [(ImageRef.parse(e.ref), e) for e in entries]  # valid_entries checked each ref
+        matching = [(ref, e) for ref, e in matching if any(matches(p, ref) for p in self.config.watch)]
+        if first:
+            matching = list(newest_per_repository(matching).values())
+        for ref, _entry in matching:
+            log.info("watch: %s published, pulling", ref)
+            self.puller.start(ref)
 
 
 def newest_per_repository(entries: list[tuple[ImageRef, ManifestEntry]]) -> dict[str, tuple[ImageRef, ManifestEntry]]:
@@ -352,4 +359,5 @@ async def serve(config: AgentConfig, reload: Callable[[], AgentConfig] | None = 
 
 def run_agent(config: AgentConfig, reload: Callable[[], AgentConfig] | None = None) -> None:
     """Logging is set up by the caller (swarm.core.logs.configure)."""
+    os.umask(AGENT_UMASK)
     asyncio.run(serve(config, reload))

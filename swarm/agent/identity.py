@@ -57,8 +57,8 @@ class Identity:
         answer = await self._client.enroll(make_csr(key, "swarm-host"))
         if "".join(answer.ca.split()) != "".join(pinned.split()):
             raise UntrustedManifest("the tracker enrolled us with a CA other than the pinned one")
-        write_atomic(self._paths.cert, answer.certificate.encode(), 0o644)
-        write_atomic(self._paths.ca, answer.ca.encode(), 0o644)
+        write_atomic(self._paths.cert, answer.certificate.encode(), 0o600)
+        write_atomic(self._paths.ca, answer.ca.encode(), 0o600)
         self.name, self.role, self.ca_pem = answer.name, answer.role, answer.ca
         self.not_after, self.issued_at = answer.not_after, int(time.time())
         self.last_error = ""

@@ -30,7 +30,7 @@ from swarm.agent.api import (
 )
 from swarm.agent.cache import CacheKeeper
 from swarm.agent.identity import Identity
-from swarm.agent.pull import Puller
+from swarm.agent.pull import Puller, check_pin
 from swarm.agent.server import Handler, RawEmit
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
@@ -112,7 +112,7 @@ class AgentOps:
         )
 
     async def pull(self, request: PullRequest, emit: Emit) -> PullResponse:
-        refs = [ImageRef.parse(r) for r in request.refs]
+        refs = [ImageRef.parse(r, digest=True) for r in request.refs]
         pulls = [self.puller.start(ref, seed=request.seed) for ref in refs]
         tasks = [task for _s, task in pulls]
         while not all(t.done() for t in tasks):
@@ -127,6 +127,8 @@ class AgentOps:
             for state, _t in pulls:
                 await emit(self.puller.progress(state))
         ids = [task.result() for task in tasks]  # re-raises a failed pull's error
+        for ref, image_id in zip(refs, ids, strict=True):
+            check_pin(ref, image_id)  # a pull this request joined was started without its pin
         self.cache.evict()
         return PullResponse(
             tuple(

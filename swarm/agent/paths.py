@@ -58,13 +58,35 @@ class AgentPaths:
         return self.blobs_dir / digest_hex
 
     def create(self) -> None:
+        """Make the data dir; it and everything in it readable by the agent's user only.
+
+        Blobs are confidential layers and the identity holds the TLS key: directories are
+        0700 and files 0600 whatever the umask (files an older agent left wider included)."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             for d in (self.identity, self.blobs_dir, self.manifests, self.resume):
-                d.mkdir(exist_ok=True)
-            os.chmod(self.identity, 0o700)
+                d.mkdir(exist_ok=True, mode=0o700)
+            restrict_tree(self.root)
         except OSError as exc:
             raise UsageError(f"cannot use data dir {self.root}: {exc.strerror}") from exc
+
+
+#: what the agent creates while it runs (libtorrent's blob files included): owner only
+AGENT_UMASK = 0o077
+
+
+def restrict_tree(root: Path) -> None:
+    """Directories under `root` (itself included) 0700, regular files 0600; links are left alone."""
+    os.chmod(root, 0o700)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o700)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.chmod(path, 0o600)
 
 
 def socket_path(data: Path | None, socket: Path | None) -> Path:

@@ -94,6 +94,12 @@ class PullObserver(Protocol):
     def finished(self, state: PullState, image_id: str | None, error: str | None) -> None: ...
 
 
+def check_pin(ref: ImageRef, image_id: str) -> None:
+    """`app:1@sha256:X` loads app:1 only while its image ID is X."""
+    if ref.digest is not None and ref.digest != image_id:
+        raise ImageNotFound(f"{ref} is now {image_id}, not the pinned {ref.digest}")
+
+
 class Puller:
     def __init__(
         self,
@@ -173,6 +179,7 @@ class Puller:
         manifest = envelope.verify(self._trusted)
         if manifest.ref != ref:
             raise UntrustedManifest(f"the tracker answered {ref} with a manifest for {manifest.ref}")
+        check_pin(ref, manifest.image_id)
         for layer in manifest.layers:
             check_layer_torrent(layer.torrent, layer.info_hash, digest_hex(layer.blob), layer.blob_size, self.ca_pem)
         state.manifest = manifest

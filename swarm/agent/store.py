@@ -20,6 +20,7 @@ from swarm.core.digest import digest_hex, file_digest
 from swarm.core.errors import DigestMismatch, InvalidInput
 from swarm.core.files import write_atomic
 from swarm.core.manifest import Manifest
+from swarm.core.redact import escape_path
 from swarm.core.signing import SignedManifest
 
 log = logging.getLogger(__name__)
@@ -181,5 +182,5 @@ class ManifestStore:
                 env = SignedManifest.from_bytes(f.read_bytes())
                 out.append((env, env.verify(None)))
             except Exception as exc:  # a damaged record must not stop the agent
-                log.warning("ignoring unreadable manifest record %s: %s", f.name, exc)
+                log.warning("ignoring unreadable manifest record %s: %s", escape_path(f.name), exc)
         return out

@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 
 import aiohttp
 
 from swarm.core import wire
-from swarm.core.api import MSGPACK, EnrollResponse, ManifestEntry, ReportBatch
+from swarm.core.api import MAX_BODY, MSGPACK, EnrollResponse, ManifestEntry, ReportBatch
 from swarm.core.certs import ca_fingerprint
 from swarm.core.errors import (
     InvalidInput,
     RateLimited,
+    SwarmError,
     TrackerError,
     TrackerUnreachable,
     Unauthorized,
     UntrustedManifest,
     error_for_status,
 )
+from swarm.core.refs import ImageRef
 from swarm.core.tokens import JoinToken
 
+log = logging.getLogger(__name__)
+
 HEALTH_TIMEOUT = 3.0
+#: the largest answer read from a tracker (an impostor must not make the agent buffer more)
+MAX_ANSWER = MAX_BODY
+#: sequence numbers are signed 64-bit on the tracker
+MAX_SEQ = 2**63 - 1
 
 
 class TrackerClient:
@@ -97,7 +106,7 @@ class TrackerClient:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout) if timeout else None,
             ) as resp:
-                data = await resp.read()
+                data = await _read_bounded(resp, MAX_ANSWER)
                 if resp.status >= 400:
                     raise self._error(resp.status, data)
                 return data
@@ -138,7 +147,10 @@ class TrackerClient:
         data = wire.unpack_map(
             await self._request("GET", "/v1/watch", params={"since": str(since), "timeout": str(timeout)})
         )
-        return int(data.get("seq", since)), [ManifestEntry.from_map(m) for m in _list(data.get("manifests"))]
+        seq = data.get("seq", since)
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+            raise InvalidInput("malformed watch answer: seq is not a sequence number")
+        return seq, valid_entries(data.get("manifests"))
 
     # rollout view
 
@@ -167,3 +179,34 @@ def _list(v: Any) -> list[dict[str, Any]]:
     if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
         raise InvalidInput("malformed tracker answer")
     return v
+
+
+def valid_entries(raw: Any) -> list[ManifestEntry]:
+    """The well-formed manifest entries of a watch answer; each bad one is logged and skipped."""
+    if not isinstance(raw, list):
+        raise InvalidInput("malformed watch answer: no manifest list")
+    entries = []
+    for item in raw:
+        try:
+            if not isinstance(item, dict):
+                raise InvalidInput("not a map")
+            entry = ManifestEntry.from_map(item)
+            if str(ImageRef.parse(entry.ref)) != entry.ref or not 0 <= entry.seq <= MAX_SEQ:
+                raise InvalidInput("not canonical")
+        except SwarmError as exc:
+            log.warning("watch: skipping a malformed entry from the tracker (%s): %.200r", exc, item)
+            continue
+        entries.append(entry)
+    return entries
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The response body, refused once it grows past `limit` bytes (whatever Content-Length says)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise TrackerError(f"the tracker's answer is too large ({resp.content_length} bytes, at most {limit})")
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(256 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise TrackerError(f"the tracker's answer is too large (over {limit} bytes)")
+    return bytes(body)

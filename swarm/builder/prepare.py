@@ -107,5 +107,5 @@ def prepare_archive(
     progress(f"{ref}: reading {archive.name}")
     with TorrentMaker(ca_pem) as maker:
         with open(archive, "rb") as f:
-            exported = read_archive(f, blobs_dir, on_blob=maker.submit)
+            exported = read_archive(f, blobs_dir, image=str(ref), on_blob=maker.submit)  # the named one of several
         return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, progress, maker)

@@ -263,8 +263,10 @@ def _print_note(note: Note) -> None:
 @DATA
 @SOCKET
 def pull(images: tuple[str, ...], reseed: bool, as_json: bool, data: Path | None, socket: Path | None) -> None:
-    """Download IMAGE... from the swarm and load it into Docker."""
-    refs = [str(ImageRef.parse(image)) for image in images]
+    """Download IMAGE... from the swarm and load it into Docker.
+
+    NAME:TAG@sha256:ID loads NAME:TAG only if its image ID is still ID."""
+    refs = [ImageRef.parse(image, digest=True).pinned for image in images]
     client = AgentClient(_socket(data, socket))
     with pull_view(as_json, err) as view:
         result = client.pull(refs, view.update, seed=reseed)

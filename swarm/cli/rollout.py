@@ -27,7 +27,7 @@ from swarm.core.units import human_bytes
 
 T = TypeVar("T")
 POLL_EVERY = 1.0
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 
 
 class Source:
@@ -82,7 +82,7 @@ class Source:
 
 
 def parse_duration(text: str) -> float:
-    m = _DURATION.match(text.strip())
+    m = _DURATION.fullmatch(text.strip())
     if not m:
         raise UsageError(f"invalid duration {text!r}: e.g. 20s, 5m, 1h, 90")
     return float(m[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m[2]]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from swarm.core.errors import InvalidInput
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 CHUNK = 1024 * 1024
 
 
@@ -17,7 +17,7 @@ def sha256_digest(data: bytes) -> str:
 
 
 def validate_digest(value: object, what: str = "digest") -> str:
-    if not isinstance(value, str) or not _DIGEST.match(value):
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
         raise InvalidInput(f"{what} is not a sha256:<hex> digest")
     return value
 

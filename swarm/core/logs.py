@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from swarm.core import redact
+
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
 DEFAULT_LEVEL = "info"
@@ -37,12 +39,15 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
 def configure(level: str = DEFAULT_LEVEL, fmt: str = DEFAULT_FORMAT) -> None:
-    """Route every logger to one stderr handler with this level and format (replacing earlier setup)."""
+    """Route every logger to one stderr handler with this level and format (replacing earlier setup).
+
+    Every record is redacted first (swarm.core.redact): no join-token secret reaches a log line."""
+    redact.install()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()

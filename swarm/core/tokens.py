@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from swarm.core.errors import UsageError
 
-_TOKEN = re.compile(r"^swarm1\.([0-9a-f]{40})\.([0-9a-f]{64})$")
-_SECRET = re.compile(r"^[0-9a-f]{40}$")
+_TOKEN = re.compile(r"swarm1\.([0-9a-f]{40})\.([0-9a-f]{64})")
+_SECRET = re.compile(r"[0-9a-f]{40}")
 #: builder: publishes; host: pulls; admin: reads fleet state (hosts, rollouts), joins no swarm
 ROLES = ("builder", "host", "admin")
 
@@ -26,7 +26,7 @@ def hash_secret(secret: str) -> str:
 
 
 def is_secret_shaped(secret: str) -> bool:
-    return bool(_SECRET.match(secret))
+    return bool(_SECRET.fullmatch(secret))
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class JoinToken:
 
     @classmethod
     def parse(cls, text: str) -> JoinToken:
-        m = _TOKEN.match(text.strip())
+        m = _TOKEN.fullmatch(text.strip())
         if not m:
             raise UsageError("malformed join token: expected swarm1.<secret>.<ca-fingerprint>")
         return cls(m.group(1), m.group(2))

@@ -23,11 +23,11 @@ _UNITS = {
     "tib": 1024**4,
 }
 _BITS = {"bit": 1, "kbit": 1000, "mbit": 1000**2, "gbit": 1000**3}
-_NUM = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
+_NUM = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
 
 
 def parse_size(text: str) -> int:
-    m = _NUM.match(text)
+    m = _NUM.fullmatch(text)
     if not m or m.group(2).lower() not in _UNITS:
         raise UsageError(f"invalid size {text!r}: use e.g. 500MB or 10GiB")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
@@ -38,7 +38,7 @@ def parse_rate(text: str) -> int:
     body = text.strip()
     if body.lower().endswith("/s"):
         body = body[:-2]
-    m = _NUM.match(body)
+    m = _NUM.fullmatch(body)
     if m:
         unit = m.group(2).lower()
         if unit in _BITS:

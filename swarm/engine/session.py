@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 import time
 from collections import defaultdict
@@ -35,41 +34,15 @@ import libtorrent as lt
 from swarm.core.addresses import format_host, parse_listen
 from swarm.core.errors import TorrentError, UsageError
 from swarm.core.files import write_atomic
+from swarm.core.peerid import peer_identity
+from swarm.core.peerid import peer_name as peer_name
+from swarm.core.peerid import peer_tag as peer_tag
+from swarm.core.redact import redact
 
 log = logging.getLogger(__name__)
 
-#: peer ids look like `-SW0100-host1-....`: the host's name rides in the peer id
-#: (only peers inside the TLS tunnel ever see it) so stats can say who sent what
-PEER_ID_PREFIX = "-SW0100-"
 #: how often the alert thread reads the peers of downloading torrents
 POLL_SECONDS = 0.5
-
-
-def peer_tag(name: str, role: str = "host") -> str:
-    """The fingerprint prefix of this host's peer id: role letter and name (rest random)."""
-    clean = "".join(c for c in name if c.isalnum() or c in "._")[:8]
-    return f"{PEER_ID_PREFIX}{role[:1]}{clean}-"
-
-
-@dataclass(frozen=True)
-class PeerIdentity:
-    role: str  # "builder", "host" or "?" for a peer id swarm did not make
-    name: str
-
-
-def peer_identity(pid: bytes) -> PeerIdentity:
-    """Who a swarm peer id says it is (only CA-certified peers reach us at all)."""
-    text = pid.decode("latin-1")
-    rest = text[len(PEER_ID_PREFIX) :]
-    if not text.startswith(PEER_ID_PREFIX) or "-" not in rest:
-        return PeerIdentity("?", "?")
-    tag = rest.split("-", 1)[0]
-    role = {"b": "builder", "h": "host"}.get(tag[:1], "?")
-    return PeerIdentity(role, tag[1:] or "?")
-
-
-def peer_name(pid: bytes) -> str:
-    return peer_identity(pid).name
 
 
 class EngineObserver(Protocol):
@@ -318,7 +291,10 @@ class Engine:
     def _write_resume(self, alert: Any) -> None:
         assert self._resume_dir is not None
         ih = alert.handle.info_hashes().v2.to_bytes()
-        write_atomic(self._resume_dir / f"{ih.hex()}.resume", lt.write_resume_data_buf(alert.params))
+        params = alert.params
+        # the announce URL carries the join-token secret: never on disk (`add` sets it again on load)
+        params.trackers, params.tracker_tiers = [], []
+        write_atomic(self._resume_dir / f"{ih.hex()}.resume", lt.write_resume_data_buf(params))
 
     def _resume_answered(self) -> None:
         with self._resume_done:
@@ -531,7 +507,7 @@ class Engine:
                 entry.handle.pause()  # a disk error repeats for every block otherwise
                 self._signal(entry)
         elif isinstance(alert, lt.tracker_error_alert):
-            message = _redact(alert.message())
+            message = redact(alert.message())
             if self._tracker_lost is None:
                 log.warning("tracker lost (announces failing; logged once until it answers): %s", message)
             else:
@@ -552,11 +528,6 @@ class Engine:
     def _signal(self, entry: _Torrent) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(entry.finished.set)
-
-
-def _redact(message: str) -> str:
-    """Tracker URLs carry the token secret in their path."""
-    return re.sub(r"/(announce|scrape)/[0-9a-f]+", r"/\1/<secret>", message)
 
 
 _RESUME_FLAGS = lt.save_resume_flags_t.only_if_modified | lt.save_resume_flags_t.flush_disk_cache

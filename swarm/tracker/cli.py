@@ -30,6 +30,8 @@ from swarm.tracker.options import (
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_INTERVAL,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_MAX_PEERS_PER_HOST,
     DEFAULT_WORKERS,
     MAX_WORKERS,
     MIN_CERT_LIFETIME,
@@ -137,6 +139,32 @@ def tracker() -> None:
     help="seconds a client has to send a request (and idle keep-alive time)",
 )
 @click.option(
+    "--max-peers-per-host",
+    default=DEFAULT_MAX_PEERS_PER_HOST,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="SWARM_MAX_PEERS_PER_HOST",
+    show_envvar=True,
+    help="peers one token may have in one torrent's swarm (more replace its oldest)",
+)
+@click.option(
+    "--max-connections",
+    default=None,
+    type=click.IntRange(min=1),
+    envvar="SWARM_MAX_CONNECTIONS",
+    show_envvar=True,
+    help="open client connections per process  [default: the file descriptor limit less 64]",
+)
+@click.option(
+    "--max-connections-per-address",
+    default=DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="SWARM_MAX_CONNECTIONS_PER_ADDRESS",
+    show_envvar=True,
+    help="open client connections from one address",
+)
+@click.option(
     "--workers",
     default=DEFAULT_WORKERS,
     show_default=True,
@@ -182,6 +210,9 @@ def serve(
     redis: str | None,
     auth_failure_limit: int,
     client_timeout: float,
+    max_peers_per_host: int,
+    max_connections: int | None,
+    max_connections_per_address: int,
     workers: int,
     tls: bool,
     log_level: str,
@@ -209,6 +240,9 @@ def serve(
         redis=redis,
         auth_failure_limit=auth_failure_limit,
         client_timeout=client_timeout,
+        max_peers_per_host=max_peers_per_host,
+        max_connections=max_connections,
+        max_connections_per_address=max_connections_per_address,
         workers=workers,
         reuse_port=reuse_port,
         tls=tls,

@@ -22,6 +22,7 @@ from aiohttp.web_response import StreamResponse
 from swarm.core import wire
 from swarm.core.api import MAX_BODY, MSGPACK
 from swarm.core.errors import InvalidInput, SwarmError, status_for
+from swarm.core.redact import escape_path
 from swarm.tracker.fleet import Fleet
 from swarm.tracker.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from swarm.tracker.options import DEFAULT_CLIENT_TIMEOUT
@@ -36,11 +37,12 @@ FLEET: web.AppKey[Fleet] = web.AppKey("fleet", Fleet)
 BENCODE = "text/plain"
 _SECRET_PATH = re.compile(r"^/(announce|scrape)/[^/?]*")
 _SECRET_PREFIX = re.compile(r"^/t/[^/?]*/")
-_BT_PATH = re.compile(r"^/(announce/|scrape/|t/[^/]*/(announce|scrape)$)")
+_BT_PATH = re.compile(r"^/(announce/|scrape/|t/[^/]*/(announce|scrape)\Z)")
 
 
 def redact_path(path: str) -> str:
-    return _SECRET_PREFIX.sub("/t/<secret>/", _SECRET_PATH.sub(r"/\1/<secret>", path))
+    """A request path for a log line: secrets out, control characters (a decoded %0A) escaped."""
+    return escape_path(_SECRET_PREFIX.sub("/t/<secret>/", _SECRET_PATH.sub(r"/\1/<secret>", path)))
 
 
 #: probes and scrapes: logged only at debug level
@@ -179,14 +181,22 @@ async def get_manifest(request: web.Request) -> web.Response:
     return web.Response(body=envelope, content_type=MSGPACK)
 
 
+#: a sequence number as the storage keeps it (a signed 64-bit integer, never negative)
+_SEQ = re.compile(r"[0-9]{1,19}")
+MAX_SEQ = 2**63 - 1
+
+
 async def watch(request: web.Request) -> web.Response:
+    raw_since = request.query.get("since", "0")
+    if not _SEQ.fullmatch(raw_since) or int(raw_since) > MAX_SEQ:
+        raise InvalidInput(f"since must be an integer from 0 to {MAX_SEQ}")
+    since = int(raw_since)
     try:
-        since = int(request.query.get("since", "0"))
         timeout = float(request.query.get("timeout", "30"))
     except ValueError as exc:
-        raise InvalidInput("since must be an integer and timeout a number of seconds") from exc
-    if since < 0 or not timeout >= 0:
-        raise InvalidInput("since and timeout must not be negative")
+        raise InvalidInput("timeout must be a number of seconds") from exc
+    if not timeout >= 0:
+        raise InvalidInput("timeout must not be negative")
     seq, entries = await request.app[SERVICE].watch(_secret(request), since, timeout, _ip(request))
     return _msgpack({"seq": seq, "manifests": [e.to_map() for e in entries]})
 

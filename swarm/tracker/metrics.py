@@ -4,7 +4,8 @@ Each TrackerService has its own registry, so several services in one process
 (tests) do not mix their counts.
 
   swarm_tracker_announces_total{result}   ok, cached, stopped, unauthorized, rate_limited,
-                                          invalid, unknown_torrent
+                                          invalid, unknown_torrent, refused (another host's peer id or
+                                          address, or a peer id naming another host)
   swarm_tracker_scrapes_total{result}     ok, unauthorized, rate_limited, invalid, unknown_torrent
   swarm_tracker_auth_failures_total{reason}  unknown (guessed or missing secret), revoked, rate_limited
   swarm_tracker_certificates_issued_total
@@ -32,7 +33,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from swarm.core.buildinfo import BuildInfo
 
-ANNOUNCE_RESULTS = ("ok", "cached", "stopped", "unauthorized", "rate_limited", "invalid", "unknown_torrent")
+ANNOUNCE_RESULTS = ("ok", "cached", "stopped", "unauthorized", "rate_limited", "invalid", "unknown_torrent", "refused")
 SCRAPE_RESULTS = ("ok", "unauthorized", "rate_limited", "invalid", "unknown_torrent")
 AUTH_REASONS = ("unknown", "revoked", "rate_limited")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

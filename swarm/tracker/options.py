@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from swarm.tracker.peers.base import MAX_PEERS_PER_HOST
 from swarm.tracker.ratelimit import DEFAULT_LIMIT, DEFAULT_WINDOW
 
 DEFAULT_HOST = "127.0.0.1"
@@ -23,6 +24,10 @@ DEFAULT_INTERVAL = 30
 DEFAULT_AUTH_FAILURE_LIMIT = DEFAULT_LIMIT
 #: seconds a client has to send a whole request (headers, then its body), and idle keep-alive time
 DEFAULT_CLIENT_TIMEOUT = 15.0
+#: peers one token may have in one torrent's swarm (more replace its least recently seen)
+DEFAULT_MAX_PEERS_PER_HOST = MAX_PEERS_PER_HOST
+#: open client connections from one address at most
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 256  # a NAT or proxy in front of many hosts needs room
 #: processes serving one port (SO_REUSEPORT)
 DEFAULT_WORKERS = 1
 MAX_WORKERS = 64
@@ -48,6 +53,10 @@ class ServeOptions:
     auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT
     auth_failure_window: float = DEFAULT_WINDOW
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT
+    max_peers_per_host: int = DEFAULT_MAX_PEERS_PER_HOST
+    #: open client connections per process (None: the descriptor limit less a reserve)
+    max_connections: int | None = None
+    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
     #: processes serving one port (SO_REUSEPORT); more than one needs `redis`
     workers: int = DEFAULT_WORKERS
     reuse_port: bool = False

@@ -20,11 +20,13 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from swarm.core import redact
 from swarm.core.addresses import format_host
 from swarm.core.errors import SwarmError
 from swarm.core.files import write_atomic
 from swarm.tracker.announce import seed_interval
 from swarm.tracker.ca import CertificateAuthority, server_names
+from swarm.tracker.connlimit import ConnectionLimits, LimitedSite
 from swarm.tracker.http import RedactingAccessLogger, make_app
 from swarm.tracker.options import DEFAULT_CLIENT_TIMEOUT, ServeOptions
 from swarm.tracker.peers import open_peer_store
@@ -47,7 +49,7 @@ def open_service(o: ServeOptions, *, clock: Callable[[], float] = time.monotonic
     try:
         ca = CertificateAuthority.for_storage(storage, o.data)
         seeds_every = seed_interval(o.interval, durable_peers=o.redis is not None)
-        peers = open_peer_store(o.redis, ttl=PEER_TTL_INTERVALS * seeds_every)
+        peers = open_peer_store(o.redis, ttl=PEER_TTL_INTERVALS * seeds_every, per_host=o.max_peers_per_host)
         return TrackerService(
             storage,
             ca,
@@ -107,12 +109,16 @@ async def start_tracker(
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
     reuse_port: bool = False,
     ssl_context: ssl.SSLContext | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serve `service` on host:port (0: any free port); returns the runner and the bound port.
 
-    A client gets `client_timeout` seconds to send a request's headers (aiohttp's keep-alive
-    timer runs from the connection's start until a whole request has arrived) and as long
-    again for its body; idle keep-alive connections close after that time too."""
+    A client gets `client_timeout` seconds to finish its TLS handshake, as long to send a
+    request's headers (aiohttp's keep-alive timer runs from the connection's start until a
+    whole request has arrived) and as long again for its body; idle keep-alive connections
+    close after that time too. Connections past `limits` (default: per address, and in total
+    what the descriptor limit allows) are closed at once."""
+    redact.install()
     app = make_app(service, client_timeout)
     app.cleanup_ctx.append(_with_upkeep(service))
     runner = web.AppRunner(
@@ -124,8 +130,14 @@ async def start_tracker(
     )
     await runner.setup()
     try:
-        await web.TCPSite(
-            runner, host, port, reuse_port=reuse_port or None, backlog=1024, ssl_context=ssl_context
+        await LimitedSite(
+            runner,
+            host,
+            port,
+            limits or ConnectionLimits(),
+            tls=ssl_context,
+            handshake_timeout=client_timeout,
+            reuse_port=reuse_port or None,
         ).start()
     except OSError as exc:
         await runner.cleanup()
@@ -160,7 +172,13 @@ def _worker_argv(o: ServeOptions, port: int) -> list[str]:
         o.log_level,
         "--log-format",
         o.log_format,
+        "--max-peers-per-host",
+        str(o.max_peers_per_host),
+        "--max-connections-per-address",
+        str(o.max_connections_per_address),
     ]
+    if o.max_connections is not None:
+        argv += ["--max-connections", str(o.max_connections)]
     if o.min_interval is not None:
         argv += ["--min-interval", str(o.min_interval)]
     if o.public_url:
@@ -220,6 +238,7 @@ async def run_tracker(o: ServeOptions) -> None:
     try:
         await service.peers.ping()
         context = tls_context(service, o.host, o.public_url) if o.tls else None
+        limits = ConnectionLimits(o.max_connections, o.max_connections_per_address)
         runner, bound = await start_tracker(
             service,
             o.host,
@@ -227,6 +246,7 @@ async def run_tracker(o: ServeOptions) -> None:
             client_timeout=o.client_timeout,
             reuse_port=o.reuse_port or o.workers > 1,
             ssl_context=context,
+            limits=limits,
         )
         workers: list[asyncio.subprocess.Process] = []
         try:

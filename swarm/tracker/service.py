@@ -35,6 +35,7 @@ from swarm.core.errors import (
     SwarmError,
     Unauthorized,
 )
+from swarm.core.peerid import claims_other_identity
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
 from swarm.core.tokens import ROLES, JoinToken, hash_secret, is_secret_shaped
@@ -58,9 +59,10 @@ DEFAULT_TOKEN_CACHE_TTL = 5.0
 #: remembered announce answers at most (for min interval); past that the memory starts over
 MAX_CACHED_ANSWERS = 500_000
 MAX_CACHED_HASHES = 100_000
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _UNAUTHORIZED = "missing, unknown or revoked token"
 RATE_LIMITED = "too many failed authentications from this address: retry later"
+PEER_ID_IMPERSONATION = "peer_id names another host: swarm peer ids carry the announcing token's role and name"
 
 
 _AnswerKey = tuple[bytes, bytes, str, bool, bool]
@@ -170,7 +172,7 @@ class TrackerService:
     # tokens
 
     def create_token(self, name: str, role: str) -> JoinToken:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise InvalidInput(f"invalid token name {name!r}: letters, digits, '.', '_', '-' (up to 63)")
         if role not in ROLES:
             raise InvalidInput(f"invalid role {role!r}: expected one of {', '.join(ROLES)}")
@@ -206,10 +208,10 @@ class TrackerService:
     def authenticate(self, secret: str | None, ip: str | None = None) -> TokenRecord:
         """The token's record, or Unauthorized (same message for missing, malformed, unknown, revoked).
 
-        With the caller's `ip`, guesses are counted and RateLimited refuses an address past the limit."""
-        if ip is not None and self.limiter.blocked(ip):
-            self.metrics.auth_failures.labels("rate_limited").inc()
-            raise RateLimited(RATE_LIMITED)
+        With the caller's `ip`, guesses are counted and RateLimited refuses an address past the limit,
+        but only requests without a valid token: a stranger behind the same NAT or proxy as the
+        fleet must not lock the fleet out. (Secrets are 128-bit random: the limit saves work, it is
+        not what stops guessing.)"""
         self._refresh()
         record = None
         if secret and is_secret_shaped(secret):
@@ -225,12 +227,16 @@ class TrackerService:
                     if len(self._tokens) >= MAX_CACHED_HASHES:
                         self._tokens.clear()
                     self._tokens[digest] = (record, now)
+        valid = record is not None and not record.revoked and record.name not in self._revoked
+        if not valid and ip is not None and self.limiter.blocked(ip):
+            self.metrics.auth_failures.labels("rate_limited").inc()
+            raise RateLimited(RATE_LIMITED)
         if record is None:
             self.metrics.auth_failures.labels("unknown").inc()
             if ip is not None:
                 self.limiter.failed(ip)
             raise Unauthorized(_UNAUTHORIZED)
-        if record.revoked or record.name in self._revoked:
+        if not valid:
             self.metrics.auth_failures.labels("revoked").inc()
             raise Unauthorized(_UNAUTHORIZED)
         return record
@@ -357,6 +363,9 @@ class TrackerService:
         except InvalidInput as exc:
             announces.labels("invalid").inc()
             return bt.failure(str(exc))
+        if claims_other_identity(req.peer_id, record.name, record.role):
+            announces.labels("refused").inc()
+            return bt.failure(PEER_ID_IMPERSONATION)
         key: _AnswerKey = (req.info_hash, req.peer_id, record.name, req.compact, req.no_peer_id)
         now = self._clock()
         if req.event in ("", "paused"):
@@ -370,6 +379,9 @@ class TrackerService:
         await self._drop_revoked()
         peer = Peer(ip, req.port, req.peer_id, req.left, record.name)
         handout = await self.peers.handle(req.info_hash, peer, req.event, req.numwant)
+        if handout.refused:
+            announces.labels("refused").inc()
+            return bt.failure(handout.refused)
         peers = [p for p in handout.peers if p.host not in self._revoked]
         body = bt.announce_response(
             peers,

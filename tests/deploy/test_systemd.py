@@ -69,6 +69,14 @@ def test_units_are_hardened(unit: str, user: str, data: str) -> None:
     for flag in ("NoNewPrivileges", "PrivateTmp", "ProtectHome", "PrivateDevices"):
         assert settings[flag] == ["yes"], flag
     assert settings["CapabilityBoundingSet"] == [""]
+    assert settings["UMask"] == ["0077"]
+
+
+def test_tracker_unit_raises_the_descriptor_limit() -> None:
+    """1,100 half-open connections must not exhaust a tracker left at the default 1,024 descriptors."""
+    text = (SYSTEMD / "swarm-tracker.service").read_text()
+    m = re.search(r"^LimitNOFILE=(\d+)$", text, re.M)
+    assert m and int(m.group(1)) >= 65536
 
 
 def _env_vars() -> set[str]:

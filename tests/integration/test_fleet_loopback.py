@@ -8,7 +8,9 @@ between the hosts is visible in the per-peer byte counts.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 
 from swarm.core.manifest import Manifest
 from swarm.core.signing import SignedManifest
+from swarm.core.tokens import JoinToken
 from swarm.images.synthetic import build_image, payload, run_image
 from tests.support.dockerd import Dockerd, stop_all
 from tests.support.outsider import steal
@@ -46,6 +49,7 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("fleet")
+    umask = os.umask(0o022)  # the agents start under the usual umask: their files must be 0600 anyway
     engines = [Dockerd().start() for _ in range(3)]
     docker_hosts = {name: d.host for name, d in zip(("builder1", "host1", "host2"), engines)}
     tracker = Tracker.start(root)
@@ -70,6 +74,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             agent.stop()
         tracker.proc.stop()
         stop_all(engines)
+        os.umask(umask)
 
 
 @dataclass
@@ -217,3 +222,23 @@ def test_outsider_with_stolen_torrent_gets_zero_bytes(fleet: Fleet, pulled: Pull
     downloaded, pieces, refused = steal(biggest.torrent, peers, tmp_path, with_cert)
     assert refused == len(peers), "every peer must have dropped the outsider"
     assert downloaded == 0 and pieces == 0
+
+
+def test_no_secret_at_rest_or_in_any_log_and_owner_only_modes(fleet: Fleet, pulled: Pulled) -> None:
+    """Attack: a local user reads the agents' data dirs and every log after a real pull (resume files included)."""
+    host = fleet.hosts[1]
+    assert host.stop() == 0  # a clean stop writes resume data
+    assert list((host.data / "resume").glob("*.resume"))
+    agents = [fleet.builder, *fleet.hosts]
+    secrets = [JoinToken.parse(a.args[a.args.index("--token") + 1]).secret.encode() for a in agents]
+    files = [p for a in agents for p in a.data.rglob("*")] + list((fleet.root / "logs").glob("*"))
+    assert len(files) > 10
+    for path in files:
+        if path.is_file() and not path.is_symlink():
+            body = path.read_bytes()
+            assert not any(s in body for s in secrets), path
+    for agent in agents:
+        for path in [agent.data, *agent.data.rglob("*")]:
+            mode = path.lstat().st_mode
+            if stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode):
+                assert stat.S_IMODE(mode) & 0o077 == 0, (path, oct(mode))

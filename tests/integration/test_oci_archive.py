@@ -69,3 +69,32 @@ def test_seed_from_a_skopeo_archive_and_pull(fleet: Any, skopeo: str, dockerd_fa
             assert loaded == original_id
     finally:
         host.stop()
+
+
+def test_seed_picks_the_named_image_of_a_docker_save_bundle(fleet: Any, dockerd_factory: Any, tmp_path: Path) -> None:
+    root, tracker, key, pubkey, builder, engine = fleet
+    # a name with a registry port: Docker's grammar, end to end
+    web = "localhost:5000/team/web-app:1.2.3-rc.1"
+    build_image(engine.api(), web, [{"/hello.txt": b"web\n"}], cmd=["/bin/busybox", "cat", "/hello.txt"])
+    bundle = tmp_path / "bundle.tar"
+    subprocess.run(["docker", "-H", engine.host, "save", "-o", str(bundle), "oci/app:1", web],
+                   check=True, capture_output=True, timeout=120)
+    web_id, app_id = (engine.api().inspect_image(name)["Id"] for name in (web, "oci/app:1"))
+
+    seeded = builder.swarm("seed", web, "--key", str(key), "--from-archive", str(bundle))
+    assert web_id in seeded.stdout and app_id not in seeded.stdout
+    missing = builder.swarm("seed", "oci/other:1", "--key", str(key), "--from-archive", str(bundle), check=False)
+    assert missing.returncode == 1 and "holds no image oci/other:1" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    host_engine = dockerd_factory()
+    host = Agent.start(root / "bundle", "host", tracker.url, tracker.token("host-bundle", "host"),
+                       "--trust", pubkey, "--docker-host", host_engine.host)
+    try:
+        host.swarm("pull", f"{web}@{web_id}")
+        assert host_engine.api().inspect_image(web)["Id"] == web_id
+        assert run_image(host_engine.api(), web) == b"web\n"
+        stale = host.swarm("pull", f"{web}@{app_id}", check=False)
+        assert stale.returncode == 1 and f"not the pinned {app_id}" in stale.stderr
+    finally:
+        host.stop()

@@ -247,6 +247,9 @@ async def test_access_log_hides_secrets(tracker_server: Tracker, caplog: pytest.
     assert any("/scrape/<secret>/x 404" in line for line in access)
     assert any("/t/<secret>/x 404" in line for line in access)
     assert t.host.secret not in caplog.text
+    # a decoded %0A in a path cannot forge a log line
+    assert (await t.call("GET", "/v1/nothing%0A2099 forged line"))[0] == 404
+    assert not any("\n" in r.getMessage() for r in caplog.records if r.name == "aiohttp.access")
 
 
 async def test_real_libtorrent_announce(tracker_server: Tracker, tmp_path: Path) -> None:

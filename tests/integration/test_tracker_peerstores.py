@@ -99,3 +99,29 @@ async def test_ipv6_and_binary_ids(store: tuple[PeerStore, Clock]) -> None:
     await s.handle(IH, odd, "started", 0)
     [got] = (await s.handle(IH, peer(1, 10), "", 50)).peers
     assert (got.ip, got.port, got.peer_id, got.host) == (odd.ip, odd.port, odd.peer_id, "h6")
+
+
+async def test_entries_belong_to_their_host_and_each_host_is_capped(store: tuple[PeerStore, Clock]) -> None:
+    from swarm.tracker.peers.base import ENDPOINT_TAKEN, MAX_PEERS_PER_HOST, PEER_ID_TAKEN
+
+    s, clock = store
+    real = peer(1, 0, host="seed")
+    await s.handle(IH, real, "started", 0)
+    # another host with the seed's peer id (stopped, completed, moved) or at its address: refused, nothing changes
+    for forged, event in ((Peer("10.0.0.8", 9000, real.peer_id, 0, "mallory"), "stopped"),
+                          (Peer(real.ip, real.port, real.peer_id, 10, "mallory"), ""),
+                          (Peer(real.ip, real.port, b"m" * 20, 0, "mallory"), "stopped")):
+        out = await s.handle(IH, forged, event, 50)
+        assert out.refused in (PEER_ID_TAKEN, ENDPOINT_TAKEN) and out.peers == []
+    assert (await s.scrape([IH]))[IH] == SwarmCounts(1, 0, 0)
+    # mallory announces many fake complete peers: it keeps its newest few, the seed stays in every handout
+    for i in range(100, 300):
+        clock.now += 0.01
+        await s.handle(IH, peer(i, 0, host="mallory"), "started", 0)
+    assert (await s.scrape([IH]))[IH] == SwarmCounts(1 + MAX_PEERS_PER_HOST, 0, 0)
+    for _ in range(10):
+        got = (await s.handle(IH, peer(2, 10, host="honest"), "", 50)).peers
+        assert real.peer_id in {p.peer_id for p in got}
+    # the owner itself still stops its peer
+    assert (await s.handle(IH, real, "stopped", 0)).refused == ""
+    assert (await s.scrape([IH]))[IH].complete == MAX_PEERS_PER_HOST

@@ -56,8 +56,17 @@ def test_sizes_and_rates() -> None:
 
 def test_one_status_table_both_ways() -> None:
     from swarm.core.errors import (
-        Forbidden, InvalidInput, NotFound, RateLimited, SwarmError, TrackerError, TrackerUnreachable, Unauthorized,
-        UntrustedManifest, error_for_status, status_for,
+        Forbidden,
+        InvalidInput,
+        NotFound,
+        RateLimited,
+        SwarmError,
+        TrackerError,
+        TrackerUnreachable,
+        Unauthorized,
+        UntrustedManifest,
+        error_for_status,
+        status_for,
     )
 
     for cls, status in ((Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (RateLimited, 429)):
@@ -65,3 +74,25 @@ def test_one_status_table_both_ways() -> None:
     assert status_for(InvalidInput("x")) == status_for(UntrustedManifest("x")) == status_for(SwarmError("x")) == 400
     assert status_for(TrackerUnreachable("x")) == 502
     assert error_for_status(400) is error_for_status(500) is TrackerError
+
+
+def test_log_records_are_redacted_whoever_logs_them(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from swarm.core import redact
+
+    redact.install()
+    secret = "ab" * 20
+    redact.add_secret("my-own-secret-value-1234")
+    log = logging.getLogger("aiohttp.server")
+    with caplog.at_level(logging.INFO):
+        log.error("Bad status line %r", f"GET /announce/{secret}?x=1 HTTP/1.1")
+        log.info("GET /t/%s/scrape", secret)
+        log.warning("Authorization: Bearer %s", secret)
+        log.warning("token swarm1.%s.%s and my-own-secret-value-1234", secret, "c" * 64)
+        try:
+            raise ValueError(f"/announce/{secret}")
+        except ValueError:
+            log.exception("failed")
+    assert caplog.records and secret not in caplog.text and "my-own-secret" not in caplog.text
+    assert redact.escape_path("a\nb") == "a\\nb"

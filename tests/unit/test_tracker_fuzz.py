@@ -215,6 +215,25 @@ def test_http_never_500(server: Server, fuzz_service: tuple[TrackerService, byte
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@FUZZ
+@given(since=st.one_of(st.integers(min_value=-(2**70), max_value=2**70).map(str),
+                       st.text(alphabet=st.sampled_from("0123456789 \n\t-+e."), max_size=25)))
+def test_watch_since_is_range_checked(server: Server, fuzz_service: tuple[TrackerService, bytes, str, str],
+                                      since: str) -> None:
+    """`since` is a sequence number from 0 to 2^63-1, nothing else (no 500, no trailing newline)."""
+    host = fuzz_service[3]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", "/v1/watch?timeout=0&since=" + quote_from_bytes(since.encode(), safe=""),
+                     headers={"Authorization": f"Bearer {host}"})
+        resp = conn.getresponse()
+        resp.read()
+    finally:
+        conn.close()
+    valid = since.isascii() and since.isdigit() and len(since) <= 19 and int(since) < 2**63
+    assert resp.status == (200 if valid else 400), (since, resp.status)
+
+
 def test_examples_budget_is_recorded() -> None:
     assert EXAMPLES >= 1
-    print(f"\nfuzz: {EXAMPLES} examples per property test, 6 property tests")
+    print(f"\nfuzz: {EXAMPLES} examples per property test, 7 property tests")

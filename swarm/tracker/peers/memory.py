@@ -7,7 +7,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from swarm.tracker.peers.base import MAX_NUMWANT, Handout, Peer, SwarmCounts
+from swarm.tracker.peers.base import (
+    ENDPOINT_TAKEN,
+    MAX_NUMWANT,
+    MAX_PEERS_PER_HOST,
+    PEER_ID_TAKEN,
+    Handout,
+    Peer,
+    SwarmCounts,
+)
 
 
 @dataclass
@@ -15,6 +23,7 @@ class _Swarm:
     seeds: dict[bytes, Peer] = field(default_factory=dict)  # by peer_id
     leechers: dict[bytes, Peer] = field(default_factory=dict)
     endpoints: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (ip, port) -> peer_id
+    owned: dict[str, set[bytes]] = field(default_factory=dict)  # host -> its peer_ids here
     downloaded: int = 0
     expired_at: float = float("-inf")  # the store's clock when stale peers were last dropped
 
@@ -33,18 +42,46 @@ class _Swarm:
             return False
         if self.endpoints.get((peer.ip, peer.port)) == peer_id:
             del self.endpoints[(peer.ip, peer.port)]
+        mine = self.owned.get(peer.host)
+        if mine is not None:
+            mine.discard(peer_id)
+            if not mine:
+                del self.owned[peer.host]
         return True
 
-    def put(self, peer: Peer) -> None:
+    def owner_conflict(self, peer: Peer) -> str:
+        """Why `peer` may not be recorded or removed: its id or address is another host's ("" if not)."""
+        previous = self.get(peer.peer_id)
+        if previous is not None and previous.host != peer.host:
+            return PEER_ID_TAKEN
+        holder_id = self.endpoints.get((peer.ip, peer.port))
+        holder = self.get(holder_id) if holder_id is not None else None
+        if holder is not None and holder.host != peer.host:
+            return ENDPOINT_TAKEN
+        return ""
+
+    def put(self, peer: Peer, per_host: int) -> None:
+        """Record `peer` (owner_conflict must be "" first)."""
         old = self.endpoints.get((peer.ip, peer.port))
         if old is not None and old != peer.peer_id:
             self.drop(old)  # a peer that restarted with a new peer_id on the same address replaces its old entry
         previous = self.get(peer.peer_id)
         if previous is not None and (previous.ip, previous.port) != (peer.ip, peer.port):
             self.drop(peer.peer_id)
+            previous = None
+        mine = self.owned.setdefault(peer.host, set())
+        if previous is None:
+            while len(mine) >= per_host:  # the host's least recently seen entry makes room
+                self.drop(min(mine, key=lambda pid: self._seen(pid)))
+            mine = self.owned.setdefault(peer.host, set())
         (self.seeds if peer.complete else self.leechers)[peer.peer_id] = peer
         (self.leechers if peer.complete else self.seeds).pop(peer.peer_id, None)
         self.endpoints[(peer.ip, peer.port)] = peer.peer_id
+        mine.add(peer.peer_id)
+
+    def _seen(self, peer_id: bytes) -> float:
+        p = self.get(peer_id)
+        return p.last_seen if p is not None else float("-inf")
 
 
 #: lazy expiry of one swarm on announce runs at most this often (seconds of the store's clock)
@@ -53,9 +90,14 @@ EXPIRE_EVERY = 1.0
 
 class MemoryPeerStore:
     def __init__(
-        self, ttl: float, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        ttl: float,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        per_host: int = MAX_PEERS_PER_HOST,
     ) -> None:
         self.ttl = ttl
+        self.per_host = per_host
         self._swarms: dict[bytes, _Swarm] = {}
         self._rng = rng or random.Random()
         self._clock = clock
@@ -63,6 +105,10 @@ class MemoryPeerStore:
     # PeerStore
 
     async def handle(self, info_hash: bytes, peer: Peer, event: str, numwant: int) -> Handout:
+        swarm = self._swarms.get(info_hash)
+        conflict = swarm.owner_conflict(peer) if swarm is not None else ""
+        if conflict:
+            return Handout([], self.counts(info_hash), refused=conflict)
         if event == "stopped":
             self.remove(info_hash, peer)
             return Handout([], self.counts(info_hash))
@@ -91,13 +137,19 @@ class MemoryPeerStore:
 
     # the policy, synchronously
 
-    def announce(self, info_hash: bytes, peer: Peer) -> None:
+    def announce(self, info_hash: bytes, peer: Peer) -> bool:
+        """Record `peer`; False (and nothing changed) if its id or address is another host's."""
         peer = replace(peer, last_seen=self._clock())
-        self._swarms.setdefault(info_hash, _Swarm()).put(peer)
+        swarm = self._swarms.setdefault(info_hash, _Swarm())
+        if swarm.owner_conflict(peer):
+            return False
+        swarm.put(peer, self.per_host)
+        return True
 
     def remove(self, info_hash: bytes, peer: Peer) -> None:
+        """Drop `peer`'s entry and any other entry at its address, as long as they are `peer.host`'s."""
         swarm = self._swarms.get(info_hash)
-        if swarm is None:
+        if swarm is None or swarm.owner_conflict(peer):
             return
         swarm.drop(peer.peer_id)
         other = swarm.endpoints.get((peer.ip, peer.port))
@@ -107,8 +159,8 @@ class MemoryPeerStore:
     def remove_host(self, host: str) -> int:
         gone = 0
         for swarm in self._swarms.values():
-            for p in [p for p in swarm.all() if p.host == host]:
-                gone += swarm.drop(p.peer_id)
+            for pid in list(swarm.owned.get(host, ())):
+                gone += swarm.drop(pid)
         return gone
 
     def completed(self, info_hash: bytes) -> None:

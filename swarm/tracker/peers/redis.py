@@ -10,6 +10,7 @@ announce hash is H (keys are binary-safe) under the prefix P (default "swarm"):
   P:e:H   hash  "ip|port" -> peer_id (a peer that restarts with a new id replaces the old)
   P:n:H   int   completed downloads (scrape's `downloaded`)
   P:h:N   set   H .. peer_id for every peer announced by token name N (revocation)
+  P:o:H..N zset  token N's peers in torrent H (score: last announce), for the per-host cap
   P:t     set   H of every torrent with peers (sweeping, the active-peer gauge)
 
 The scripts build key names from the prefix, so this store wants one Redis
@@ -27,7 +28,15 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from swarm.core.errors import SwarmError
-from swarm.tracker.peers.base import MAX_NUMWANT, Handout, Peer, SwarmCounts
+from swarm.tracker.peers.base import (
+    ENDPOINT_TAKEN,
+    MAX_NUMWANT,
+    MAX_PEERS_PER_HOST,
+    PEER_ID_TAKEN,
+    Handout,
+    Peer,
+    SwarmCounts,
+)
 
 _LIB = r"""
 local P = ARGV[1]
@@ -45,6 +54,7 @@ local function drop(h, p)
     if redis.call('HGET', k('e', h), ep) == p then redis.call('HDEL', k('e', h), ep) end
     redis.call('HDEL', d, p)
     redis.call('SREM', P .. ':h:' .. host, h .. p)
+    redis.call('ZREM', k('o', h) .. host, p)
   end
   redis.call('ZREM', k('s', h), p)
   redis.call('ZREM', k('l', h), p)
@@ -57,6 +67,22 @@ local function expire(h, cutoff)
   end
   return gone
 end
+local function host_of(h, p)
+  local v = redis.call('HGET', k('d', h), p)
+  if not v then return nil end
+  local _, _, host = split(v)
+  return host
+end
+local function conflict(h, pid, ep, host)
+  local owner = host_of(h, pid)
+  if owner and owner ~= host then return 1 end
+  local holder = redis.call('HGET', k('e', h), ep)
+  if holder then
+    owner = host_of(h, holder)
+    if owner and owner ~= host then return 2 end
+  end
+  return 0
+end
 local function counts(h)
   return {redis.call('ZCARD', k('s', h)), redis.call('ZCARD', k('l', h)),
           tonumber(redis.call('GET', k('n', h)) or '0')}
@@ -68,9 +94,14 @@ _HANDLE = (
     + r"""
 local h, now, cutoff = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local pid, ip, port, left, host = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
-local event, numwant = ARGV[10], tonumber(ARGV[11])
+local event, numwant, per_host = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
 expire(h, cutoff)
 local ep = ip .. '|' .. port
+local refused = conflict(h, pid, ep, host)
+if refused ~= 0 then
+  local c = counts(h)
+  return {c[1], c[2], c[3], -refused}
+end
 local old = redis.call('HGET', k('e', h), ep)
 if old and old ~= pid then drop(h, old) end
 if event == 'stopped' then
@@ -78,6 +109,15 @@ if event == 'stopped' then
   local c = counts(h)
   return {c[1], c[2], c[3], 0}
 end
+local prev = redis.call('HGET', k('d', h), pid)
+if prev and prev ~= ip .. '|' .. port .. '|' .. host then drop(h, pid); prev = nil end
+local mine = k('o', h) .. host
+if not prev then
+  while redis.call('ZCARD', mine) >= per_host do
+    drop(h, redis.call('ZRANGE', mine, 0, 0)[1])
+  end
+end
+redis.call('ZADD', mine, now, pid)
 redis.call('HSET', k('d', h), pid, ip .. '|' .. port .. '|' .. host)
 redis.call('HSET', k('e', h), ep, pid)
 redis.call('SADD', P .. ':h:' .. host, h .. pid)
@@ -161,8 +201,10 @@ class RedisPeerStore:
         prefix: str = "swarm",
         max_connections: int = 64,
         clock: Callable[[], float] = time.time,
+        per_host: int = MAX_PEERS_PER_HOST,
     ) -> None:
         self.ttl = ttl
+        self.per_host = per_host
         self._clock = clock
         self.prefix = prefix
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
@@ -203,10 +245,13 @@ class RedisPeerStore:
                 peer.host,
                 event,
                 str(n),
+                str(self.per_host),
             ],
         )
         counts = SwarmCounts(int(res[0]), int(res[1]), int(res[2]))
         nseeds = int(res[3])
+        if nseeds < 0:
+            return Handout([], counts, refused=PEER_ID_TAKEN if nseeds == -1 else ENDPOINT_TAKEN)
         peers = []
         for i, pos in enumerate(range(4, len(res), 2)):
             ip, port, host = bytes(res[pos]).decode().split("|", 2)

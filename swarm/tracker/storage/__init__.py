@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swarm.core.errors import InvalidInput
+from swarm.core.errors import InvalidInput, UsageError
 from swarm.tracker.storage.base import Storage
 
 
@@ -15,9 +15,14 @@ def open_storage(data_dir: Path, database: str | None = None) -> Storage:
 
         return SQLiteStorage(Path(database[len("sqlite:") :]) if database else data_dir)
     if database.startswith(("postgresql://", "postgres://")):
-        from swarm.tracker.storage.postgres import (
-            PostgresStorage,  # psycopg loads only for PostgreSQL
-        )
+        try:
+            from swarm.tracker.storage.postgres import (
+                PostgresStorage,  # psycopg loads only for PostgreSQL
+            )
+        except ModuleNotFoundError as exc:
+            raise UsageError(
+                f"a PostgreSQL database needs the tracker-ha extra (pip install 'swarm[tracker-ha]'): {exc}"
+            ) from None
 
         return PostgresStorage(database)
     raise InvalidInput(f"unsupported database URL {database.split(':', 1)[0]!r}: expected postgresql://...")

@@ -23,14 +23,14 @@ from typing import Any
 from swarm.core.errors import InvalidInput
 
 DIALECTS = ("sqlite", "postgresql")
-_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_FILE = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
 
 @functools.cache
 def scripts(dialect: str) -> dict[int, str]:
     """Version -> SQL script, oldest first, for `dialect`."""
     folder = resources.files(__package__).joinpath("schema", dialect)
-    matched = [(int(m[1]), f) for f in folder.iterdir() if (m := _FILE.match(f.name))]
+    matched = [(int(m[1]), f) for f in folder.iterdir() if (m := _FILE.fullmatch(f.name))]
     numbers = [n for n, _f in matched]
     if len(set(numbers)) != len(numbers) or 1 not in numbers:
         raise RuntimeError(f"the {dialect} schema files must start at 1, one file per number: {sorted(numbers)}")
