@@ -18,14 +18,17 @@ links, in one run:
    (distribution 2.8) on the builder, pushes the image (not timed), then every
    host `docker pull`s at once; per-host completion from the moment the pulls start;
 5. single host: plain `docker load` of the image tarball vs the agent's load stage
-   (the same tarball streamed out of the zstd blobs) on h1;
+   (the same tarball streamed out of the zstd blobs) on h1, and `docker load` of the
+   top layer alone (the bound's load term);
 6. writes bench/results/fleet-n<N>-<size>m-<variant>.{md,json,png} and regenerates
    bench/results/fleet.md (the table of every run).
 
-The bound (Kumar & Ross): T >= max(F/u_seed, N*F/(u_seed + sum u_i), F/d_min) for F
-the payload bytes on the wire (swarm: the zstd blobs; registry: its gzip layers),
-plus the measured local `docker load` time. Everything is torn down on exit, on
-failure and on timeout (the test bed's close()).
+The builder and every host run under the same fixed CPU share (a cgroup CFS quota,
+--cpus-per-host, default cores/(N+1)); the single-host measurements run under it too.
+The bound (docs/benchmarks.md): T >= max(F/u_seed, N*F/(u_seed + sum u_i), F/d_min)
+for F the payload bytes on the wire (Kumar & Ross), plus the time `docker load` takes
+for the top layer alone once the layers below it are loaded, under the same share.
+Everything is torn down on exit, on failure and on timeout (the test bed's close()).
 """
 
 from __future__ import annotations
@@ -51,7 +54,6 @@ sys.path.insert(0, str(REPO))
 os.chdir(REPO)  # agents are started as `python -m swarm...`: they import this checkout
 
 from tests.support import netns  # noqa: E402
-from tests.support.dockerd import Dockerd  # noqa: E402
 from tests.support.testbed import Fleet, Testbed  # noqa: E402
 
 MiB = 1024 * 1024
@@ -69,21 +71,13 @@ class Timeout(Exception):
 
 
 class BenchTestbed(Testbed):
-    """The e2e test bed, with `--insecure-registry <builder>:5000` on every dockerd.
-
-    (Testbed.start_dockerds takes no dockerd arguments; this is its body plus extra_args.)"""
+    """The e2e test bed, with `--insecure-registry <builder>:5000` on every dockerd."""
 
     registry: str = ""
 
-    def start_dockerds(self, names: Any) -> None:
-        todo = [self.hosts[n] for n in names]
+    def start_dockerds(self, names: Any, extra_args: Any = ()) -> None:
         self.registry = f"{self.hosts['builder'].ip}:{REGISTRY_PORT}"
-        for host in todo:
-            host.dockerd = Dockerd(self.dir / "docker" / host.name, prefix=host.prefix,
-                                   log_path=self.logs / f"{host.name}.dockerd.log",
-                                   extra_args=["--insecure-registry", self.registry])
-        with concurrent.futures.ThreadPoolExecutor(len(todo) or 1) as pool:
-            list(pool.map(lambda h: h.dockerd.start(), todo))
+        super().start_dockerds(names, [*extra_args, "--insecure-registry", self.registry])
 
 
 # -- measuring ----------------------------------------------------------------------------
@@ -114,6 +108,7 @@ class CpuMeter:
 
     def __enter__(self) -> CpuMeter:
         self.start = {n: ns_cpu(self.bed.hosts[n].ns) for n in self.names}
+        self.throttle0 = {n: throttled(self.bed, n) for n in self.names}
         self.m0 = machine_cpu()
         self.t0 = time.monotonic()
         return self
@@ -121,12 +116,28 @@ class CpuMeter:
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.monotonic() - self.t0
         self.per_host = {n: round(ns_cpu(self.bed.hosts[n].ns) - self.start[n], 2) for n in self.names}
+        self.throttled = {n: round(throttled(self.bed, n) - self.throttle0[n], 2) for n in self.names}
         m1 = machine_cpu()
         busy, total = m1[0] - self.m0[0], m1[1] - self.m0[1]
         self.machine_busy = round(busy / total, 3) if total else 0.0
 
     def report(self) -> dict[str, Any]:
-        return {"wall_s": round(self.seconds, 2), "machine_busy": self.machine_busy, "ns_cpu_s": self.per_host}
+        return {"wall_s": round(self.seconds, 2), "machine_busy": self.machine_busy, "ns_cpu_s": self.per_host,
+                "throttled_s": self.throttled}
+
+
+def throttled(bed: Testbed, name: str) -> float:
+    """Seconds the host's CPU group was held back by its quota so far (0 without a group)."""
+    group = bed.hosts[name].cpu_group
+    return group.throttled()[1] if group is not None else 0.0
+
+
+def check_placement(bed: Testbed, names: list[str]) -> None:
+    """Every process of every host runs under its host's CPU share (children included)."""
+    stray = {n: bed.unplaced(n) for n in names}
+    stray = {n: p for n, p in stray.items() if p}
+    if stray:
+        raise RuntimeError(f"processes outside their host's CPU group: {stray}")
 
 
 def rate_bytes(rate: str) -> float:
@@ -337,7 +348,8 @@ def registry_layer_sizes(storage: Path, name: str, tag: str) -> list[int]:
 
 
 def load_phase(fleet: Fleet, ref: str, run_dir: Path, repeats: int) -> dict[str, Any]:
-    """h1: plain `docker load` of the image tarball vs the agent's load stage (streamed from the blobs)."""
+    """h1, under its CPU share: plain `docker load` of the image tarball, the agent's load stage
+    (streamed from the blobs), and `docker load` of the top layer alone (the layers below it loaded)."""
     from swarm.core.digest import digest_hex
     from swarm.images import load as docker_load
 
@@ -349,10 +361,17 @@ def load_phase(fleet: Fleet, ref: str, run_dir: Path, repeats: int) -> dict[str,
     with open(tarball, "wb") as f:
         for chunk in docker_load.image_tar_stream(ref, manifest.config, layers):
             f.write(chunk)
+    top = run_dir / "top.tar"
+    top_layer_tarball(tarball, top, digest_hex(layers[-1][0]))
+    base_config = json.loads(manifest.config)
+    base_config["rootfs"] = {"type": "layers", "diff_ids": base_config["rootfs"]["diff_ids"][:-1]}
+    base_config.pop("history", None)
+    base_config_bytes = json.dumps(base_config).encode()
     host = fleet.host("h1")
     api = host.api(timeout=1800)
     plain: list[float] = []
     stage: list[float] = []
+    top_s: list[float] = []
     for _ in range(repeats):
         remove_images(api)
         plain.append(round(docker_cli(host.docker_host, "load", "-i", str(tarball)), 2))
@@ -362,9 +381,30 @@ def load_phase(fleet: Fleet, ref: str, run_dir: Path, repeats: int) -> dict[str,
         if docker_load.image_id(api, ref) != manifest.image_id:
             raise RuntimeError("the streamed load gave another image ID")
         stage.append(round(time.monotonic() - t, 2))
+        remove_images(api)
+        docker_load.load_image(api, docker_load.image_tar_stream("bench/base:1", base_config_bytes, layers[:-1]))
+        top_s.append(round(docker_cli(host.docker_host, "load", "-i", str(top)), 2))
+        if docker_load.image_id(api, ref) != manifest.image_id:
+            raise RuntimeError("the top-layer load gave another image ID")
     size = tarball.stat().st_size
     tarball.unlink()
-    return {"docker_load_s": plain, "load_stage_s": stage, "tarball_bytes": size}
+    top.unlink()
+    return {"docker_load_s": plain, "load_stage_s": stage, "tarball_bytes": size, "top_layer_load_s": top_s,
+            "top_layer_bytes": layers[-1][1]}
+
+
+def top_layer_tarball(full: Path, out: Path, top_hex: str) -> None:
+    """The image tarball `full` without the layer files of every layer but the top one.
+
+    `docker load` opens a layer's file only when its engine lacks that layer, so with the
+    lower layers already loaded this loads exactly what a streaming system has left to do
+    once the top layer has arrived."""
+    import tarfile
+    with tarfile.open(full) as src, tarfile.open(out, "w") as dst:
+        for member in src:
+            if member.name.endswith("/layer.tar") and not member.name.startswith(top_hex):
+                continue
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -382,22 +422,27 @@ def machine_facts() -> dict[str, Any]:
 def summarize(r: dict[str, Any]) -> dict[str, Any]:
     n = r["args"]["hosts"]
     u = rate_bytes(r["args"]["rate"])
-    load_s = statistics.median(r["load"]["docker_load_s"]) if r.get("load") else 0.0
+    ld = r.get("load") or {}
+    load_s = statistics.median(ld["docker_load_s"]) if ld else 0.0
+    # runs before the top-layer measurement added the whole image's load
+    last_s = statistics.median(ld["top_layer_load_s"]) if ld.get("top_layer_load_s") else load_s
     f = r["swarm"]["blob_bytes"]
-    b_swarm = bound(f, n, u, [u] * n, u) + load_s
+    b_swarm = bound(f, n, u, [u] * n, u) + last_s
     sw = [h["done_s"] for h in r["swarm"]["hosts"].values()]
     sw_dist = [h["done_s"] - r["swarm"]["seed_s"] for h in r["swarm"]["hosts"].values()]
-    s = {"n": n, "size_mib": r["args"]["size_mib"], "tag": r["args"].get("tag", ""), "variant": r["args"]["variant"], "rate": r["args"]["rate"],
-         "F": f, "bound_s": round(b_swarm, 1), "docker_load_s": round(load_s, 1),
+    s = {"n": n, "size_mib": r["args"]["size_mib"], "tag": r["args"].get("tag", ""), "variant": r["args"]["variant"],
+         "rate": r["args"]["rate"], "cpus_per_host": r["args"].get("cpus_per_host"),
+         "F": f, "bound_s": round(b_swarm, 1), "docker_load_s": round(load_s, 1), "last_load_s": round(last_s, 1),
          "swarm_p50": round(pct(sw, .5), 1), "swarm_max": round(max(sw), 1),
          "swarm_dist_max": round(max(sw_dist), 1), "seed_s": r["swarm"]["seed_s"],
-         "swarm_over_bound": round(max(sw) / b_swarm, 2)}
+         "swarm_over_bound": round(max(sw) / b_swarm, 2), "swarm_p50_over_bound": round(pct(sw, .5) / b_swarm, 2),
+         "builder_dup": round(r["swarm"]["builder_uploaded"] / f, 2)}
     if r.get("registry"):
         rg = list(r["registry"]["hosts"].values())
         fg = r["registry"]["gz_bytes"]
         s.update(registry_p50=round(pct(rg, .5), 1), registry_max=round(max(rg), 1),
                  registry_over_swarm=round(max(rg) / max(sw), 2), F_gz=fg,
-                 registry_bound_s=round(n * fg / u + load_s, 1))
+                 registry_bound_s=round(n * fg / u + last_s, 1))
     return s
 
 
@@ -410,6 +455,8 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[str]:
         ratio = f"{s['registry_over_swarm']}x" if "registry_over_swarm" in s else "—"
         tag = f" ({s['tag']})" if s.get("tag") else ""
         star = "" if s["docker_load_s"] else " (no load)"
+        cpus = s.get("cpus_per_host")
+        tag += f", {cpus:.2f} CPU/host" if cpus else ""
         rows.append(f"| {s['n']} | {s['size_mib']} MiB {s['variant']} @ {s['rate']}{tag} | {s['F'] / MiB:.1f} MiB "
                     f"| {s['swarm_p50']} / {s['swarm_max']} | {reg} | {s['bound_s']}{star} "
                     f"| {s['swarm_over_bound']}x | {ratio} |")
@@ -439,9 +486,12 @@ def write_report(r: dict[str, Any], stem: str) -> None:
              f"{sw['blob_bytes'] / MiB:.1f} MiB"
              + (f"; the registry's gzip layers {r['registry']['gz_bytes'] / MiB:.1f} MiB." if r.get("registry")
                 else "."),
-             f"- Bound = max(F/u_seed, N·F/(u_seed+Σu_i), F/d_min) + docker load = "
-             f"{s['bound_s'] - s['docker_load_s']:.1f} s + {s['docker_load_s']} s (payload bytes; "
-             f"TCP/IP headers alone cost ~4.5% of a 1500-byte-MTU link).",
+             f"- Bound = max(F/u_seed, N·F/(u_seed+Σu_i), F/d_min) + load of the top layer after it arrives = "
+             f"{s['bound_s'] - s.get('last_load_s', s['docker_load_s']):.1f} s + "
+             f"{s.get('last_load_s', s['docker_load_s'])} s (payload bytes; TCP/IP headers alone cost ~4.5% of a "
+             f"1500-byte-MTU link; docs/benchmarks.md). CPU per host: "
+             + (f"{a['cpus_per_host']:.3f} cores (CFS quota, builder and every host)." if a.get("cpus_per_host")
+                else "not limited."),
              "- `swarm seed` steps (s: message): " + "; ".join(f"{t}: {m}" for t, m in sw.get("seed_steps", [])),
              f"- swarm: `swarm seed` took {sw['seed_s']} s; pulls started when it returned; the last host "
              f"was done {s['swarm_dist_max']} s later. Builder uploaded {sw['builder_uploaded'] / MiB:.1f} MiB "
@@ -451,7 +501,9 @@ def write_report(r: dict[str, Any], stem: str) -> None:
                          for n, h in sorted(sw["hosts"].items())),
              f"- swarm CPU: machine busy {sw['cpu']['machine_busy']:.0%} of {m['nproc']} cores over "
              f"{sw['cpu']['wall_s']} s; CPU seconds per host namespace (agent + dockerd): "
-             + ", ".join(f"{k} {v}" for k, v in sw["cpu"]["ns_cpu_s"].items()),
+             + ", ".join(f"{k} {v}" for k, v in sw["cpu"]["ns_cpu_s"].items())
+             + ("; held back by the quota (s): " + ", ".join(f"{k} {v}" for k, v in sw["cpu"]["throttled_s"].items())
+                if sw["cpu"].get("throttled_s") else ""),
              f"- bytes each host got from the builder (MiB): "
              + ", ".join(f"{k} {v / MiB:.0f}" for k, v in sorted(sw["from_builder"].items()))]
     if r.get("registry"):
@@ -461,7 +513,7 @@ def write_report(r: dict[str, Any], stem: str) -> None:
             + ", ".join(f"{k} {v}" for k, v in sorted(rg["hosts"].items())),
             f"- registry CPU: machine busy {rg['cpu']['machine_busy']:.0%} over {rg['cpu']['wall_s']} s; per host "
             "namespace: " + ", ".join(f"{k} {v}" for k, v in rg["cpu"]["ns_cpu_s"].items()),
-            f"- registry bound (one server uploads N copies): N·F_gz/u_seed + docker load = "
+            f"- registry bound (one server uploads N copies): N·F_gz/u_seed + top-layer load = "
             f"{s['registry_bound_s']} s"]
     if r.get("load"):
         ld = r["load"]
@@ -474,6 +526,9 @@ def write_report(r: dict[str, Any], stem: str) -> None:
             f"runs) | {ld['docker_load_s']} s | {ld['load_stage_s']} s "
             f"| {statistics.median(ld['load_stage_s']) / statistics.median(ld['docker_load_s']):.2f}x |",
         ]
+        if ld.get("top_layer_load_s"):
+            lines.append(f"| top layer alone ({ld['top_layer_bytes'] / MiB:.0f} MiB, the layers below loaded): "
+                         f"`docker load -i` | {ld['top_layer_load_s']} s | | |")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     regenerate_index()
 
@@ -516,8 +571,8 @@ def plot(r: dict[str, Any], s: dict[str, Any], path: Path) -> None:
     if r.get("registry"):
         cdf(list(r["registry"]["hosts"].values()), "registry (from `docker pull` start)", color="C3", lw=2)
         ax.axvline(s["registry_bound_s"], color="C3", ls=":", lw=1,
-                   label=f"registry bound N·F_gz/u + load = {s['registry_bound_s']} s")
-    ax.axvline(s["bound_s"], color="k", ls="--", lw=1.2, label=f"bound F/u + load = {s['bound_s']} s")
+                   label=f"registry bound N·F_gz/u + top-layer load = {s['registry_bound_s']} s")
+    ax.axvline(s["bound_s"], color="k", ls="--", lw=1.2, label=f"bound F/u + top-layer load = {s['bound_s']} s")
     ax.set_xlabel("seconds")
     ax.set_ylabel("fraction of hosts with the image loaded")
     ax.set_ylim(0, 1.05)
@@ -545,7 +600,18 @@ def main() -> int:
     p.add_argument("--load-repeats", type=int, default=2)
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. a tuning variant)")
     p.add_argument("--keep-logs", action="store_true", help="keep the run's logs in /tmp")
+    p.add_argument("--cpus-per-host", default="auto",
+                   help="fixed CPU share of the builder and each host (cores), 'auto' = cores/(N+1), 'none'")
     a = p.parse_args()
+    cores = os.cpu_count() or 1
+    if a.cpus_per_host == "none":
+        a.cpus_per_host = None
+    else:
+        try:
+            a.cpus_per_host = cores / (a.hosts + 1) if a.cpus_per_host == "auto" else float(a.cpus_per_host)
+        except ValueError:
+            print(f"--cpus-per-host: expected a number, 'auto' or 'none', got {a.cpus_per_host!r}", file=sys.stderr)
+            return 2
     for tool in (REGISTRY_BIN, "docker", "dockerd"):
         if not a.no_registry and shutil.which(tool) is None:
             print(f"{tool} is missing (apt-get install docker-registry docker.io)", file=sys.stderr)
@@ -576,8 +642,10 @@ def main() -> int:
         with BenchTestbed(logs) as bed:
             t = time.monotonic()
             fleet = Fleet(bed, hosts=a.hosts, builder_egress=a.rate, host_egress=a.rate,
-                          host_ingress=a.rate).start()
-            log(f"fleet of {a.hosts} hosts up in {time.monotonic() - t:.1f}s; logs in {logs}")
+                          host_ingress=a.rate, host_cpus=a.cpus_per_host).start()
+            check_placement(bed, ["builder", *fleet.host_names])
+            log(f"fleet of {a.hosts} hosts up in {time.monotonic() - t:.1f}s; logs in {logs}; CPU per host "
+                + (f"{a.cpus_per_host:.3f} cores" if a.cpus_per_host else "unlimited"))
             ref = f"bench/{a.variant}:1"
             t = time.monotonic()
             image_id = build(fleet, ref, a.size_mib * MiB, a.layers, a.variant == "compressible")
@@ -590,12 +658,14 @@ def main() -> int:
             r["swarm"] = swarm_phase(fleet, ref, deadline)
             times = sorted(h["done_s"] for h in r["swarm"]["hosts"].values())
             log(f"swarm: seed {r['swarm']['seed_s']}s, hosts done {times}")
+            check_placement(bed, ["builder", *fleet.host_names])
             if not a.no_registry:
                 r["registry"] = registry_phase(fleet, bed, ref, image_id, run_dir, deadline)
                 log(f"registry: hosts done {sorted(r['registry']['hosts'].values())}")
             if a.load_repeats:
                 r["load"] = load_phase(fleet, ref, run_dir, a.load_repeats)
-                log(f"load: docker load {r['load']['docker_load_s']}, load stage {r['load']['load_stage_s']}")
+                log(f"load: docker load {r['load']['docker_load_s']}, load stage {r['load']['load_stage_s']}, "
+                    f"top layer alone {r['load']['top_layer_load_s']}")
             r["loadavg_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
             r["wall_s"] = time.monotonic() - started
             write_report(r, stem)
@@ -606,7 +676,7 @@ def main() -> int:
         if ok and not a.keep_logs:
             shutil.rmtree(run_dir, ignore_errors=True)
         elif run_dir.exists():
-            for leftover in ("save.tar", "image.tar", "registry"):
+            for leftover in ("save.tar", "image.tar", "top.tar", "registry"):
                 shutil.rmtree(run_dir / leftover, ignore_errors=True) if (run_dir / leftover).is_dir() \
                     else (run_dir / leftover).unlink(missing_ok=True)
             print(f"logs kept in {logs}", file=sys.stderr)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from swarm.core.digest import digest_hex
 from swarm.core.manifest import Layer, Manifest
@@ -22,6 +23,29 @@ from swarm.images.export import ExportedImage, export_image, read_archive
 Progress = Callable[[str], None]
 
 
+class TorrentMaker:
+    """Hashes blobs into torrents on a thread of its own, while the next layer is exported."""
+
+    def __init__(self, ca_pem: str) -> None:
+        self._ca = ca_pem
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="torrent")
+        self._made: dict[Path, Future[bytes]] = {}
+
+    def submit(self, blob: Path) -> None:
+        if blob not in self._made:
+            self._made[blob] = self._pool.submit(make_torrent, blob, self._ca)
+
+    def metainfo(self, blob: Path) -> bytes:
+        self.submit(blob)
+        return self._made[blob].result()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def manifest_for(
     exported: ExportedImage,
     ref: ImageRef,
@@ -30,14 +54,18 @@ def manifest_for(
     key_id: str,
     publisher: str,
     progress: Progress,
+    maker: TorrentMaker | None = None,
 ) -> Manifest:
     """The unsigned manifest; `publisher` is the name of the builder token that will publish it."""
+    if maker is None:
+        with TorrentMaker(ca_pem) as own:
+            return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress, own)
     torrents: dict[str, tuple[bytes, bytes]] = {}
     layers = []
     for i, x in enumerate(exported.layers, 1):
         if x.blob not in torrents:
             progress(f"{ref}: hashing layer {i}/{len(exported.layers)} into a torrent")
-            meta = make_torrent(blobs_dir / digest_hex(x.blob), ca_pem)
+            meta = maker.metainfo(blobs_dir / digest_hex(x.blob))
             torrents[x.blob] = (inspect_torrent(meta).info_hash, meta)
         info_hash, meta = torrents[x.blob]
         layers.append(
@@ -67,8 +95,9 @@ def prepare_image(
 ) -> Manifest:
     ref = ImageRef.parse(image)
     progress(f"{ref}: exporting from Docker")
-    exported = export_image(api, str(ref), blobs_dir)
-    return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress)
+    with TorrentMaker(ca_pem) as maker:
+        exported = export_image(api, str(ref), blobs_dir, on_blob=maker.submit)
+        return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress, maker)
 
 
 def prepare_archive(
@@ -76,6 +105,7 @@ def prepare_archive(
 ) -> Manifest:
     ref = ImageRef.parse(image)
     progress(f"{ref}: reading {archive.name}")
-    with open(archive, "rb") as f:
-        exported = read_archive(f, blobs_dir, image=str(ref))  # the named one of several
-    return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress)
+    with TorrentMaker(ca_pem) as maker:
+        with open(archive, "rb") as f:
+            exported = read_archive(f, blobs_dir, image=str(ref), on_blob=maker.submit)  # the named one of several
+        return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress, maker)

@@ -4,7 +4,11 @@ The save stream is read once, in order, with `tarfile` in stream mode. Every
 layer file is piped through: (gunzip / unzstd if it is compressed) -> sha256
 and byte count of the layer tar (its diff_id and size) -> zstd -> sha256 and
 byte count of the blob -> a temp file in `blobs_dir`, renamed to
-`blobs_dir/<blob sha256 hex>`. Small files (JSON) are kept in memory. Which
+`blobs_dir/<blob sha256 hex>`. Two threads: the reader (tar stream, diff_id)
+hands 1 MiB chunks through a short queue to a blob writer (zstd, blob sha256,
+write); zstd and hashlib release the GIL, so both stages run at once.
+`on_blob(path)` is told each blob as soon as it is written, so the caller can
+hash it into a torrent while the next layer is exported. Small files (JSON) are kept in memory. Which
 files are layers, and in which order, is only known at the end (manifest.json
 or index.json come after the layers in the stream), so every layer-looking
 member is processed when it passes and the layout is resolved afterwards.
@@ -18,9 +22,11 @@ Layouts:
 Engines >= 25 write both index.json and a compatible manifest.json; the
 manifest.json is used when present.
 
-Compression: zstd level 3, `threads=-1` (one worker per CPU). zstd's output
-does not depend on the number of workers once multi-threaded, so the same
-layer gives the same blob on every builder.
+Compression: zstd level 3, single-threaded (the parallelism is the pipeline
+above): the same layer gives the same blob on every builder. zstd's own
+workers (`threads=-1`) cost 1.5-2x the CPU on a 2-core builder under a fixed
+CPU share and compress worse (jobs do not share a window);
+bench/results/fleet-findings.md.
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ import json
 import os
 import platform
 import posixpath
+import queue
 import tarfile
 import tempfile
+import threading
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -48,12 +56,17 @@ from swarm.images.docker_client import docker_errors, host_of
 
 ZSTD_LEVEL = 3
 CHUNK = 1024 * 1024
+#: chunks in flight between the reader and the blob writer
+QUEUE_CHUNKS = 8
 #: members up to this size (other than */layer.tar) are kept in memory
 SMALL = 4 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
-_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+_INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
 
 
 @dataclass(frozen=True)
@@ -77,34 +90,53 @@ class ExportedImage:
         return "sha256:" + hashlib.sha256(self.config).hexdigest()
 
 
-def export_image(docker_client_api: Any, image_name: str, blobs_dir: Path) -> ExportedImage:
+OnBlob = Callable[[Path], None]
+
+
+def export_image(
+    docker_client_api: Any,
+    image_name: str,
+    blobs_dir: Path,
+    on_blob: OnBlob | None = None,
+) -> ExportedImage:
     """`docker save image_name`, streamed into blobs in `blobs_dir`."""
     api = docker_client_api
     with docker_errors(api, f"docker save {image_name}"):
         try:
             chunks = api.get_image(image_name, chunk_size=CHUNK)
-            return read_archive(chunks, blobs_dir, image=image_name)
+            return read_archive(chunks, blobs_dir, image=image_name, on_blob=on_blob)
         except docker.errors.NotFound as exc:
             raise ImageNotFound(f"no image {image_name} in Docker at {host_of(api)}") from exc
 
 
 def read_archive(
-    chunks_or_fileobj: Iterable[bytes] | IO[bytes], blobs_dir: Path, image: str | None = None
+    chunks_or_fileobj: Iterable[bytes] | IO[bytes],
+    blobs_dir: Path,
+    image: str | None = None,
+    on_blob: OnBlob | None = None,
 ) -> ExportedImage:
     """Read a `docker save` / OCI image archive (plain or gzip'd tar) from a file
     object or an iterator of byte chunks. `image` picks the image when the
-    archive holds several (matched against RepoTags / ref annotations)."""
+    archive holds several (matched against RepoTags / ref annotations).
+    `on_blob` is called with each blob's path once written (from this thread;
+    also for layer-looking files the image turns out not to use)."""
     blobs_dir.mkdir(parents=True, exist_ok=True)
     source: IO[bytes]
     if hasattr(chunks_or_fileobj, "read"):
         source = chunks_or_fileobj  # type: ignore[assignment]
     else:
         source = io.BufferedReader(_ChunkReader(iter(chunks_or_fileobj)), CHUNK)
-    archive = _Archive(blobs_dir)
+    archive = _Archive(blobs_dir, on_blob)
     try:
         archive.scan(source)
         return archive.resolve(image)
-    except (tarfile.TarError, EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile) as exc:
+    except (
+        tarfile.TarError,
+        EOFError,
+        zlib.error,
+        zstandard.ZstdError,
+        gzip.BadGzipFile,
+    ) as exc:
         raise InvalidInput(f"not a readable image archive: {exc}") from exc
 
 
@@ -178,38 +210,19 @@ def _process_layer(member: IO[bytes], blobs_dir: Path, known_size: int | None) -
         tar_stream = raw
 
     diff = hashlib.sha256()
-    blob = hashlib.sha256()
-    size = blob_size = 0
-    cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1).compressobj(
-        size=known_size if known_size is not None else -1
-    )
-    fd, tmp_name = tempfile.mkstemp(dir=blobs_dir, prefix=".export-", suffix=".tmp")
-    tmp = Path(tmp_name)
+    size = 0
+    writer = _BlobWriter(blobs_dir, known_size)
     try:
-        with os.fdopen(fd, "wb") as out:
-            while chunk := tar_stream.read(CHUNK):
-                diff.update(chunk)
-                size += len(chunk)
-                compressed = cobj.compress(chunk)
-                if compressed:
-                    blob.update(compressed)
-                    blob_size += len(compressed)
-                    out.write(compressed)
-            compressed = cobj.flush()
-            blob.update(compressed)
-            blob_size += len(compressed)
-            out.write(compressed)
-        # drain whatever the decompressor did not need (trailing garbage counts in the raw digest)
-        while raw.read(CHUNK):
-            pass
-        blob_hex = blob.hexdigest()
-        final = blobs_dir / blob_hex
-        try:
-            os.link(tmp, final)  # atomic, and never replaces an existing blob
-        except FileExistsError:
-            pass
+        while chunk := tar_stream.read(CHUNK):
+            diff.update(chunk)
+            size += len(chunk)
+            writer.put(chunk)
+        blob_hex, blob_size, final = writer.finish()
     finally:
-        tmp.unlink(missing_ok=True)
+        writer.abort()
+    # drain whatever the decompressor did not need (trailing garbage counts in the raw digest)
+    while raw.read(CHUNK):
+        pass
     return _Processed(
         raw_digest="sha256:" + raw.sha.hexdigest(),
         layer=ExportedLayer(
@@ -223,14 +236,95 @@ def _process_layer(member: IO[bytes], blobs_dir: Path, known_size: int | None) -
     )
 
 
+class _BlobWriter:
+    """zstd, sha256 and the write of one blob, on a thread of its own fed by `put`."""
+
+    def __init__(self, blobs_dir: Path, known_size: int | None) -> None:
+        self._dir = blobs_dir
+        self._cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(
+            size=known_size if known_size is not None else -1
+        )
+        fd, tmp_name = tempfile.mkstemp(dir=blobs_dir, prefix=".export-", suffix=".tmp")
+        self._tmp = Path(tmp_name)
+        self._out = os.fdopen(fd, "wb")
+        self._sha = hashlib.sha256()
+        self._size = 0
+        self._queue: queue.Queue[bytes | None] = queue.Queue(QUEUE_CHUNKS)
+        self._failed: BaseException | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="blob-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, chunk: bytes | None) -> None:
+        """Queue a chunk (None: the end); raises what made the writer fail."""
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(chunk, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        self._raise()
+
+    def finish(self) -> tuple[str, int, Path]:
+        """Flush and close the blob; returns (sha256 hex, size, its path in the blob store)."""
+        self.put(None)
+        self._thread.join()
+        self._raise()
+        final = self._dir / self._sha.hexdigest()
+        try:
+            os.link(self._tmp, final)  # atomic, and never replaces an existing blob
+        except FileExistsError:
+            pass
+        return self._sha.hexdigest(), self._size, final
+
+    def abort(self) -> None:
+        """Stop the thread (if still running) and remove the temp file: always called."""
+        self._stopped.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get_nowait()  # unblock a full queue, then tell it to stop
+            except queue.Empty:
+                pass
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                pass
+            self._thread.join(0.1)
+        self._out.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def _raise(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    def _run(self) -> None:
+        try:
+            while (chunk := self._queue.get()) is not None and not self._stopped.is_set():
+                self._emit(self._cobj.compress(chunk))
+            if chunk is None and not self._stopped.is_set():
+                self._emit(self._cobj.flush())
+                self._out.close()
+        except BaseException as exc:  # handed to the reader thread by put/finish
+            self._failed = exc
+        finally:
+            self._stopped.set()
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self._sha.update(data)
+            self._size += len(data)
+            self._out.write(data)
+
+
 def _norm(name: str) -> str:
     name = posixpath.normpath(name.lstrip("/"))
     return "" if name == "." else name
 
 
 class _Archive:
-    def __init__(self, blobs_dir: Path) -> None:
+    def __init__(self, blobs_dir: Path, on_blob: OnBlob | None = None) -> None:
         self.blobs_dir = blobs_dir
+        self.on_blob = on_blob
         self.small: dict[str, bytes] = {}
         self.layers: dict[str, _Processed] = {}
         self.links: dict[str, str] = {}
@@ -248,6 +342,8 @@ class _Archive:
                     assert f is not None
                     if posixpath.basename(name) == "layer.tar" or member.size > SMALL:
                         self.layers[name] = _process_layer(f, self.blobs_dir, member.size)
+                        if self.on_blob is not None:
+                            self.on_blob(self.layers[name].layer.path)
                     else:
                         self.small[name] = f.read()
 
@@ -311,7 +407,11 @@ class _Archive:
         if not isinstance(entries, list) or not entries:
             raise InvalidInput("image archive: manifest.json lists no image")
         entry = _pick(entries, image, lambda e: e.get("RepoTags") or [])
-        config, tags, layers = entry.get("Config"), entry.get("RepoTags") or [], entry.get("Layers")
+        config, tags, layers = (
+            entry.get("Config"),
+            entry.get("RepoTags") or [],
+            entry.get("Layers"),
+        )
         if (
             not isinstance(config, str)
             or not isinstance(layers, list)
@@ -366,7 +466,10 @@ class _Archive:
 
 def _descriptor_names(d: dict[str, Any]) -> list[str]:
     ann = d.get("annotations") or {}
-    names = [ann.get("io.containerd.image.name"), ann.get("org.opencontainers.image.ref.name")]
+    names = [
+        ann.get("io.containerd.image.name"),
+        ann.get("org.opencontainers.image.ref.name"),
+    ]
     return [n for n in names if isinstance(n, str) and n]
 
 

@@ -20,6 +20,22 @@ from swarm.tracker.peers.base import MAX_NUMWANT, Peer, SwarmCounts
 
 EVENTS = ("", "started", "stopped", "completed", "paused")
 
+#: a seed (left=0) announces this many times less often than a downloader, where the peer store
+#: outlives the tracker process: tracker load then follows active downloads, not cached layers
+SEED_INTERVAL_FACTOR = 40
+
+
+def seed_interval(interval: int, durable_peers: bool) -> int:
+    """The interval the tracker tells seeds. A seed is only asked to announce so that new
+    downloaders find it, and its entry stays in the store for as long; with an in-memory store a
+    tracker restart forgets every peer, so seeds keep the downloaders' interval to come back soon."""
+    return interval * SEED_INTERVAL_FACTOR if durable_peers else interval
+
+
+def interval_for(left: int, interval: int, seed_interval: int) -> int:
+    """The announce interval for a peer with `left` bytes still to download."""
+    return seed_interval if left == 0 else interval
+
 
 @dataclass(frozen=True)
 class AnnounceRequest:

@@ -24,6 +24,7 @@ from swarm.core import redact
 from swarm.core.addresses import format_host
 from swarm.core.errors import SwarmError
 from swarm.core.files import write_atomic
+from swarm.tracker.announce import seed_interval
 from swarm.tracker.ca import CertificateAuthority, server_names
 from swarm.tracker.connlimit import ConnectionLimits, LimitedSite
 from swarm.tracker.http import RedactingAccessLogger, make_app
@@ -47,7 +48,8 @@ def open_service(o: ServeOptions, *, clock: Callable[[], float] = time.monotonic
     storage = open_storage(o.data, o.database)
     try:
         ca = CertificateAuthority.for_storage(storage, o.data)
-        peers = open_peer_store(o.redis, ttl=PEER_TTL_INTERVALS * o.interval, per_host=o.max_peers_per_host)
+        seeds_every = seed_interval(o.interval, durable_peers=o.redis is not None)
+        peers = open_peer_store(o.redis, ttl=PEER_TTL_INTERVALS * seeds_every, per_host=o.max_peers_per_host)
         return TrackerService(
             storage,
             ca,
@@ -56,6 +58,7 @@ def open_service(o: ServeOptions, *, clock: Callable[[], float] = time.monotonic
             cert_lifetime=o.cert_lifetime,
             interval=o.interval,
             min_interval=o.min_interval,
+            seed_interval=seeds_every,
             public_url=o.public_url,
             auth_failure_limit=o.auth_failure_limit,
             auth_failure_window=o.auth_failure_window,

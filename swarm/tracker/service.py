@@ -12,7 +12,8 @@ Announce policy: complete peers first, then a random sample of the rest,
 never the requester itself, never a revoked host, at most MAX_NUMWANT. A
 host that announces again (a regular announce, no event) sooner than `min
 interval` gets its previous answer back from memory, without touching the
-peer store. Peers that stop announcing expire after two intervals.
+peer store. Peers that stop announcing expire after two intervals (the seeds'
+interval where it is longer: `announce.seed_interval`).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class TrackerService:
         cert_lifetime: int = DEFAULT_CERT_LIFETIME,
         interval: int = DEFAULT_INTERVAL,
         min_interval: int | None = None,
+        seed_interval: int | None = None,
         public_url: str | None = None,
         auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT,
         auth_failure_window: float = DEFAULT_WINDOW,
@@ -115,6 +117,8 @@ class TrackerService:
         self.cert_lifetime = cert_lifetime
         self.interval = interval
         self.min_interval = min_interval
+        #: what seeds (left=0) are told (bt.seed_interval); peers live in the store at least as long
+        self.seed_interval = interval if seed_interval is None else max(interval, seed_interval)
         self.public_url = public_url
         self.peers = peers
         self.metrics = TrackerMetrics()
@@ -560,7 +564,12 @@ class TrackerService:
         # only peers entitled now: a host removed from the group leaves every handout at once
         peers = [p for p in handout.peers if p.host not in self._revoked and self._entitled(p.host, groups)]
         body = bt.announce_response(
-            peers, handout.counts, self.interval, req.compact, req.no_peer_id, self.min_interval
+            peers,
+            handout.counts,
+            bt.interval_for(req.left, self.interval, self.seed_interval),
+            req.compact,
+            req.no_peer_id,
+            self.min_interval,
         )
         if req.event == "stopped":
             self._answers.pop(key, None)

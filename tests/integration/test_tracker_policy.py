@@ -19,11 +19,13 @@ from swarm.core import wire
 from swarm.core.certs import make_csr, new_private_key
 from swarm.core.signing import SigningKey
 from swarm.core.tokens import JoinToken
+from swarm.tracker.announce import SEED_INTERVAL_FACTOR
 from swarm.tracker.options import ServeOptions
 from swarm.tracker.server import open_service, start_tracker
 from swarm.tracker.service import RATE_LIMITED, TrackerService
 from tests.support.bt import Clock
 from tests.support.manifests import make_signed_manifest
+from tests.support.redis import RedisServer
 
 
 @dataclass
@@ -200,6 +202,36 @@ async def test_metrics(env: Env) -> None:
     env.service.revoke_token("h2")
     assert await env.metric("swarm_tracker_enrolled_hosts") == 2
     assert await env.metric("swarm_tracker_revoked_tokens") == 1
+
+
+async def test_seeds_announce_rarely_where_the_peer_store_outlives_the_tracker(tmp_path: Path) -> None:
+    """With Redis, a seed (left=0) is told a 40x longer interval than a downloader, and its entry is kept
+    as long (the in-memory store: next test)."""
+    with RedisServer.start(tmp_path / "redis") as redis:
+        service = open_service(ServeOptions(tmp_path / "data", interval=30, redis=redis.url))
+        runner, port = await start_tracker(service, "127.0.0.1", 0, client_timeout=1.0)
+        try:
+            builder = service.create_token("b1", "builder")
+            signed = make_signed_manifest(tmp_path, service.ca.cert_pem, SigningKey.generate())
+            service.publish(builder.secret, signed.to_bytes())
+            ih = signed.verify(None).layers[0].announce_hash
+            seed, host = service.create_token("s1", "host"), service.create_token("h1", "host")
+            async with aiohttp.ClientSession() as http:
+                e = Env(f"http://127.0.0.1:{port}", service, http, Clock(), port, ih, seed, host)
+                d = await e.bt("announce", seed.secret, q(ih, 7001, b"s" * 20, left=0, event="started"))
+                assert d[b"interval"] == 30 * SEED_INTERVAL_FACTOR
+                d = await e.bt("announce", host.secret, q(ih, 7002, b"h" * 20, event="started"))
+                assert d[b"interval"] == 30 and d[b"complete"] == 1
+                assert d[b"peers"] == bytes([127, 0, 0, 1]) + (7001).to_bytes(2, "big")
+            assert service.peers.ttl == 2 * 30 * SEED_INTERVAL_FACTOR  # type: ignore[attr-defined]
+        finally:
+            await runner.cleanup()
+            await service.aclose()
+
+
+async def test_seeds_keep_the_interval_with_the_in_memory_store(env: Env) -> None:
+    d = await env.bt("announce", env.h1.secret, q(env.ih, 7001, b"1" * 20, left=0, event="started"))
+    assert d[b"interval"] == 60 and d[b"complete"] == 1
 
 
 def _ports(d: dict[bytes, Any]) -> list[int]:

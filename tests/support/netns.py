@@ -151,7 +151,7 @@ def netns_owner(ns: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:
@@ -177,7 +177,7 @@ def cleanup_stale(prefix: str = PREFIX) -> list[str]:
     removed = []
     for ns in ours(prefix):
         owner = netns_owner(ns)
-        if owner is not None and owner != os.getpid() and _alive(owner):
+        if owner is not None and owner != os.getpid() and alive(owner):
             continue
         if owner == os.getpid():
             continue  # this process's own test bed is closed by its owner
@@ -185,7 +185,7 @@ def cleanup_stale(prefix: str = PREFIX) -> list[str]:
         removed.append(ns)
     for d in TMP.glob(prefix + "*"):
         owner = netns_owner(d.name)
-        if owner is None or owner == os.getpid() or _alive(owner):
+        if owner is None or owner == os.getpid() or alive(owner):
             continue
         unmount_under(d)
         shutil.rmtree(d, ignore_errors=True)

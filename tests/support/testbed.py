@@ -18,6 +18,12 @@ Each link is shaped with tbf: egress on the host's eth0, ingress on the
 bridge's v-<host> (what the bridge sends to the host). A link is cut by
 taking v-<host> down, restored by bringing it up.
 
+`add_host(..., cpus=0.4)` gives a host a fixed CPU share (a cgroup with a CFS
+quota, tests/support/cpu_cgroup.py): every process started with the host's
+`prefix` (its dockerd and the containerd dockerd forks, its agent, tracker,
+registry) runs in that group; `unplaced(name)` lists the host's processes
+outside it.
+
 Files of a test bed live in /tmp/swtb-<pid>-<tag>/ (short paths: unix
 sockets) and are removed on close; every process's log goes to `logs`
 (kept after a failed test by tests/e2e/conftest.py), so it can be read.
@@ -36,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support import netns
+from tests.support import cpu_cgroup, netns
 from tests.support.capture import Capture
 from tests.support.dockerd import Dockerd, stop_all, unmount_under
 from tests.support.procs import SWARM, Agent, Proc, Tracker, run_swarm, wait_for
@@ -58,10 +64,12 @@ class Host:
     dockerd: Dockerd | None = None
     agent: Agent | None = None
     cut: bool = False
+    cpu_group: cpu_cgroup.CpuGroup | None = None
 
     @property
     def prefix(self) -> list[str]:
-        return netns.enter(self.ns)
+        join = self.cpu_group.join_prefix() if self.cpu_group is not None else []
+        return [*join, *netns.enter(self.ns)]
 
     @property
     def docker_host(self) -> str:
@@ -96,6 +104,7 @@ class Testbed:
         if reason:
             raise netns.NetnsError(reason)
         netns.cleanup_stale()
+        cpu_cgroup.cleanup_stale()
         self.logs.mkdir(parents=True, exist_ok=True)
         self.dir.mkdir(parents=True)
         self._new_namespace(self.bridge_ns)
@@ -128,6 +137,10 @@ class Testbed:
         for ns in reversed(self._namespaces):
             _attempt(lambda ns=ns: netns.delete(ns), errors)  # type: ignore[misc]
         self._namespaces.clear()
+        for host in self.hosts.values():
+            if host.cpu_group is not None:
+                _attempt(host.cpu_group.remove, errors)
+        _attempt(lambda: cpu_cgroup.remove_tree(cpu_cgroup.CPU_ROOT / self.name), errors)
         unmount_under(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
         if errors:
@@ -142,12 +155,15 @@ class Testbed:
     # -- hosts and links ----------------------------------------------------------
 
     def add_host(self, name: str, egress: str | None = "100mbit", ingress: str | None = "100mbit",
-                 delay_ms: float = 0) -> Host:
+                 delay_ms: float = 0, cpus: float | None = None) -> Host:
+        """`cpus`: a fixed CPU share for everything the host runs (None: unlimited)."""
         if name in self.hosts or len(name) > 12 or not name.replace("-", "").isalnum():
             raise ValueError(f"bad or duplicate host name {name!r} (1-12 letters, digits, dashes)")
         ns = f"{self.name}-{name}"
         ip = f"{SUBNET}.{len(self.hosts) + 2}"
         host = Host(name, ns, ip, f"v-{name}", egress, ingress)
+        if cpus is not None:
+            host.cpu_group = cpu_cgroup.CpuGroup.create(self.name, name, cpus)
         self._new_namespace(ns)
         netns.add_veth(ns, "eth0", self.bridge_ns, host.bridge_if, self.bridge)
         netns.add_address(ns, "eth0", f"{ip}/24")
@@ -157,6 +173,22 @@ class Testbed:
 
     def host(self, name: str) -> Host:
         return self.hosts[name]
+
+    def unplaced(self, name: str) -> list[str]:
+        """The processes in host `name`'s namespace that are not in its CPU group ("pid command")."""
+        host = self.hosts[name]
+        if host.cpu_group is None:
+            return []
+        inside = host.cpu_group.pids()
+        out = []
+        for pid in netns.pids(host.ns):
+            if pid not in inside:
+                try:
+                    cmd = Path(f"/proc/{pid}/comm").read_text().strip()
+                except OSError:
+                    continue  # exited meanwhile
+                out.append(f"{pid} {cmd}")
+        return out
 
     def shape(self, name: str, egress: str | None, ingress: str | None, delay_ms: float = 0) -> None:
         """Rate-limit a host's link: `egress` what it sends, `ingress` what it receives."""
@@ -303,8 +335,12 @@ class Fleet:
     def __init__(self, bed: Testbed, hosts: int = 4, *, builder_egress: str | None = "100mbit",
                  host_egress: str | None = "100mbit", host_ingress: str | None = "100mbit",
                  tracker_args: Sequence[str] = ("--announce-interval", "5"),
-                 agent_args: Sequence[str] = (), builder_args: Sequence[str] = ()) -> None:
+                 agent_args: Sequence[str] = (), builder_args: Sequence[str] = (),
+                 host_cpus: float | None = None) -> None:
+        """`host_cpus`: the same fixed CPU share for the builder and every host (the tracker is
+        not limited: it stands for a separate machine of the fleet's infrastructure)."""
         self.bed = bed
+        self.host_cpus = host_cpus
         self.host_names = [f"h{i}" for i in range(1, hosts + 1)]
         self._rates = (builder_egress, host_egress, host_ingress)
         self._tracker_args = list(tracker_args)
@@ -321,9 +357,9 @@ class Fleet:
         bed = self.bed
         builder_egress, host_egress, host_ingress = self._rates
         bed.add_host("tracker", egress=None, ingress=None)
-        bed.add_host("builder", egress=builder_egress, ingress=None)
+        bed.add_host("builder", egress=builder_egress, ingress=None, cpus=self.host_cpus)
         for name in self.host_names:
-            bed.add_host(name, egress=host_egress, ingress=host_ingress)
+            bed.add_host(name, egress=host_egress, ingress=host_ingress, cpus=self.host_cpus)
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             engines = pool.submit(bed.start_dockerds, ["builder", *self.host_names])
             self.tracker = bed.start_tracker("tracker", *self._tracker_args)

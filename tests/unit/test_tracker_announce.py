@@ -10,12 +10,15 @@ import pytest
 
 from swarm.core.errors import InvalidInput
 from swarm.tracker.announce import (
+    SEED_INTERVAL_FACTOR,
     announce_response,
     failure,
+    interval_for,
     normalize_ip,
     parse_announce,
     parse_scrape,
     scrape_response,
+    seed_interval,
 )
 from swarm.tracker.peers.base import MAX_NUMWANT, Peer, SwarmCounts
 from swarm.tracker.peers.memory import MemoryPeerStore
@@ -181,3 +184,10 @@ def test_stopped_expire_and_remove_host() -> None:
     assert store.counts(IH) == SwarmCounts(0, 0, 0)
     store.completed(IH)
     assert store.counts(IH).downloaded == 1
+
+
+def test_seeds_are_told_a_longer_interval_only_with_a_durable_peer_store() -> None:
+    assert seed_interval(30, durable_peers=True) == 30 * SEED_INTERVAL_FACTOR
+    assert seed_interval(30, durable_peers=False) == 30
+    assert interval_for(0, 30, 1200) == 1200
+    assert interval_for(1, 30, 1200) == 30
