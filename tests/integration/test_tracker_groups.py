@@ -54,7 +54,8 @@ class Fleet:
         return d
 
     async def announce(self, token: JoinToken, ih: bytes, port: int, left: int = 0) -> dict[bytes, Any]:
-        pid = f"-SW0100-h{port}-".encode().ljust(20, b"x")
+        # a foreign client's peer id: it claims no swarm identity (swarm-shaped ids must name their token)
+        pid = f"-XX0100-{port}-".encode().ljust(20, b"x")
         query = (
             f"info_hash={quote_from_bytes(ih, safe='')}&peer_id={quote_from_bytes(pid, safe='')}&port={port}"
             f"&uploaded=0&downloaded=0&left={left}&event=started&compact=1&numwant=50"
