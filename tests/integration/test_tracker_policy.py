@@ -211,8 +211,9 @@ async def test_seeds_announce_rarely_where_the_peer_store_outlives_the_tracker(t
         service = open_service(ServeOptions(tmp_path / "data", interval=30, redis=redis.url))
         runner, port = await start_tracker(service, "127.0.0.1", 0, client_timeout=1.0)
         try:
-            builder = service.create_token("b1", "builder")
-            signed = make_signed_manifest(tmp_path, service.ca.cert_pem, SigningKey.generate())
+            key = SigningKey.generate()
+            builder = service.create_token("b1", "builder", key.public_raw)
+            signed = make_signed_manifest(tmp_path, service.ca.cert_pem, key)
             service.publish(builder.secret, signed.to_bytes())
             ih = signed.verify(None).layers[0].announce_hash
             seed, host = service.create_token("s1", "host"), service.create_token("h1", "host")
