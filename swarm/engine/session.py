@@ -4,17 +4,9 @@ Everything that touches libtorrent at run time goes through `Engine`: it
 builds the session with the settings measured in notes/libtorrent.md (TCP
 only, no DHT/LSD/UPnP/NAT-PMP, no queueing, an SSL listen socket only),
 attaches the host certificate to every torrent, turns alerts into events for
-asyncio, and keeps per-peer byte counts that survive disconnects.
-
-Bytes are attributed to peers by polling `get_peer_info()` of every torrent
-still downloading and adding each connection's growth of `total_download` to
-the sending peer's name (the peer id carries it). `block_finished_alert`
-would name the sender of every block, but libtorrent stops posting it with
-`suggest_mode=0`, which the swarm needs (bench/results/fleet-findings.md).
-libtorrent forgets a connection's counters when it closes, so what a peer
-sent after the last poll before its disconnect is recovered when the torrent
-finishes: the torrent's exact payload total minus what was attributed goes to
-the peers that disconnected meanwhile, in proportion to what each had sent.
+asyncio, and keeps per-peer byte counts that survive disconnects (libtorrent
+forgets a peer's counters when the connection closes, so bytes are counted
+from `block_finished_alert`, which names the sending peer).
 """
 
 from __future__ import annotations
@@ -22,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
@@ -41,15 +32,13 @@ from swarm.core.redact import redact
 
 log = logging.getLogger(__name__)
 
-#: how often the alert thread reads the peers of downloading torrents
-POLL_SECONDS = 0.5
+BLOCK = 16 * 1024
 
 
 class EngineObserver(Protocol):
-    """Told about transfer events, from the engine's threads (implementations must be thread-safe)."""
+    """Told about transfer events, from the alert thread (implementations must be thread-safe)."""
 
-    def block_received(self, source_role: str, nbytes: int) -> None:
-        """`nbytes` of payload arrived from a peer of `source_role` (in batches, not per block)."""
+    def block_received(self, source_role: str, nbytes: int) -> None: ...
 
     def piece_failed(self) -> None: ...
 
@@ -91,15 +80,11 @@ class TorrentStatus:
 class _Torrent:
     handle: Any
     size: int
+    piece_length: int
     finished: asyncio.Event
     flushed: asyncio.Event
-    downloading: bool
     from_peer: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     from_role: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    #: total_download of each open connection (peer id, endpoint) at the last poll
-    seen: dict[tuple[bytes, str], int] = field(default_factory=dict)
-    #: peers whose connection closed since the torrent's last reconciliation
-    gone: set[bytes] = field(default_factory=set)
     failed_pieces: int = 0
     error: str = ""
 
@@ -130,7 +115,6 @@ class Engine:
         self._limits = (upload_limit, download_limit)
         self._torrents: dict[bytes, _Torrent] = {}
         self._lock = threading.Lock()
-        self._poll_lock = threading.Lock()  # one poll at a time: deltas need the previous totals
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -171,15 +155,13 @@ class Engine:
                 "max_failcount": 10,
                 "min_reconnect_time": 2,
                 "min_announce_interval": 5,
-                "suggest_mode": 0,
-                "request_queue_time": 1,
-                "max_out_request_queue": 64,
                 "stop_tracker_timeout": 2,
                 "alert_mask": (
                     lt.alert_category.error
                     | lt.alert_category.status
                     | lt.alert_category.storage
                     | lt.alert_category.tracker
+                    | lt.alert_category.block_progress
                 ),
             }
         )
@@ -235,9 +217,9 @@ class Engine:
         entry = _Torrent(
             handle=None,
             size=ti.layout().file_size(0),
+            piece_length=ti.piece_length(),
             finished=asyncio.Event(),
             flushed=asyncio.Event(),
-            downloading=not seed,
         )
         with self._lock:
             self._torrents[ih] = entry
@@ -338,13 +320,10 @@ class Engine:
     def force_recheck(self, ih: bytes) -> None:
         entry = self._entry(ih)
         entry.finished.clear()
-        entry.downloading = True
         entry.handle.force_recheck()
 
     def status(self, ih: bytes) -> TorrentStatus:
         entry = self._entry(ih)
-        if entry.downloading:
-            self._count_received(entry)
         s = entry.handle.status()
         live: dict[str, PeerStat] = {}
         for p in entry.handle.get_peer_info():
@@ -393,84 +372,29 @@ class Engine:
     # -- alerts -------------------------------------------------------------
 
     def _pump(self) -> None:
-        next_poll = time.monotonic() + POLL_SECONDS
         while not self._stop.is_set():
             session = self._session
             if session is None:
                 return
-            session.wait_for_alert(int(POLL_SECONDS * 500))
+            session.wait_for_alert(250)
             for alert in session.pop_alerts():
                 try:
                     self._on_alert(alert)
                 except Exception:  # an alert must never kill the pump
                     log.exception("alert handling failed")
-            if time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + POLL_SECONDS
-                with self._lock:
-                    downloading = [t for t in self._torrents.values() if t.downloading and t.handle is not None]
-                for entry in downloading:
-                    try:
-                        self._count_received(entry)
-                    except Exception:  # a torrent removed meanwhile: its handle is invalid
-                        log.debug("peer poll failed", exc_info=True)
-
-    # -- bytes per peer -------------------------------------------------------
-
-    def _count_received(self, entry: _Torrent) -> None:
-        """Add what each open connection sent since the last poll to its peer's total."""
-        got: list[tuple[bytes, int]] = []
-        with self._poll_lock:
-            peers = entry.handle.get_peer_info()
-            now: dict[tuple[bytes, str], int] = {}
-            for p in peers:
-                key = (p.pid.to_bytes(), f"{p.ip[0]}:{p.ip[1]}")
-                total = int(p.total_download)
-                before = entry.seen.get(key, 0)
-                now[key] = total
-                delta = total - before if total >= before else total  # lower: a new connection
-                if delta > 0:
-                    got.append((key[0], delta))
-            with self._lock:
-                open_pids = {pid for pid, _ep in now}
-                entry.gone |= {pid for pid, _ep in entry.seen if pid not in open_pids}
-                entry.seen = now
-                for pid, delta in got:
-                    entry.from_peer[peer_name(pid)] += delta
-                    entry.from_role[peer_identity(pid).role] += delta
-        self._tell_observer(got)
-
-    def _reconcile(self, entry: _Torrent) -> None:
-        """Once a torrent is complete: the bytes sent by connections that closed between two polls.
-
-        Its payload total is exact and no longer grows; what no poll saw came from the peers
-        whose connections closed, shared among them by what each had sent (exact with one)."""
-        self._count_received(entry)
-        with self._poll_lock:
-            total = int(entry.handle.status().total_payload_download)
-            with self._lock:
-                missing = total - sum(entry.from_peer.values())
-                gone = sorted(entry.gone)
-                entry.gone = set()
-                if missing <= 0 or not gone:
-                    return
-                weights = [max(1, entry.from_peer.get(peer_name(pid), 0)) for pid in gone]
-                shares = [missing * w // sum(weights) for w in weights]
-                shares[0] += missing - sum(shares)
-                got = list(zip(gone, shares, strict=True))
-                for pid, n in got:
-                    entry.from_peer[peer_name(pid)] += n
-                    entry.from_role[peer_identity(pid).role] += n
-        self._tell_observer(got)
-
-    def _tell_observer(self, got: list[tuple[bytes, int]]) -> None:
-        if self._observer is None:
-            return
-        for pid, n in got:
-            if n > 0:
-                self._observer.block_received(peer_identity(pid).role, n)
 
     def _on_alert(self, alert: Any) -> None:
-        if isinstance(alert, lt.save_resume_data_alert):
+        if isinstance(alert, lt.block_finished_alert):
+            entry = self._entry_for(alert)
+            if entry is not None:
+                who = peer_identity(alert.pid.to_bytes())
+                nbytes = self._block_size(entry, alert)
+                with self._lock:
+                    entry.from_peer[who.name] += nbytes
+                    entry.from_role[who.role] += nbytes
+                if self._observer is not None:
+                    self._observer.block_received(who.role, nbytes)
+        elif isinstance(alert, lt.save_resume_data_alert):
             try:
                 self._write_resume(alert)
             finally:
@@ -480,9 +404,6 @@ class Engine:
         elif isinstance(alert, lt.torrent_finished_alert):
             entry = self._entry_for(alert)
             if entry is not None:
-                if entry.downloading:
-                    entry.downloading = False
-                    self._reconcile(entry)
                 self._signal(entry)
         elif isinstance(alert, lt.cache_flushed_alert):
             entry = self._entry_for(alert)
@@ -524,6 +445,10 @@ class Engine:
             return None
         with self._lock:
             return self._torrents.get(ih)
+
+    def _block_size(self, entry: _Torrent, alert: Any) -> int:
+        start = int(alert.piece_index) * entry.piece_length + int(alert.block_index) * BLOCK
+        return max(0, min(BLOCK, entry.size - start))
 
     def _signal(self, entry: _Torrent) -> None:
         if self._loop is not None and not self._loop.is_closed():

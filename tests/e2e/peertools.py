@@ -194,7 +194,7 @@ def _announce_url(tracker: str, token: str) -> str:
 def announce(args: argparse.Namespace) -> None:
     """One BitTorrent announce with the token: what peers would the tracker give us?"""
     query = urllib.parse.urlencode({
-        "info_hash": bytes.fromhex(args.info_hash)[:20], "peer_id": b"-SW0100-hprobe-00000"[:20],
+        "info_hash": bytes.fromhex(args.info_hash)[:20], "peer_id": b"-PT0100-probe-000000"[:20],
         "port": args.port, "uploaded": 0, "downloaded": 0, "left": 1, "compact": 1, "event": "started",
     })
     url = f"{_announce_url(args.tracker, args.token)}?{query}"
