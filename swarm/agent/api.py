@@ -187,6 +187,7 @@ class StatusResponse(Message):
     pulls: tuple[PullProgress, ...]
     torrents: tuple[TorrentInfo, ...]
     cache: CacheInfo
+    relay: bool = False  # `swarm agent --relay`: no Docker, pulls end cached and seeding
 
 
 # -- pull -----------------------------------------------------------------------------
@@ -206,7 +207,8 @@ class PullRequest(Message):
 class PulledImage(Message):
     ref: str
     image_id: str
-    outcome: str = "loaded"  # or "already-in-docker": Docker held this image id, nothing was fetched
+    #: or "already-in-docker": Docker held this image id, nothing was fetched; "cached": a relay's pull
+    outcome: str = "loaded"
     seeding: bool = True  # every blob of it is cached here and served to peers
 
 

@@ -34,5 +34,7 @@ class AgentConfig:
     metrics_listen: tuple[str, int] | None = None
     #: seconds to keep retrying an unreachable tracker at start; 0: forever
     tracker_wait: float = 0.0
+    #: a relay: no Docker; pulls download, verify and seed into the cache, ending "cached"
+    relay: bool = False
     #: debug, info, warning, error (swarm.core.logs)
     log_level: str = "info"

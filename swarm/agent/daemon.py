@@ -111,7 +111,8 @@ class Agent:
             await enroll_when_reachable(identity, config.tracker, config.tracker_wait)
             # libtorrent's HTTPS announces trust exactly the pinned swarm CA
             os.environ["SSL_CERT_FILE"] = str(paths.ca)
-            docker = await asyncio.to_thread(docker_connect, config.docker_host)
+            # a relay never talks to Docker: it needs no socket and never waits for one
+            docker = None if config.relay else await asyncio.to_thread(docker_connect, config.docker_host)
             # resume data is trusted only if the last run ended cleanly; otherwise
             # libtorrent re-checks whatever is on disk (verified pieces are kept)
             clean = not paths.running.exists()
@@ -228,6 +229,7 @@ class Agent:
                 "data",
                 "listen",
                 "docker_host",
+                "relay",
                 "cache_size",
                 "min_seed_time",
                 "metrics_listen",

@@ -59,7 +59,7 @@ class AgentOps:
     cache: CacheKeeper
     blobs: BlobStore
     manifests: ManifestStore
-    docker: Any
+    docker: Any | None  # None: a relay
     trusted: list[bytes]
 
     def handlers(self) -> dict[str, Handler]:
@@ -85,6 +85,7 @@ class AgentOps:
             pulls=tuple(self.puller.progress_all()),
             torrents=tuple(self._torrent(ih) for ih in self.engine.info_hashes()),
             cache=CacheInfo(used, count, self.cache.budget, self.cache.over_budget(), self.cache.reserved()),
+            relay=self.docker is None,
         )
 
     def _image(self, manifest: Manifest) -> ImageInfo:
@@ -166,6 +167,8 @@ class AgentOps:
                         self.identity.name,
                         progress,
                     )
+                elif self.docker is None:
+                    raise UsageError(f"{image}: this agent is a relay, no Docker to export from (--from-archive)")
                 else:
                     m = await asyncio.to_thread(
                         prepare_image,

@@ -56,7 +56,8 @@ class PullState:
     note: str = ""
     #: fetch the blobs even when Docker already holds the image, to seed them
     seed: bool = False
-    outcome: str = "loaded"  # or "already-in-docker": nothing fetched, nothing loaded
+    #: or "already-in-docker": nothing fetched, nothing loaded; or "cached": a relay's pull, verified, seeding
+    outcome: str = "loaded"
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def set_stage(self, stage: str, note: str | None = None) -> None:
@@ -110,7 +111,7 @@ class Puller:
         cache: CacheKeeper,
         tracker: TrackerClient,
         trust: HostTrust,
-        docker: Any,
+        docker: Any | None,  # None: a relay, which keeps the blobs and seeds them without loading
         ca_pem: str,
         metrics: AgentMetrics,
         trust_resume: bool = False,
@@ -183,6 +184,10 @@ class Puller:
         self._cache.hold(str(ref), (layer.blob for layer in manifest.layers))
         log.info("pulling %s (%s, %d layers)", ref, manifest.image_id[:19], len(manifest.layers))
 
+        if self._docker is None:
+            await self._fetch(manifest, state)
+            state.outcome, state.note = "cached", "cached (relay)"
+            return self._done(ref, envelope, manifest, state)
         # Docker's image id is the config's digest and Docker checked every diff_id when it
         # loaded it: holding this id, it holds exactly these layers
         in_docker = await self._loaded_id(ref) == manifest.image_id
@@ -193,6 +198,9 @@ class Puller:
             await self._fetch(manifest, state)
             if not in_docker:
                 await self._load_with_retry(manifest, state)
+        return self._done(ref, envelope, manifest, state)
+
+    def _done(self, ref: ImageRef, envelope: SignedManifest, manifest: Manifest, state: PullState) -> str:
         self._blobs.touch([layer.blob for layer in manifest.layers if self._blobs.is_verified(layer.blob)])
         self._manifests.save(envelope)
         state.set_stage("done")
@@ -204,6 +212,8 @@ class Puller:
                 len(state.cached),
                 len({layer.blob for layer in manifest.layers}),
             )
+        elif state.outcome == "cached":
+            log.info("%s cached as %s in %.1fs", ref, manifest.image_id[:19], time.monotonic() - state.started)
         else:
             log.info("%s loaded as %s in %.1fs", ref, manifest.image_id[:19], time.monotonic() - state.started)
         return manifest.image_id

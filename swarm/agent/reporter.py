@@ -78,7 +78,9 @@ class Reporter:
     def finished(self, state: PullState, image_id: str | None, error: str | None) -> None:
         self._live.pop(state.ref, None)
         now = self._clock()
-        if error is None and image_id is not None:
+        if error is None and image_id is not None and state.outcome == "cached":
+            report = self._report(state, "cached", now, image_id=image_id)  # a relay: no load to vouch for
+        elif error is None and image_id is not None:
             receipt = self._sign(LoadClaim(self._host(), state.ref, image_id, int(now)))
             report = self._report(state, "loaded", now, image_id=image_id, receipt=receipt)
         else:
@@ -185,7 +187,7 @@ class Reporter:
             image_id = image_id or manifest.image_id
             for layer in {layer.blob: layer for layer in manifest.layers}.values():
                 total += layer.blob_size
-                if layer.blob in state.cached or name == "loaded":
+                if layer.blob in state.cached or name in ("loaded", "cached"):
                     done += layer.blob_size
                 if layer.blob in state.cached:
                     continue
@@ -193,7 +195,7 @@ class Reporter:
                     st = self._engine.status(layer.info_hash)
                 except TorrentError:
                     continue  # not added yet, or removed after a failure
-                if name != "loaded":
+                if name not in ("loaded", "cached"):
                     done += st.done
                 from_builder += st.received_by_role.get("builder", 0)
                 from_peers += sum(n for role, n in st.received_by_role.items() if role != "builder")

@@ -190,6 +190,13 @@ LOG_FORMAT = click.option(
     show_envvar=True,
     help="Seconds to keep retrying an unreachable tracker at start (0: forever).",
 )
+@click.option(
+    "--relay/--no-relay",
+    default=AgentConfig.relay,
+    envvar="SWARM_RELAY",
+    show_envvar=True,
+    help="Run without Docker: pulls download, verify and seed into the cache (a local seeder).",
+)
 @LOG_LEVEL
 @LOG_FORMAT
 def agent(**params: Any) -> None:
@@ -219,6 +226,7 @@ def agent_config(params: dict[str, Any]) -> AgentConfig:
         min_seed_time=params["min_seed_time"],
         metrics_listen=params["metrics_listen"],
         tracker_wait=params["tracker_wait"],
+        relay=params["relay"],
         log_level=params["log_level"],
     )
 

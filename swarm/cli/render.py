@@ -16,7 +16,7 @@ out = Console()
 
 def status_table(status: StatusResponse) -> None:
     out.print(
-        f"[bold]{status.name}[/] ({status.role})  tracker {status.tracker} "
+        f"[bold]{status.name}[/] ({status.role}{', relay' if status.relay else ''})  tracker {status.tracker} "
         f"{'reachable' if status.tracker_reachable else '[red]unreachable[/]'}  "
         f"certificate expires in {max(0, status.certificate_expires - int(time.time())) // 60} min  "
         f"peer port {status.peer_port}"
@@ -65,6 +65,8 @@ def _cached(img: ImageInfo) -> str:
 
 def pulled_note(img: PulledImage) -> str:
     """A line for stderr about a pull that loaded nothing ("" for an ordinary pull)."""
+    if img.outcome == "cached":
+        return f"{img.ref}: cached and seeding (relay, not loaded into Docker)"
     if img.outcome != "already-in-docker":
         return ""
     if img.seeding:

@@ -114,8 +114,18 @@ class ManifestEntry:
 #
 # Host tokens get 403 on the three GETs. Views are built by swarm/tracker/rollout.py.
 
-#: the states of a pull as agents report them, in the order a pull goes through them
-PULL_STATES = ("resolving", "downloading", "verifying", "loading", "waiting-for-docker", "loaded", "failed")
+#: the states of a pull as agents report them, in the order a pull goes through them;
+#: "cached" ends a relay's pull (`swarm agent --relay`: verified and seeding, no Docker)
+PULL_STATES = (
+    "resolving",
+    "downloading",
+    "verifying",
+    "loading",
+    "waiting-for-docker",
+    "loaded",
+    "cached",
+    "failed",
+)
 MAX_REPORT_BODY = 64 * 1024
 MAX_PULLS_PER_REPORT = 32
 MAX_STAGES = 16

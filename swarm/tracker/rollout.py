@@ -3,7 +3,8 @@
 No I/O here: swarm/tracker/fleet.py reads storage, checks tokens and calls these.
 
 - The fleet of a rollout: every host (a `host` token, not revoked) that has sent a heartbeat,
-  plus any host that reported a pull of that image.
+  plus any host that reported a pull of that image, minus relays: a host whose latest report for
+  the tag is "cached" (`swarm agent --relay`) seeds the image and never runs it.
 - A host has the image when its latest report for the tag says "loaded" with the image id of the
   manifest published now (a host that loaded an older push of the tag has not).
 - Time to loaded: from the start of the host's pull to its "loaded" report, by the host's clock.
@@ -199,7 +200,9 @@ def rollout_view(
         for host, r in sorted(reports)
         if host not in revoked
     )
-    names = tuple(sorted(fleet | {p.host for p in pulls}))
+    # a relay (its pull ends "cached") seeds the image but runs nothing: not a host to wait for
+    relays = {p.host for p in pulls if p.report.state == "cached"}
+    names = tuple(sorted((fleet | {p.host for p in pulls}) - relays))
     return RolloutView(ref, image_id, publisher, names, pulls)
 
 

@@ -92,3 +92,14 @@ def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert default_state_dir("swarm") == Path.home() / ".local" / "state" / "swarm"
     monkeypatch.setattr("os.geteuid", lambda: 0)
     assert default_state_dir("swarm") == Path("/var/lib/swarm")
+
+
+def test_relay_from_file_environment_and_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(f'tracker = "http://t"\ntoken = "{TOKEN}"\nrelay = true\n')
+    monkeypatch.delenv("SWARM_RELAY", raising=False)
+    assert parsed(agent, "--tracker", "http://t", "--token", TOKEN)["relay"] is False  # default
+    assert parsed(agent, "--config", str(config))["relay"] is True  # file
+    monkeypatch.setenv("SWARM_RELAY", "false")
+    assert parsed(agent, "--config", str(config))["relay"] is False  # environment over file
+    assert parsed(agent, "--config", str(config), "--relay")["relay"] is True  # flag over environment

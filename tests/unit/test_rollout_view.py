@@ -41,6 +41,16 @@ def test_revoked_hosts_leave_the_view() -> None:
     assert view.fleet == ("h1",) and view.loaded == ("h1",)
 
 
+def test_relays_are_listed_but_not_counted() -> None:
+    """A relay's pull ends "cached": it seeds the image and runs nothing, so no one waits for it."""
+    view = rollout_view("app:1", IMG, "b1", [("h1", _r("loaded", 1, 2)), ("r1", _r("cached", 1, 2))],
+                        {"h1", "h2", "r1"}, {}, set(), 10.0)
+    assert view.fleet == ("h1", "h2") and view.loaded == ("h1",) and view.missing == ("h2",)
+    assert [h.host for h in view.hosts] == ["h1", "r1"]
+    assert view.summary()["states"]["cached"] == 1
+    assert view.summary_line().startswith("1/2 loaded")
+
+
 def test_visibility_by_role() -> None:
     published = [("a/x:1", "b1"), ("a/x:2", "b2"), ("c:1", "b2")]
     assert visible_repositories("admin", "ops", published) is None
