@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from swarm.core import groups as grp
-from swarm.core.api import MAX_WATCH_TIMEOUT, EnrollResponse, ManifestEntry
+from swarm.core.api import MAX_WATCH_TIMEOUT, RETIRED_TORRENT, EnrollResponse, ManifestEntry
 from swarm.core.digest import digest_hex
 from swarm.core.errors import (
     Forbidden,
@@ -69,10 +69,6 @@ DEFAULT_PUBLISH = ("*",)
 _UNAUTHORIZED = "missing, unknown or revoked token"
 RATE_LIMITED = "too many failed authentications from this address: retry later"
 PEER_ID_IMPERSONATION = "peer_id names another host: swarm peer ids carry the announcing token's role and name"
-
-
-#: the announce failure for a torrent that only removed manifests named (agents drop it)
-RETIRED_TORRENT = "retired torrent"
 
 
 def _ref(ref: str) -> str:
