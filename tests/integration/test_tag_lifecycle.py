@@ -135,3 +135,28 @@ async def test_image_prune_on_the_data_dir(rig: Rig) -> None:
     assert [e.ref for e in rig.service.list_manifests(rig.host.secret)] == ["myapp/web:3", "myapp/db:1"]
     bad = run_swarm("tracker", "image", "prune", "--keep", "1", "--older-than", "soon", "--data", data, check=False)
     assert bad.returncode == 2 and "invalid duration 'soon'" in bad.stderr
+
+
+def test_removal_tombstones_and_retirement_in_postgresql() -> None:
+    from swarm.core.errors import Conflict
+    from swarm.tracker.storage.postgres import PostgresStorage
+    from tests.support.postgres import PostgresServer
+
+    shared, own = b"s" * 20, b"o" * 20
+    with PostgresServer.start() as pg:
+        storage = PostgresStorage(pg.create_database("tag_lifecycle"))
+        try:
+            storage.publish("app:1", b"env1", "sha256:1", "alice", 10, [(shared, "sha256:s"), (own, "sha256:o")])
+            storage.publish("app:2", b"env2", "sha256:2", "alice", 20, [(shared, "sha256:s")])
+            removed = storage.remove_manifest("app:1")
+            assert removed is not None and removed[0].seq == 1 and removed[1] == [own]
+            assert storage.is_retired_hash(own) and not storage.is_retired_hash(shared)
+            with pytest.raises(Conflict):
+                storage.publish("app:1", b"env1", "sha256:1", "alice", 10, [(own, "sha256:o")])
+            storage.publish("app:3", b"env3", "sha256:3", "alice", 30, [(own, "sha256:o")])
+            assert not storage.is_retired_hash(own)
+            assert [e.ref for e in storage.prune(1)] == ["app:2"]
+            assert [e.ref for e in storage.manifests()] == ["app:3"] and storage.current_seq() == 3
+            assert storage.generation().removals == 2
+        finally:
+            storage.close()
