@@ -139,6 +139,9 @@ class TrackerClient:
     async def manifest(self, ref: str) -> bytes:
         return await self._request("GET", f"/v1/manifests/{ref}")
 
+    async def remove_manifest(self, ref: str) -> ManifestEntry:
+        return ManifestEntry.from_map(wire.unpack_map(await self._request("DELETE", f"/v1/manifests/{ref}")))
+
     async def key_document(self) -> bytes:
         return await self._request("GET", "/v1/keys")
 

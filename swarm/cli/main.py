@@ -20,7 +20,7 @@ from swarm.cli.params import RATE, SIZE, one_secret, public_keys, split_words
 from swarm.cli.progress import pull_view
 from swarm.cli.render import err, pulled_note, status_table
 from swarm.cli.rollout import hosts as tracker_hosts
-from swarm.cli.rollout import rollout
+from swarm.cli.rollout import image_rm, rollout
 from swarm.core import logs
 from swarm.core.addresses import LISTEN, format_listen
 from swarm.core.errors import SwarmError
@@ -28,7 +28,7 @@ from swarm.core.logs import DEFAULT_FORMAT, DEFAULT_LEVEL, FORMATS, LEVELS
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SigningKey, parse_public_key
 from swarm.core.tokens import JoinToken
-from swarm.tracker.cli import tracker
+from swarm.tracker.cli import image, tracker
 
 DATA = click.option(
     "--data",
@@ -56,6 +56,7 @@ def cli() -> None:
 
 cli.add_command(tracker)
 tracker.add_command(tracker_hosts)
+image.add_command(image_rm)
 cli.add_command(rollout)
 cli.add_command(keys)
 

@@ -52,8 +52,18 @@ class Source:
             return self._local(lambda fleet: [h.to_map() for h in fleet.hosts_view()])
         return self._remote(lambda client: client.hosts())
 
+    def remove(self, ref: str) -> dict[str, Any]:
+        """Remove tag `ref` (remote: as the token's builder or admin; local: as the operator)."""
+        if self._tracker is None:
+            return self._on_service(lambda service: service.remove_tag(ref).to_map())
+        return self._remote(lambda client: _entry_map(client.remove_manifest(ref)))
+
     def _local(self, read: Callable[[Any], T]) -> T:
         from swarm.tracker.fleet import Fleet
+
+        return self._on_service(lambda service: read(Fleet(service.storage, service.ca)))
+
+    def _on_service(self, read: Callable[[Any], T]) -> T:
         from swarm.tracker.options import ServeOptions
         from swarm.tracker.server import open_service
 
@@ -62,7 +72,7 @@ class Source:
             raise UsageError(f"no tracker data in {self._data}")
         service = open_service(ServeOptions(data=self._data, database=self._database))
         try:
-            return read(Fleet(service.storage, service.ca))
+            return read(service)
         finally:
             service.close()
 
@@ -79,6 +89,11 @@ class Source:
                 return await call(client)
 
         return asyncio.run(run())
+
+
+async def _entry_map(entry: Coroutine[Any, Any, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = (await entry).to_map()
+    return result
 
 
 def parse_duration(text: str) -> float:
@@ -135,6 +150,28 @@ def _source_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         f = option(f)
     return f
+
+
+@click.command("rm")
+@click.argument("ref")
+@_source_options
+def image_rm(
+    ref: str,
+    tracker_url: str | None,
+    token: str | None,
+    token_file: Path | None,
+    data: Path | None,
+    database: str | None,
+    as_json: bool,
+) -> None:
+    """Remove tag REF (repo:tag): the repository's owner builder or an admin (--tracker), or the
+    operator (--data). Its torrents no other tag names are retired; the tag can only come back with
+    a manifest newer than the removed one."""
+    entry = Source(tracker_url, token, token_file, data, database).remove(_ref(ref))
+    if as_json:
+        click.echo(json.dumps(entry, indent=2))
+        return
+    click.echo(f"removed {entry['ref']} (seq {entry['seq']})", err=True)
 
 
 def _ref(image: str) -> str:

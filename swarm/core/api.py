@@ -44,6 +44,8 @@ from swarm.core.errors import InvalidInput
 MSGPACK = "application/msgpack"
 MAX_BODY = 32 * 1024 * 1024
 MAX_WATCH_TIMEOUT = 60.0
+#: the bencoded announce failure for a torrent only removed manifests named: agents stop announcing it
+RETIRED_TORRENT = "retired torrent"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import libtorrent as lt
 
 from swarm.core.addresses import format_host, parse_listen
+from swarm.core.api import RETIRED_TORRENT
 from swarm.core.errors import TorrentError, UsageError
 from swarm.core.files import write_atomic
 from swarm.core.peerid import peer_identity
@@ -119,6 +120,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: Any = None
+        #: torrents the tracker retired (removed from the session, never announced again)
+        self.retired: set[bytes] = set()
         #: the tracker error being seen, if announces are failing: one line when lost, one when back
         self._tracker_lost: str | None = None
 
@@ -427,6 +430,8 @@ class Engine:
                 entry.error = message
                 entry.handle.pause()  # a disk error repeats for every block otherwise
                 self._signal(entry)
+        elif isinstance(alert, lt.tracker_error_alert) and alert.failure_reason() == RETIRED_TORRENT:
+            self._retire(alert)
         elif isinstance(alert, lt.tracker_error_alert):
             message = redact(alert.message())
             if self._tracker_lost is None:
@@ -437,6 +442,18 @@ class Engine:
         elif isinstance(alert, lt.tracker_reply_alert) and self._tracker_lost is not None:
             self._tracker_lost = None
             log.info("tracker regained: announces answered again")
+
+    def _retire(self, alert: Any) -> None:
+        """The tracker retired this torrent (every manifest naming it was removed): stop it for good
+        rather than announce forever; its blob stays in the cache until the cache's own eviction."""
+        entry = self._entry_for(alert)
+        if entry is None:
+            return  # the `stopped` announce of the removal is answered the same: already gone
+        ih = alert.handle.info_hashes().v2.to_bytes()
+        name = entry.handle.status().name
+        self.retired.add(ih)
+        self.remove(ih)
+        log.info("layer sha256:%s retired by the tracker (its images were removed): no longer seeded", name)
 
     def _entry_for(self, alert: Any) -> _Torrent | None:
         try:

@@ -200,6 +200,14 @@ def tracker() -> None:
     show_envvar=True,
     help="text lines, or one JSON object per line",
 )
+@click.option(
+    "--keep",
+    default=None,
+    type=click.IntRange(min=1),
+    envvar="SWARM_KEEP",
+    show_envvar=True,
+    help="retention: tags kept per repository, the newest by publish order (older ones are removed)",
+)
 @click.option("--reuse-port", is_flag=True, hidden=True)
 def serve(
     data: Path,
@@ -220,6 +228,7 @@ def serve(
     log_level: str,
     log_format: str,
     reuse_port: bool,
+    keep: int | None,
 ) -> None:
     """Run the tracker until SIGTERM."""
     if min_interval is not None and min_interval > announce_interval:
@@ -247,6 +256,7 @@ def serve(
         max_connections_per_address=max_connections_per_address,
         workers=workers,
         reuse_port=reuse_port,
+        keep=keep,
         tls=tls,
         log_level=log_level,
         log_format=log_format,
@@ -616,6 +626,35 @@ def image_list(pattern: str | None, data: Path, database: str | None) -> None:
         if pattern is None or matches(pattern, ImageRef.parse(e.ref))
     ]
     print_table(Console(), ["ref", "image id", "seq", "published", "publisher"], rows)
+
+
+@image.command("prune")
+@click.option("--keep", required=True, type=click.IntRange(min=0), help="tags kept per repository, the newest by seq")
+@click.option("--older-than", default=None, help="only remove tags published longer ago than this (30s, 10m, 2h, 7d)")
+@_FILE
+@_DATA
+@_DATABASE
+def image_prune(keep: int, older_than: str | None, data: Path, database: str | None) -> None:
+    """Remove all but the newest --keep tags of every repository (their torrents retire)."""
+    age = None if older_than is None else _seconds(older_than)
+    service = _service(data, database)
+    try:
+        removed = service.prune(keep, age)
+    finally:
+        service.close()
+    for e in removed:
+        click.echo(f"removed {e.ref} (seq {e.seq})", err=True)
+    click.echo(f"pruned {len(removed)} tags", err=True)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> int:
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    if not number.isdigit():
+        raise UsageError(f"invalid duration {text!r}: e.g. 30s, 10m, 2h, 7d")
+    return int(number) * _UNITS[unit]
 
 
 @tracker.command("backup")

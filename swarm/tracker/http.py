@@ -187,6 +187,12 @@ async def get_manifest(request: web.Request) -> web.Response:
     return web.Response(body=envelope, content_type=MSGPACK)
 
 
+async def remove_manifest(request: web.Request) -> web.Response:
+    """DELETE /v1/manifests/<repo>:<tag> (the repository's owner builder, admins): the removed entry."""
+    entry = request.app[SERVICE].remove_manifest(_secret(request), request.match_info["ref"], _ip(request))
+    return _msgpack(entry.to_map())
+
+
 async def key_document(request: web.Request) -> web.Response:
     envelope = request.app[SERVICE].get_key_document(_secret(request), _ip(request))
     return web.Response(body=envelope, content_type=MSGPACK)
@@ -272,6 +278,7 @@ def make_app(service: TrackerService, client_timeout: float = DEFAULT_CLIENT_TIM
     app.router.add_post("/v1/manifests", publish)
     app.router.add_get("/v1/manifests", list_manifests)
     app.router.add_get("/v1/manifests/{ref:.+}", get_manifest)
+    app.router.add_delete("/v1/manifests/{ref:.+}", remove_manifest)
     app.router.add_get("/v1/watch", watch)
     app.router.add_get("/v1/groups/resolve", resolve_group)
     app.router.add_get("/v1/keys", key_document)

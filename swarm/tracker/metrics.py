@@ -33,7 +33,17 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from swarm.core.buildinfo import BuildInfo
 
-ANNOUNCE_RESULTS = ("ok", "cached", "stopped", "unauthorized", "rate_limited", "invalid", "unknown_torrent", "refused")
+ANNOUNCE_RESULTS = (
+    "ok",
+    "cached",
+    "stopped",
+    "unauthorized",
+    "rate_limited",
+    "invalid",
+    "unknown_torrent",
+    "retired_torrent",
+    "refused",
+)
 SCRAPE_RESULTS = ("ok", "unauthorized", "rate_limited", "invalid", "unknown_torrent")
 AUTH_REASONS = ("unknown", "revoked", "rate_limited")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -65,3 +65,5 @@ class ServeOptions:
     #: swarm.core.logs level and format (passed on to the worker processes)
     log_level: str = "info"
     log_format: str = "text"
+    #: retention: tags kept per repository, newest by publish seq, applied after each publish (None: all)
+    keep: int | None = None

@@ -62,6 +62,7 @@ def open_service(o: ServeOptions, *, clock: Callable[[], float] = time.monotonic
             public_url=o.public_url,
             auth_failure_limit=o.auth_failure_limit,
             auth_failure_window=o.auth_failure_window,
+            keep=o.keep,
             clock=clock,
         )
     except BaseException:
@@ -183,6 +184,8 @@ def _worker_argv(o: ServeOptions, port: int) -> list[str]:
         argv += ["--min-interval", str(o.min_interval)]
     if o.public_url:
         argv += ["--public-url", o.public_url]
+    if o.keep is not None:
+        argv += ["--keep", str(o.keep)]
     if o.tls:
         argv += ["--tls"]
     return argv

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from swarm.core import groups as grp
-from swarm.core.api import MAX_WATCH_TIMEOUT, EnrollResponse, ManifestEntry
+from swarm.core.api import MAX_WATCH_TIMEOUT, RETIRED_TORRENT, EnrollResponse, ManifestEntry
 from swarm.core.digest import digest_hex
 from swarm.core.errors import (
     Forbidden,
@@ -71,6 +71,13 @@ RATE_LIMITED = "too many failed authentications from this address: retry later"
 PEER_ID_IMPERSONATION = "peer_id names another host: swarm peer ids carry the announcing token's role and name"
 
 
+def _ref(ref: str) -> str:
+    try:
+        return str(ImageRef.parse(ref))
+    except SwarmError as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
 _AnswerKey = tuple[bytes, bytes, str, bool, bool]
 
 
@@ -99,6 +106,7 @@ class TrackerService:
         auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT,
         auth_failure_window: float = DEFAULT_WINDOW,
         token_cache_ttl: float = DEFAULT_TOKEN_CACHE_TTL,
+        keep: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if cert_lifetime < MIN_CERT_LIFETIME:
@@ -124,6 +132,8 @@ class TrackerService:
         self.metrics = TrackerMetrics()
         self.limiter = FailureLimiter(auth_failure_limit, auth_failure_window, clock)
         self.token_cache_ttl = token_cache_ttl
+        #: retention per repository after each publish (None: keep every tag)
+        self.keep = keep
         self._clock = clock
         self._published = asyncio.Event()
         self._closing = False
@@ -250,7 +260,7 @@ class TrackerService:
             revoked = set(self.storage.revoked_names())
             self._to_drop |= revoked - self._revoked
             self._revoked = revoked
-        if old is None or gen.seq != old.seq or gen.groups != old.groups:
+        if old is None or gen.seq != old.seq or gen.groups != old.groups or gen.removals != old.removals:
             self._hashes.clear()
             self._answers.clear()
         if old is None or gen.groups != old.groups:
@@ -419,6 +429,8 @@ class TrackerService:
             group=self.group_of(manifest.repository),
         )
         log.info("%s published %s (seq %d)", record.name, entry.ref, entry.seq)
+        if self.keep is not None:
+            self.prune(self.keep, repository=manifest.repository)
         self.metrics.publications.inc()
         self._refresh()
         self._published.set()
@@ -452,6 +464,41 @@ class TrackerService:
         if envelope is None:
             raise NotFound("no key document published on this tracker")
         return envelope
+
+    def remove_manifest(self, secret: str | None, ref: str, ip: str | None = None) -> ManifestEntry:
+        """Remove tag `ref`: its repository's owner builder or an admin."""
+        record = self.authenticate(secret, ip)
+        if record.role == "host":
+            raise Forbidden(f"token {record.name!r} has role host: only the owner builder and admins remove tags")
+        key = _ref(ref)
+        if record.role == "builder":
+            owner = self.storage.repository_owner(key.rpartition(":")[0])
+            if owner is not None and owner != record.name:
+                raise Forbidden(
+                    f"repository {key.rpartition(':')[0]} belongs to builder {owner!r}, not {record.name!r}"
+                )
+        return self.remove_tag(key, by=record.name)
+
+    def remove_tag(self, ref: str, by: str = "operator") -> ManifestEntry:
+        """Remove tag `ref` (no permission check: the operator on the data dir, or after one)."""
+        removed = self.storage.remove_manifest(_ref(ref))
+        if removed is None:
+            raise NotFound(f"no manifest for {_ref(ref)}")
+        entry, retired = removed
+        log.info("%s removed %s (seq %d), %d torrents retired", by, entry.ref, entry.seq, len(retired))
+        self._refresh()
+        return entry
+
+    def prune(self, keep: int, older_than: int | None = None, repository: str | None = None) -> list[ManifestEntry]:
+        """Keep the newest `keep` tags per repository (by seq); see Storage.prune."""
+        if keep < 0:
+            raise InvalidInput("--keep must not be negative")
+        removed = self.storage.prune(keep, older_than, repository)
+        for e in removed:
+            log.info("retention removed %s (seq %d)", e.ref, e.seq)
+        if removed:
+            self._refresh()
+        return removed
 
     def list_repositories(self) -> list[tuple[str, str]]:
         return self.storage.repositories()
@@ -552,6 +599,9 @@ class TrackerService:
                 announces.labels("cached").inc()
                 return cached[1]
         if not self._may_swarm(record, req.info_hash):
+            if self.storage.is_retired_hash(req.info_hash):
+                announces.labels("retired_torrent").inc()
+                return bt.failure(RETIRED_TORRENT)
             announces.labels("unknown_torrent").inc()
             return bt.failure("unknown torrent")
         await self._drop_revoked()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,14 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    service = open_service(ServeOptions(tmp_path / "data", auth_failure_limit=1000))
+    async with open_rig(tmp_path) as r:
+        yield r
+
+
+@asynccontextmanager
+async def open_rig(tmp_path: Path, keep: int | None = None) -> AsyncIterator[Rig]:
+    """A tracker on 127.0.0.1 with builders alice and mallory and host h1 (`keep`: retention)."""
+    service = open_service(ServeOptions(tmp_path / "data", auth_failure_limit=1000, keep=keep))
     runner, port = await start_tracker(service, "127.0.0.1", 0)
     work = tmp_path / "work"
     work.mkdir()

@@ -22,6 +22,8 @@ Tables:
   repositories  repository PK, owner: the builder token whose tags these are
   torrents      (announce_hash, ref) PK, blob: the 20-byte announce hashes each
                 current manifest names (a blob shared by several manifests has one row each)
+  removed_tags  ref PK, seq, created_ms, removed: tombstones of removed tags (no rollback by replay)
+  retired_torrents announce_hash PK, retired: torrents only removed manifests named
   certificates  serial, name, not_after, issued_at
   meta          key PK, value: counters; `revocations` grows by one per revocation, `groups` by one
                 per change of groups, memberships or patterns
@@ -70,6 +72,8 @@ class Generation:
     seq: int
     #: bumped by every change of groups, memberships or patterns (storage/groups.py)
     groups: int = 0
+    #: bumped by every removal of a tag (retired torrents)
+    removals: int = 0
 
 
 class Storage(RolloutStore, GroupStore, Protocol):
@@ -123,6 +127,14 @@ class Storage(RolloutStore, GroupStore, Protocol):
     ) -> ManifestEntry: ...
 
     def repositories(self) -> list[tuple[str, str]]: ...
+
+    def repository_owner(self, repository: str) -> str | None: ...
+
+    def remove_manifest(self, ref: str) -> tuple[ManifestEntry, list[bytes]] | None: ...
+
+    def prune(self, keep: int, older_than: int | None = None, repository: str | None = None) -> list[ManifestEntry]: ...
+
+    def is_retired_hash(self, announce_hash: bytes) -> bool: ...
 
     def transfer_repository(self, repository: str, owner: str) -> bool: ...
 

@@ -124,9 +124,9 @@ class SQLStorage(RolloutSQL, GroupSQL):
     def generation(self) -> Generation:
         row = self._one(
             "SELECT (SELECT value FROM meta WHERE key = 'revocations'), (SELECT coalesce(max(seq), 0) FROM manifests),"
-            " (SELECT value FROM meta WHERE key = 'groups')"
+            " (SELECT value FROM meta WHERE key = 'groups'), (SELECT value FROM meta WHERE key = 'removals')"
         )
-        return Generation(int(row[0]), int(row[1]), int(row[2] or 0))
+        return Generation(int(row[0]), int(row[1]), int(row[2] or 0), int(row[3] or 0))
 
     # manifests
 
@@ -175,7 +175,15 @@ class SQLStorage(RolloutSQL, GroupSQL):
                         f"{ref} already has a manifest created at or after this one (created_ms "
                         f"{int(held[0])} >= {created_ms}): to roll back, publish the old image anew"
                     )
-            seq = int(self._x(c, "SELECT coalesce(max(seq), 0) + 1 FROM manifests").fetchone()[0])
+            else:
+                tomb = self._x(c, "SELECT created_ms FROM removed_tags WHERE ref = ?", (ref,)).fetchone()
+                if tomb is not None and int(tomb[0]) >= created_ms:
+                    raise Conflict(
+                        f"{ref} was removed after a manifest created at or after this one (created_ms "
+                        f"{int(tomb[0])} >= {created_ms}): publish the image anew"
+                    )
+            seq = self._next_seq(c)
+            self._x(c, "DELETE FROM removed_tags WHERE ref = ?", (ref,))
             self._x(c, "DELETE FROM torrents WHERE ref = ?", (ref,))
             self._x(c, "DELETE FROM manifests WHERE ref = ?", (ref,))
             self._x(
@@ -190,7 +198,75 @@ class SQLStorage(RolloutSQL, GroupSQL):
                     f"{self._insert_ignore} torrents (announce_hash, blob, ref) VALUES (?, ?, ?)" + self._ignore_tail,
                     (h, blob, ref),
                 )
+                self._x(c, "DELETE FROM retired_torrents WHERE announce_hash = ?", (h,))
         return ManifestEntry(ref, image_id, seq, now, publisher, group)
+
+    def _next_seq(self, c: Any) -> int:
+        """Past every seq ever given, removed tags' too: a watcher never sees a seq twice."""
+        return int(self._x(c, _MAX_SEQ).fetchone()[0]) + 1
+
+    def remove_manifest(self, ref: str) -> tuple[ManifestEntry, list[bytes]] | None:
+        """Remove tag `ref`, leaving a tombstone with its seq and signed creation time (a replay of
+        its envelope stays refused); returns its entry and the announce hashes no live manifest
+        names any more (now retired), or None when there is no such tag."""
+        now = int(time.time())
+        with self._tx() as c:
+            self._lock_manifests(c)
+            return self._remove(c, ref, now)
+
+    def _remove(self, c: Any, ref: str, now: int) -> tuple[ManifestEntry, list[bytes]] | None:
+        row = self._x(
+            c, "SELECT image_id, seq, published, publisher, grp, created_ms FROM manifests WHERE ref = ?", (ref,)
+        ).fetchone()
+        if row is None:
+            return None
+        hashes = [
+            bytes(r[0]) for r in self._x(c, "SELECT announce_hash FROM torrents WHERE ref = ?", (ref,)).fetchall()
+        ]
+        self._x(c, "DELETE FROM torrents WHERE ref = ?", (ref,))
+        self._x(c, "DELETE FROM manifests WHERE ref = ?", (ref,))
+        self._x(c, "DELETE FROM removed_tags WHERE ref = ?", (ref,))
+        self._x(
+            c,
+            "INSERT INTO removed_tags (ref, seq, created_ms, removed) VALUES (?, ?, ?, ?)",
+            (ref, int(row[1]), int(row[5]), now),
+        )
+        retired = []
+        for h in hashes:
+            if self._x(c, "SELECT 1 FROM torrents WHERE announce_hash = ? LIMIT 1", (h,)).fetchone() is None:
+                self._x(c, "DELETE FROM retired_torrents WHERE announce_hash = ?", (h,))
+                self._x(c, "INSERT INTO retired_torrents (announce_hash, retired) VALUES (?, ?)", (h, now))
+                retired.append(h)
+        self._x(c, "UPDATE meta SET value = value + 1 WHERE key = 'removals'")
+        return ManifestEntry(ref, row[0], int(row[1]), int(row[2]), row[3], row[4]), retired
+
+    def prune(self, keep: int, older_than: int | None = None, repository: str | None = None) -> list[ManifestEntry]:
+        """Remove, per repository (or only in `repository`), every tag but the newest `keep` by seq;
+        with `older_than` (seconds) only those published longer ago than that. Returns the removed."""
+        now = int(time.time())
+        removed: list[ManifestEntry] = []
+        with self._tx() as c:
+            self._lock_manifests(c)
+            rows = self._x(c, "SELECT ref, seq, published FROM manifests ORDER BY seq DESC").fetchall()
+            kept: dict[str, int] = {}
+            for ref, _seq, published in rows:
+                repo = str(ref).rpartition(":")[0]
+                if repository is not None and repo != repository:
+                    continue
+                kept[repo] = kept.get(repo, 0) + 1
+                if kept[repo] <= keep or (older_than is not None and now - int(published) <= older_than):
+                    continue
+                gone = self._remove(c, str(ref), now)
+                if gone is not None:
+                    removed.append(gone[0])
+        return removed
+
+    def repository_owner(self, repository: str) -> str | None:
+        row = self._one("SELECT owner FROM repositories WHERE repository = ?", (repository,))
+        return None if row is None else str(row[0])
+
+    def is_retired_hash(self, announce_hash: bytes) -> bool:
+        return self._one("SELECT 1 FROM retired_torrents WHERE announce_hash = ?", (announce_hash,)) is not None
 
     def repositories(self) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in self._all("SELECT repository, owner FROM repositories ORDER BY repository")]
@@ -238,7 +314,7 @@ class SQLStorage(RolloutSQL, GroupSQL):
         return int(self._one("SELECT count(*) FROM manifests")[0])
 
     def current_seq(self) -> int:
-        return int(self._one("SELECT coalesce(max(seq), 0) FROM manifests")[0])
+        return int(self._one(_MAX_SEQ)[0])
 
     def is_published_hash(self, announce_hash: bytes) -> bool:
         return self._one("SELECT 1 FROM torrents WHERE announce_hash = ? LIMIT 1", (announce_hash,)) is not None
@@ -260,6 +336,10 @@ class SQLStorage(RolloutSQL, GroupSQL):
         return [(r[0], int(r[1]), int(r[2])) for r in rows]
 
 
+_MAX_SEQ = (
+    "SELECT coalesce(max(s), 0) FROM (SELECT max(seq) AS s FROM manifests"
+    " UNION ALL SELECT max(seq) AS s FROM removed_tags) AS seqs"
+)
 _SELECT_TOKEN = (
     "SELECT t.name, t.role, t.created, t.revoked_at, t.builder_key, p.patterns FROM tokens t "
     "LEFT JOIN publish_patterns p ON p.name = t.name"
