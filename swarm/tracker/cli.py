@@ -9,10 +9,12 @@ libtorrent (tests/integration/test_tracker_http.py checks).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -287,10 +289,16 @@ def token() -> None:
     """Create, revoke and list join tokens."""
 
 
-def _service(data: Path, database: str | None) -> TrackerService:
+@contextlib.contextmanager
+def _service(data: Path, database: str | None) -> Iterator[TrackerService]:
+    """The service on the data dir, for one command; closed after it."""
     from swarm.tracker.server import open_service
 
-    return open_service(ServeOptions(data=data, database=database))
+    service = open_service(ServeOptions(data=data, database=database))
+    try:
+        yield service
+    finally:
+        service.close()
 
 
 _KEY = click.option(
@@ -330,11 +338,8 @@ def token_create(
 ) -> None:
     """Create a token; prints the join token (only this once). A builder token is bound to --key."""
     key = parse_public_key(public_key) if public_key else None
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         click.echo(str(service.create_token(name, role, key, publish, groups)))
-    finally:
-        service.close()
 
 
 @token.command("update")
@@ -349,11 +354,8 @@ def token_update(name: str, public_key: str | None, publish: tuple[str, ...], da
     if public_key is None and not publish:
         raise UsageError("give --key and/or --publish")
     key = parse_public_key(public_key) if public_key else None
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         service.update_token(name, key, publish or None)
-    finally:
-        service.close()
     click.echo(f"updated {name}", err=True)
 
 
@@ -364,11 +366,8 @@ def token_update(name: str, public_key: str | None, publish: tuple[str, ...], da
 @_DATABASE
 def token_revoke(name: str, data: Path, database: str | None) -> None:
     """Revoke a token: refused at once everywhere, its certificate is not renewed."""
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         service.revoke_token(name)
-    finally:
-        service.close()
     click.echo(f"revoked {name}", err=True)
 
 
@@ -379,12 +378,9 @@ def token_revoke(name: str, data: Path, database: str | None) -> None:
 @_DATABASE
 def token_list(as_json: bool, data: Path, database: str | None) -> None:
     """List tokens (never their secrets) with their groups."""
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         records = service.list_tokens()
         groups = {r.name: sorted(service.token_groups(r.name)) for r in records}
-    finally:
-        service.close()
     if as_json:
         listing = [
             {"name": r.name, "role": r.role, "created": r.created, "revoked_at": r.revoked_at, "groups": groups[r.name]}
@@ -411,15 +407,12 @@ def token_list(as_json: bool, data: Path, database: str | None) -> None:
 @_DATABASE
 def token_groups(name: str, add: tuple[str, ...], remove: tuple[str, ...], data: Path, database: str | None) -> None:
     """Change a token's group memberships; prints the groups it is in after the change."""
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         if add or remove:
             service.change_memberships(name, list(add), list(remove))
         elif service.storage.token(name) is None:
             raise UsageError(f"no token named {name!r}")
         click.echo(" ".join(sorted(service.token_groups(name))))
-    finally:
-        service.close()
 
 
 @tracker.group()
@@ -434,11 +427,8 @@ def group() -> None:
 @_DATABASE
 def group_add(name: str, data: Path, database: str | None) -> None:
     """Create a group (lowercase letters, digits, '-')."""
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         service.add_group(name)
-    finally:
-        service.close()
     click.echo(f"added group {name}", err=True)
 
 
@@ -449,11 +439,8 @@ def group_add(name: str, data: Path, database: str | None) -> None:
 @_DATABASE
 def group_rm(name: str, data: Path, database: str | None) -> None:
     """Remove a group and its memberships (refused while patterns map to it or images are in it)."""
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         service.remove_group(name)
-    finally:
-        service.close()
     click.echo(f"removed group {name}", err=True)
 
 
@@ -466,11 +453,8 @@ def group_list(as_json: bool, data: Path, database: str | None) -> None:
     """List groups with their id, repository patterns and member tokens."""
     from swarm.core.groups import group_id
 
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         records = service.list_groups()
-    finally:
-        service.close()
     if as_json:
         listing = [
             {"name": r.name, "id": group_id(r.name), "patterns": list(r.patterns), "members": list(r.members)}
@@ -493,11 +477,8 @@ def group_list(as_json: bool, data: Path, database: str | None) -> None:
 @_DATABASE
 def group_map(pattern: str, group_name: str, data: Path, database: str | None) -> None:
     """Put the repositories PATTERN matches (`payments/*`) in GROUP; the most specific pattern wins."""
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         service.map_pattern(pattern, group_name)
-    finally:
-        service.close()
     click.echo(f"mapped {pattern} to {group_name}", err=True)
 
 
@@ -508,11 +489,8 @@ def group_map(pattern: str, group_name: str, data: Path, database: str | None) -
 @_DATABASE
 def group_unmap(pattern: str, data: Path, database: str | None) -> None:
     """Remove a pattern's mapping (its repositories fall back to other patterns or default)."""
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         service.unmap_pattern(pattern)
-    finally:
-        service.close()
     click.echo(f"unmapped {pattern}", err=True)
 
 
@@ -523,11 +501,8 @@ def group_unmap(pattern: str, data: Path, database: str | None) -> None:
 @_DATABASE
 def token_show(name: str, data: Path, database: str | None) -> None:
     """One token: its role, and a builder's bound key and --publish patterns."""
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         record = service.storage.token(name)
-    finally:
-        service.close()
     if record is None:
         raise UsageError(f"no token named {name!r}")
     click.echo(f"name      {record.name}\nrole      {record.role}")
@@ -548,11 +523,8 @@ def repo() -> None:
 @_DATABASE
 def repo_list(data: Path, database: str | None) -> None:
     """List repositories and their owners."""
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         rows = service.list_repositories()
-    finally:
-        service.close()
     print_table(Console(), ("repository", "owner"), [(repository, owner) for repository, owner in rows])
 
 
@@ -564,11 +536,8 @@ def repo_list(data: Path, database: str | None) -> None:
 @_DATABASE
 def repo_transfer(repository: str, owner: str, data: Path, database: str | None) -> None:
     """Hand REPOSITORY over to another builder token (its --publish patterns must still match)."""
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         service.transfer_repository(repository, owner)
-    finally:
-        service.close()
     click.echo(f"{repository} now belongs to {owner}", err=True)
 
 
@@ -588,11 +557,8 @@ def keys_publish(file: Path, data: Path, database: str | None) -> None:
         envelope = file.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {file}: {exc.strerror}") from exc
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         version = service.publish_key_document(envelope)
-    finally:
-        service.close()
     click.echo(f"key document version {version} published", err=True)
 
 
@@ -637,11 +603,8 @@ def image_list(pattern: str | None, data: Path, database: str | None) -> None:
 def image_prune(keep: int, older_than: str | None, data: Path, database: str | None) -> None:
     """Remove all but the newest --keep tags of every repository (their torrents retire)."""
     age = None if older_than is None else _seconds(older_than)
-    service = _service(data, database)
-    try:
+    with _service(data, database) as service:
         removed = service.prune(keep, age)
-    finally:
-        service.close()
     for e in removed:
         click.echo(f"removed {e.ref} (seq {e.seq})", err=True)
     click.echo(f"pruned {len(removed)} tags", err=True)
