@@ -59,7 +59,7 @@ async def measure(workdir: Path, layers: int, interval: int, window: float, redi
         engine = Engine("127.0.0.1:0", "idle", workdir / "host.pem", workdir / "host.key")
         engine.start(asyncio.get_running_loop())
         for layer in signed.verify(None).layers:
-            engine.add(layer.torrent, workdir, f"{url}/announce/{host.secret}", seed=True)
+            engine.add(layer.torrent, workdir, f"{url}/announce/{host.secret}", seed=True, file_name=layer.blob[7:])
         async with aiohttp.ClientSession() as http:
             deadline = time.monotonic() + 120
             while await announces(http, url) < layers:  # every torrent's first announce

@@ -162,6 +162,9 @@ class ImageInfo(Message):
     blobs: int = 0  # distinct blobs (a layer repeated in the image is one blob)
     cached_blobs: int = 0  # of those, in the cache and verified
     cache: str = NOT_CACHED  # CACHED, PARTLY_CACHED or NOT_CACHED
+    #: the host group its layer torrents are named after: its name when the tracker said it, else its id
+    group: str = ""
+    group_id: str = ""  # "" for an image published before host groups
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Least-recently-used blobs go first; never a blob that a running pull needs,
 nor one of an image this host loaded or published less than --min-seed-time
 ago (it is what the fleet is fetching right now). Evicting a blob removes its
-torrent, so libtorrent announces `stopped` and peers stop asking for it.
+torrents (one per host group whose images hold it, all on the one file), so
+libtorrent announces `stopped` and peers stop asking for it.
 
 A pull reserves the full size of the blobs it downloads when it starts, and
 room is made for them then, so a download never runs the cache over budget
@@ -100,12 +101,12 @@ class CacheKeeper:
 
     def _evict(self, excess: int) -> list[str]:
         protected = {d for claim in self._claims.values() for d in claim.blobs}
-        info_hash: dict[str, bytes] = {}
+        info_hashes: dict[str, set[bytes]] = {}
         now = time.time()
         for _env, manifest in self._manifests.all():
             recent = now - self._manifests.saved_at(str(manifest.ref)) < self.min_seed_time
             for layer in manifest.layers:
-                info_hash[layer.blob] = layer.info_hash
+                info_hashes.setdefault(layer.blob, set()).add(layer.info_hash)
                 if recent:
                     protected.add(layer.blob)
         candidates = sorted((self._blobs.last_used(d), d) for d in self._blobs.verified() if d not in protected)
@@ -117,8 +118,8 @@ class CacheKeeper:
                 size = self._blobs.path(digest).stat().st_size
             except FileNotFoundError:
                 size = 0
-            if digest in info_hash:
-                self._engine.remove(info_hash[digest])
+            for ih in info_hashes.get(digest, ()):
+                self._engine.remove(ih)
             self._blobs.forget(digest, delete=True)
             excess -= size
             evicted.append(digest)

@@ -27,8 +27,10 @@ from swarm.agent.tracker_client import TrackerClient
 from swarm.agent.trust import HostTrust, KeyDocumentFollower, TagHistory
 from swarm.core import logs, redact
 from swarm.core.api import Heartbeat, ManifestEntry
+from swarm.core.digest import digest_hex
 from swarm.core.errors import SwarmError, TrackerUnreachable
 from swarm.core.refs import ImageRef, matches
+from swarm.core.torrent import manifest_group_id
 from swarm.engine.session import Engine
 from swarm.images.docker_client import connect as docker_connect
 
@@ -153,6 +155,7 @@ class Agent:
                 identity.ca_pem,
                 metrics,
                 trust_resume=clean,
+                ensure_name=identity.ensure_name,
             )
             reporter = Reporter(
                 tracker,
@@ -178,9 +181,8 @@ class Agent:
         """Seed what is here, resume interrupted pulls, start the background tasks."""
         self._reseed()
         engine, paths = self.engine, self.paths
-        self._tasks.append(
-            asyncio.create_task(self.identity.renew_forever(lambda: engine.set_certificate(paths.cert, paths.key)))
-        )
+        self.identity.on_renewed = lambda: self._renewed(engine, paths)
+        self._tasks.append(asyncio.create_task(self.identity.renew_forever()))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.reporter is not None:
             self._tasks.append(asyncio.create_task(self.reporter.run()))
@@ -270,12 +272,42 @@ class Agent:
             "pulls_in_flight": len(self.puller.progress_all()),
         }
 
+    def _renewed(self, engine: Engine, paths: AgentPaths) -> None:
+        """A new certificate: new connections use it, and torrents of groups it no longer names
+        (this host was removed from them) stop: no peer would complete a handshake for them."""
+        engine.set_certificate(paths.cert, paths.key)
+        names = self.identity.names
+        if "*" in names:
+            return
+        left = [ih for ih in engine.info_hashes() if engine.status(ih).group not in names]
+        for ih in left:
+            engine.remove(ih)
+        if left:
+            log.info("stopped %d torrent(s) of groups this host's new certificate no longer names", len(left))
+
     def _reseed(self) -> None:
-        """Serve again every verified blob of every manifest this host knows."""
+        """Serve again every verified blob of every manifest this host knows (not those published
+        before host groups: no certificate names their torrents, so no peer would be served)."""
+        legacy = []
         for _env, manifest in self.manifests.all():
+            if manifest_group_id(manifest) is None:
+                legacy.append(str(manifest.ref))
+                continue
             for layer in manifest.layers:
                 if self.blobs.is_verified(layer.blob):
-                    self.engine.add(layer.torrent, self.blobs.blobs_dir, self.tracker.announce_url, seed=True)
+                    self.engine.add(
+                        layer.torrent,
+                        self.blobs.blobs_dir,
+                        self.tracker.announce_url,
+                        seed=True,
+                        file_name=digest_hex(layer.blob),
+                    )
+        if legacy:
+            log.warning(
+                "not seeding %d image(s) published before host groups (%s): the builder must seed them again",
+                len(legacy),
+                ", ".join(legacy[:5]),
+            )
 
     async def _watch(self) -> None:
         """Preheat: keep the newest matching tag of each repository pulled.

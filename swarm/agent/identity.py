@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from swarm.agent.paths import AgentPaths
 from swarm.agent.tracker_client import TrackerClient
 from swarm.core.api import EnrollResponse
-from swarm.core.certs import make_csr, new_private_key, private_key_pem
-from swarm.core.errors import SwarmError, TrackerError, UntrustedManifest
+from swarm.core.certs import dns_names, make_csr, new_private_key, private_key_pem
+from swarm.core.errors import Forbidden, SwarmError, TrackerError, UntrustedManifest
 from swarm.core.files import write_atomic
 from swarm.core.tokens import JoinToken
 
@@ -40,6 +40,10 @@ class Identity:
         self.not_after = 0
         self.issued_at = 0
         self.last_error = ""
+        #: the SAN DNS names of the certificate: the ids of the groups this host is in
+        self.names: frozenset[str] = frozenset()
+        #: told after every renewal (the engine takes the new certificate)
+        self.on_renewed: Callable[[], None] = lambda: None
 
     def _private_key(self) -> ec.EllipticCurvePrivateKey:
         if self._paths.key.exists():
@@ -60,6 +64,7 @@ class Identity:
         write_atomic(self._paths.cert, answer.certificate.encode(), 0o600)
         write_atomic(self._paths.ca, answer.ca.encode(), 0o600)
         self.name, self.role, self.ca_pem = answer.name, answer.role, answer.ca
+        self.names = dns_names(answer.certificate)
         self.not_after, self.issued_at = answer.not_after, int(time.time())
         self.last_error = ""
         log.info(
@@ -70,18 +75,32 @@ class Identity:
         )
         return answer
 
+    async def ensure_name(self, group_id: str, what: str) -> None:
+        """Make sure the certificate names `group_id`, renewing it now if not: a host added to a
+        group (or a builder to a repository of a new group) needs the new SAN before its next
+        scheduled renewal. Forbidden if even a fresh certificate lacks it."""
+        if group_id in self.names or "*" in self.names:
+            return
+        log.info("certificate lacks group %s (for %s): renewing it now", group_id, what)
+        await self.enroll()
+        self.on_renewed()
+        if group_id not in self.names:
+            raise Forbidden(f"{what}: this host's certificate does not name its group ({group_id}); not a member?")
+
     def renew_delay(self) -> float:
         lifetime = max(1, self.not_after - self.issued_at)
         return max(1.0, self.issued_at + lifetime * RENEW_AT - time.time())
 
-    async def renew_forever(self, on_renewed: Callable[[], None]) -> None:
-        """Renew before expiry; on failure retry every few seconds (a revoked host never succeeds)."""
+    async def renew_forever(self) -> None:
+        """Renew before expiry; on failure retry every few seconds (a revoked host never succeeds).
+        Each certificate names the groups of the token at the time: a membership change shows at
+        the next renewal (sooner for additions, see `ensure_name`)."""
         while True:
             await asyncio.sleep(self.renew_delay())
             while True:
                 try:
                     await self.enroll()
-                    on_renewed()
+                    self.on_renewed()
                     break
                 except (TrackerError, SwarmError) as exc:
                     self.last_error = str(exc)

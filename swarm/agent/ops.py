@@ -35,10 +35,13 @@ from swarm.agent.server import Handler, RawEmit
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
 from swarm.builder.prepare import prepare_archive, prepare_image
-from swarm.core.errors import UsageError
+from swarm.core.digest import digest_hex
+from swarm.core.errors import SwarmError, UsageError
+from swarm.core.groups import group_id
 from swarm.core.manifest import Manifest
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest, format_public_key
+from swarm.core.torrent import manifest_group_id
 from swarm.engine.session import Engine
 
 #: seconds between two progress messages of a pull
@@ -72,6 +75,7 @@ class AgentOps:
 
     async def status(self, _request: StatusRequest, _emit: Emit) -> StatusResponse:
         used, count = self.blobs.usage()
+        names = await self._group_names()
         return StatusResponse(
             name=self.identity.name,
             role=self.identity.role,
@@ -81,18 +85,33 @@ class AgentOps:
             certificate_error=self.identity.last_error,
             peer_port=self.engine.ssl_port,
             trusted_keys=tuple(format_public_key(k) for k in self.trusted),
-            images=tuple(self._image(m) for _e, m in self.manifests.all()),
+            images=tuple(self._image(m, names) for _e, m in self.manifests.all()),
             pulls=tuple(self.puller.progress_all()),
             torrents=tuple(self._torrent(ih) for ih in self.engine.info_hashes()),
             cache=CacheInfo(used, count, self.cache.budget, self.cache.over_budget(), self.cache.reserved()),
             relay=self.docker is None,
         )
 
-    def _image(self, manifest: Manifest) -> ImageInfo:
+    async def _group_names(self) -> dict[str, str]:
+        """Group id -> name, from the tracker's list of what this token reads ({} when it does not answer)."""
+        try:
+            entries = await self.tracker.manifests()
+        except SwarmError:
+            return {}
+        return {group_id(e.group): e.group for e in entries if e.group}
+
+    def _image(self, manifest: Manifest, names: dict[str, str]) -> ImageInfo:
         blobs = {layer.blob for layer in manifest.layers}
         cached = sum(1 for b in blobs if self.blobs.is_verified(b))
         state = CACHED if cached == len(blobs) else PARTLY_CACHED if cached else NOT_CACHED
-        return ImageInfo(str(manifest.ref), manifest.image_id, len(manifest.layers), len(blobs), cached, state)
+        try:
+            gid = manifest_group_id(manifest) or ""
+        except SwarmError:
+            gid = ""
+        group = names.get(gid, gid) if gid else "(none: published before groups)"
+        return ImageInfo(
+            str(manifest.ref), manifest.image_id, len(manifest.layers), len(blobs), cached, state, group, gid
+        )
 
     def _torrent(self, info_hash: bytes) -> TorrentInfo:
         st = self.engine.status(info_hash)
@@ -156,6 +175,8 @@ class AgentOps:
         manifests = []
         try:
             for image in request.images:
+                _group, group_id = await self.tracker.resolve_group(ImageRef.parse(image).repository)
+                await self.identity.ensure_name(group_id, image)
                 if request.archive:
                     m = await asyncio.to_thread(
                         prepare_archive,
@@ -166,6 +187,7 @@ class AgentOps:
                         request.key_id,
                         self.identity.name,
                         progress,
+                        group_id,
                     )
                 elif self.docker is None:
                     raise UsageError(f"{image}: this agent is a relay, no Docker to export from (--from-archive)")
@@ -179,6 +201,7 @@ class AgentOps:
                         request.key_id,
                         self.identity.name,
                         progress,
+                        group_id,
                     )
                 for layer in m.layers:
                     self.blobs.mark_verified(layer.blob)  # hashed while exported
@@ -198,7 +221,13 @@ class AgentOps:
             entry = await self.tracker.publish(raw)
             self.manifests.save(envelope)
             for layer in manifest.layers:
-                self.engine.add(layer.torrent, self.blobs.blobs_dir, self.tracker.announce_url, seed=True)
+                self.engine.add(
+                    layer.torrent,
+                    self.blobs.blobs_dir,
+                    self.tracker.announce_url,
+                    seed=True,
+                    file_name=digest_hex(layer.blob),
+                )
             self.blobs.touch([layer.blob for layer in manifest.layers])
             await emit(Note(f"published {entry.ref} ({entry.image_id[:19]}), seeding"))
             published.append(entry)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from swarm.core.errors import (
     DockerError,
     DockerUnreachable,
     ImageNotFound,
+    LegacyTorrent,
     NotFound,
     SwarmError,
     TorrentError,
@@ -35,7 +36,7 @@ from swarm.core.errors import (
 from swarm.core.manifest import Layer, Manifest
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
-from swarm.core.torrent import check_layer_torrent
+from swarm.core.torrent import check_layer_torrent, manifest_group_id
 from swarm.core.units import human_bytes
 from swarm.engine.session import Engine
 from swarm.images import load as docker_load
@@ -115,8 +116,11 @@ class Puller:
         ca_pem: str,
         metrics: AgentMetrics,
         trust_resume: bool = False,
+        ensure_name: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self._engine = engine
+        #: (group id, what for): make sure the certificate names that group (identity.ensure_name)
+        self._ensure_name = ensure_name
         self._cache = cache
         self._blobs = blobs
         self._manifests = manifests
@@ -178,8 +182,14 @@ class Puller:
         envelope = SignedManifest.from_bytes(data)
         manifest = await self._trust.verify(envelope, ref)
         check_pin(ref, manifest.image_id)
-        for layer in manifest.layers:
-            check_layer_torrent(layer.torrent, layer.info_hash, digest_hex(layer.blob), layer.blob_size, self.ca_pem)
+        try:
+            for layer in manifest.layers:
+                check_layer_torrent(layer.torrent, layer.info_hash, layer.blob_size, self.ca_pem)
+        except LegacyTorrent as exc:
+            raise LegacyTorrent(f"{ref}: {exc}") from exc
+        group_id = manifest_group_id(manifest)
+        if self._ensure_name is not None and group_id is not None:
+            await self._ensure_name(group_id, str(ref))
         state.manifest = manifest
         self._cache.hold(str(ref), (layer.blob for layer in manifest.layers))
         log.info("pulling %s (%s, %d layers)", ref, manifest.image_id[:19], len(manifest.layers))
@@ -223,7 +233,13 @@ class Puller:
         state.cached = {layer.blob for layer in manifest.layers if self._blobs.is_verified(layer.blob)}
         for layer in manifest.layers:
             if layer.blob in state.cached:
-                self._engine.add(layer.torrent, self._blobs.blobs_dir, self._tracker.announce_url, seed=True)
+                self._engine.add(
+                    layer.torrent,
+                    self._blobs.blobs_dir,
+                    self._tracker.announce_url,
+                    seed=True,
+                    file_name=digest_hex(layer.blob),
+                )
 
     def _all_verified(self, manifest: Manifest) -> bool:
         return all(self._blobs.is_verified(layer.blob) for layer in manifest.layers)
@@ -248,6 +264,7 @@ class Puller:
                 self._tracker.announce_url,
                 seed=layer.blob in state.cached,
                 trust_resume=self._trust_resume,
+                file_name=digest_hex(layer.blob),
             )
         state.set_stage("downloading")
         try:

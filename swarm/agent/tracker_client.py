@@ -21,6 +21,7 @@ from swarm.core.errors import (
     UntrustedManifest,
     error_for_status,
 )
+from swarm.core.groups import is_group_id
 from swarm.core.refs import ImageRef
 from swarm.core.tokens import JoinToken
 
@@ -135,6 +136,14 @@ class TrackerClient:
 
     async def publish(self, envelope: bytes) -> ManifestEntry:
         return ManifestEntry.from_map(wire.unpack_map(await self._request("POST", "/v1/manifests", envelope)))
+
+    async def resolve_group(self, repository: str) -> tuple[str, str]:
+        """(group, group id) of `repository`: what a builder names its layer torrents after."""
+        data = wire.unpack_map(await self._request("GET", "/v1/groups/resolve", params={"repository": repository}))
+        name, gid = data.get("group"), data.get("id")
+        if not isinstance(name, str) or not isinstance(gid, str) or not is_group_id(gid):
+            raise InvalidInput("malformed group answer from the tracker")
+        return name, gid
 
     async def manifest(self, ref: str) -> bytes:
         return await self._request("GET", f"/v1/manifests/{ref}")

@@ -26,14 +26,15 @@ Progress = Callable[[str], None]
 class TorrentMaker:
     """Hashes blobs into torrents on a thread of its own, while the next layer is exported."""
 
-    def __init__(self, ca_pem: str) -> None:
+    def __init__(self, ca_pem: str, name: str) -> None:
         self._ca = ca_pem
+        self._name = name  # the image's group id
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="torrent")
         self._made: dict[Path, Future[bytes]] = {}
 
     def submit(self, blob: Path) -> None:
         if blob not in self._made:
-            self._made[blob] = self._pool.submit(make_torrent, blob, self._ca)
+            self._made[blob] = self._pool.submit(make_torrent, blob, self._ca, self._name)
 
     def metainfo(self, blob: Path) -> bytes:
         self.submit(blob)
@@ -54,12 +55,14 @@ def manifest_for(
     key_id: str,
     publisher: str,
     progress: Progress,
+    group_id: str,
     maker: TorrentMaker | None = None,
 ) -> Manifest:
-    """The unsigned manifest; `publisher` is the name of the builder token that will publish it."""
+    """The unsigned manifest; `publisher` is the name of the builder token that will publish it,
+    `group_id` the id of the repository's host group, which names every layer torrent."""
     if maker is None:
-        with TorrentMaker(ca_pem) as own:
-            return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress, own)
+        with TorrentMaker(ca_pem, group_id) as own:
+            return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress, group_id, own)
     torrents: dict[str, tuple[bytes, bytes]] = {}
     layers = []
     for i, x in enumerate(exported.layers, 1):
@@ -91,21 +94,35 @@ def manifest_for(
 
 
 def prepare_image(
-    api: Any, image: str, blobs_dir: Path, ca_pem: str, key_id: str, publisher: str, progress: Progress
+    api: Any,
+    image: str,
+    blobs_dir: Path,
+    ca_pem: str,
+    key_id: str,
+    publisher: str,
+    progress: Progress,
+    group_id: str,
 ) -> Manifest:
     ref = ImageRef.parse(image)
     progress(f"{ref}: exporting from Docker")
-    with TorrentMaker(ca_pem) as maker:
+    with TorrentMaker(ca_pem, group_id) as maker:
         exported = export_image(api, str(ref), blobs_dir, on_blob=maker.submit)
-        return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress, maker)
+        return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress, group_id, maker)
 
 
 def prepare_archive(
-    archive: Path, image: str, blobs_dir: Path, ca_pem: str, key_id: str, publisher: str, progress: Progress
+    archive: Path,
+    image: str,
+    blobs_dir: Path,
+    ca_pem: str,
+    key_id: str,
+    publisher: str,
+    progress: Progress,
+    group_id: str,
 ) -> Manifest:
     ref = ImageRef.parse(image)
     progress(f"{ref}: reading {archive.name}")
-    with TorrentMaker(ca_pem) as maker:
+    with TorrentMaker(ca_pem, group_id) as maker:
         with open(archive, "rb") as f:
             exported = read_archive(f, blobs_dir, image=str(ref), on_blob=maker.submit)  # the named one of several
-        return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress, maker)
+        return manifest_for(exported, ref, blobs_dir, ca_pem, key_id, publisher, progress, group_id, maker)

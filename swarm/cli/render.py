@@ -32,8 +32,8 @@ def status_table(status: StatusResponse) -> None:
     out.print(line)
     print_table(
         out,
-        ("image", "id", "layers", "cached"),
-        [(img.ref, img.image_id[7:19], str(img.layers), _cached(img)) for img in status.images],
+        ("image", "id", "group", "layers", "cached"),
+        [(img.ref, img.image_id[7:19], img.group, str(img.layers), _cached(img)) for img in status.images],
         title="images",
     )
     print_table(

@@ -43,3 +43,12 @@ def make_csr(key: ec.EllipticCurvePrivateKey, name: str) -> str:
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def dns_names(pem: str | bytes) -> frozenset[str]:
+    """The SAN DNS names of a certificate (a host's: its group ids)."""
+    try:
+        san = load_cert(pem).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return frozenset()
+    return frozenset(san.value.get_values_for_type(x509.DNSName))

@@ -11,6 +11,7 @@
     │   └── RateLimited             too many failed attempts from one address (429)
     ├── ImageNotFound               unknown image (tracker or Docker)
     ├── InvalidInput                a malformed message, manifest or file
+    │   └── LegacyTorrent           a layer torrent from before host groups (named by digest)
     ├── UntrustedManifest           signature missing, bad or not by a pinned key
     ├── DigestMismatch              bytes whose sha256 is not the expected one
     ├── DockerError                 Docker refused or failed
@@ -84,6 +85,13 @@ class ImageNotFound(SwarmError):
 
 class InvalidInput(SwarmError):
     kind = "invalid-input"
+
+
+class LegacyTorrent(InvalidInput):
+    """A layer torrent named by its blob's digest: published before host groups, so no certificate
+    names it and no peer serves it; the image must be seeded again."""
+
+    kind = "legacy-torrent"
 
 
 class UntrustedManifest(SwarmError):

@@ -81,3 +81,41 @@ def resolve(repository: str, mappings: Mapping[str, str]) -> str:
 def certificate_names(groups: Iterable[str]) -> list[str]:
     """The SAN DNS names of a host certificate for these groups: their ids, sorted."""
     return sorted({group_id(g) for g in groups})
+
+
+def _literal_ends(pattern: str) -> tuple[str, str, bool]:
+    """(literal text before the first wildcard, after the last one, whether it has any)."""
+    cuts = [i for i, c in enumerate(pattern) if c in _WILDCARDS]
+    if not cuts:
+        return pattern, pattern, False
+    return pattern[: cuts[0]], pattern[cuts[-1] + 1 :], True
+
+
+def may_overlap(a: str, b: str) -> bool:
+    """Whether some repository could match both fnmatch patterns. Errs towards True (never a
+    false False): literal heads and tails must agree, which is all two globs always share."""
+    head_a, tail_a, wild_a = _literal_ends(a)
+    head_b, tail_b, wild_b = _literal_ends(b)
+    if not wild_a and not wild_b:
+        return a == b
+    if not wild_a:
+        return fnmatch.fnmatchcase(a, b)
+    if not wild_b:
+        return fnmatch.fnmatchcase(b, a)
+    heads = head_a.startswith(head_b) or head_b.startswith(head_a)
+    tails = tail_a.endswith(tail_b) or tail_b.endswith(tail_a)
+    return heads and tails
+
+
+def reachable_groups(publish: Iterable[str], mappings: Mapping[str, str]) -> set[str]:
+    """The groups a builder with these publish patterns may publish into: every group whose mapping
+    patterns may overlap one of them, and `default` unless each pattern lies inside one mapping
+    pattern. A superset, never less: a builder's certificate must name every group it seeds."""
+    reached: set[str] = set()
+    for raw in publish:
+        # a pattern with a tag part (`app:prod-*`) names repositories by the part before it
+        pattern = raw.rpartition(":")[0] if raw.rfind(":") > raw.rfind("/") else raw
+        reached.update(g for m, g in mappings.items() if may_overlap(pattern, m))
+        if not any(fnmatch.fnmatchcase(pattern, m) for m in mappings):
+            reached.add(DEFAULT)
+    return reached

@@ -8,18 +8,25 @@ trailing bytes), which is what a checker wants.
 
 Swarm torrents are v2-only (BEP 52) with one file: the info-hash is the
 sha256 of the bencoded info dict, and they announce its first 20 bytes
-(`Layer.announce_hash`).
+(`Layer.announce_hash`). A layer torrent is named after the id of its image's
+host group (swarm/core/groups.py), which is what libtorrent matches against a
+peer certificate's SAN names; the blob stays on disk under its digest (the
+agent renames the torrent's one file when it adds it).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastbencode
 
-from swarm.core.errors import InvalidInput
+from swarm.core.errors import InvalidInput, LegacyTorrent
+from swarm.core.groups import is_group_id
+
+if TYPE_CHECKING:
+    from swarm.core.manifest import Manifest
 
 #: BEP 52: merkle leaves are 16 KiB blocks; a piece is a power of two of them
 BLOCK = 16 * 1024
@@ -42,7 +49,7 @@ def bdecode(data: bytes) -> Any:
 @dataclass(frozen=True)
 class TorrentFacts:
     info_hash: bytes  # 32-byte v2 info-hash
-    name: str  # the single file's name (the blob's hex digest)
+    name: str  # the torrent's (and its one file's) name: the group id of its image
     size: int
     private: bool
     root_cert: str  # PEM of the CA in the info dict ("" if none)
@@ -95,18 +102,39 @@ def inspect_torrent(metainfo: bytes) -> TorrentFacts:
     )
 
 
-def check_layer_torrent(metainfo: bytes, info_hash: bytes, blob_hex: str, blob_size: int, ca_pem: str) -> TorrentFacts:
-    """Refuse a torrent that is not exactly the one a manifest layer claims."""
+def check_layer_torrent(
+    metainfo: bytes, info_hash: bytes, blob_size: int, ca_pem: str, group_id: str | None = None
+) -> TorrentFacts:
+    """Refuse a torrent that is not exactly the one a manifest layer claims: named after `group_id`
+    (None: after some group id, for agents, which do not know the tracker's mapping)."""
     facts = inspect_torrent(metainfo)
     if facts.info_hash != info_hash:
         raise InvalidInput("layer info_hash does not match its torrent")
-    if facts.name != blob_hex or facts.size != blob_size:
+    if facts.size != blob_size:
         raise InvalidInput("layer torrent does not describe its blob")
+    if not is_group_id(facts.name):
+        raise LegacyTorrent(
+            f"layer torrent named {facts.name[:64]!r}, not after a host group: published before host groups, "
+            "it must be seeded again (`swarm seed`)"
+        )
+    if group_id is not None and facts.name != group_id:
+        raise InvalidInput(f"layer torrent named {facts.name!r}, not after its repository's group ({group_id})")
     if not facts.private:
         raise InvalidInput("layer torrent is not private")
     if _normalise_pem(facts.root_cert) != _normalise_pem(ca_pem):
         raise InvalidInput("layer torrent is not bound to this swarm's CA")
     return facts
+
+
+def manifest_group_id(manifest: Manifest) -> str | None:
+    """The group id every layer torrent of `manifest` is named after; None for a manifest
+    published before host groups (torrents named by digest). InvalidInput if they disagree."""
+    names = {inspect_torrent(layer.torrent).name for layer in manifest.layers}
+    if not all(is_group_id(n) for n in names):
+        return None
+    if len(names) != 1:
+        raise InvalidInput(f"the layer torrents of {manifest.ref} are named after {len(names)} groups, not one")
+    return names.pop()
 
 
 def _layer_root(layer: bytes, piece: int) -> bytes:

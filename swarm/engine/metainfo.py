@@ -13,6 +13,7 @@ Inspecting and checking a torrent needs no libtorrent: swarm/core/torrent.py.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import libtorrent as lt
 
@@ -29,14 +30,20 @@ def piece_size_for(size: int) -> int:
     return piece
 
 
-def make_torrent(path: Path, ca_pem: str) -> bytes:
-    """Hash the file at `path` into a private v2 SSL torrent; returns bencoded metainfo."""
+def make_torrent(path: Path, ca_pem: str, name: str) -> bytes:
+    """Hash the file at `path` into a private v2 SSL torrent named `name` (its group's id);
+    returns bencoded metainfo. A v2 file's hashes do not depend on its name, so the name is set
+    after hashing the file where it lies (`Engine.add` maps it back to the file on disk)."""
     size = path.stat().st_size
     ct = lt.create_torrent(lt.list_files(str(path)), piece_size_for(size), lt.create_torrent.v2_only)
     ct.set_priv(True)
     ct.set_root_cert(ca_pem)
     lt.set_piece_hashes(ct, str(path.parent))
-    entry = ct.generate()
+    entry: Any = ct.generate()
     entry.pop(b"creation date", None)
+    info = entry[b"info"]
+    ((_old, node),) = info[b"file tree"].items()
+    info[b"name"] = name.encode()
+    info[b"file tree"] = {name.encode(): node}
     data: bytes = lt.bencode(entry)
     return data

@@ -34,6 +34,20 @@ from swarm.core.redact import redact
 log = logging.getLogger(__name__)
 
 BLOCK = 16 * 1024
+#: the first libtorrent whose `verify_peer_cert` matches a certificate name to the torrent name
+#: exactly; before it a SAN that is a prefix of the name matched too (host groups rely on exact)
+EXACT_NAME_MATCH = (2, 0, 13)
+
+
+def check_libtorrent(version: str = lt.version) -> None:
+    """UsageError unless this libtorrent matches peer certificate names exactly."""
+    try:
+        have = tuple(int(part) for part in version.split(".")[:3])
+    except ValueError as exc:
+        raise UsageError(f"cannot read the libtorrent version {version!r}") from exc
+    if have < EXACT_NAME_MATCH:
+        need = ".".join(map(str, EXACT_NAME_MATCH))
+        raise UsageError(f"libtorrent {version} matches certificate names by prefix: swarm needs {need} or later")
 
 
 class EngineObserver(Protocol):
@@ -73,6 +87,8 @@ class TorrentStatus:
     peers: list[PeerStat]
     failed_pieces: int
     error: str
+    #: the torrent's own name: the id of its image's host group (`name` is its file on disk)
+    group: str = ""
     #: payload received by the sending peer's role ("builder", "host", "?"), whole life of the torrent
     received_by_role: dict[str, int] = field(default_factory=dict)
 
@@ -84,6 +100,7 @@ class _Torrent:
     piece_length: int
     finished: asyncio.Event
     flushed: asyncio.Event
+    file: str = ""  # the file on disk when not the torrent's name (a blob is stored under its digest)
     from_peer: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     from_role: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     failed_pieces: int = 0
@@ -128,6 +145,7 @@ class Engine:
     # -- life cycle ---------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        check_libtorrent()
         self._loop = loop
         host, port = self._listen
         pack = lt.high_performance_seed()
@@ -193,9 +211,19 @@ class Engine:
 
     # -- torrents -----------------------------------------------------------
 
-    def add(self, metainfo: bytes, save_dir: Path, tracker_url: str, seed: bool, trust_resume: bool = False) -> bytes:
-        """Start a torrent (idempotent).
+    def add(
+        self,
+        metainfo: bytes,
+        save_dir: Path,
+        tracker_url: str,
+        seed: bool,
+        trust_resume: bool = False,
+        file_name: str | None = None,
+    ) -> bytes:
+        """Start a torrent (idempotent), its one file read and written as `save_dir/file_name`.
 
+        A layer torrent is named after its group, its blob stored under its digest: torrents of
+        several groups for one blob share that one file.
         `seed`: the file is complete and its sha256 verified. Otherwise the
         saved resume data is used only with `trust_resume` (after a clean
         shutdown); without it libtorrent hash-checks whatever is on disk, so
@@ -215,6 +243,8 @@ class Engine:
         atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         if seed:
             atp.flags |= lt.torrent_flags.seed_mode
+        if file_name is not None and file_name != ti.name():
+            atp.renamed_files = {0: file_name}
         assert self._loop is not None
         # file 0 is the blob; v2 pads the tail, and padding is not payload
         entry = _Torrent(
@@ -223,6 +253,7 @@ class Engine:
             piece_length=ti.piece_length(),
             finished=asyncio.Event(),
             flushed=asyncio.Event(),
+            file=file_name or "",
         )
         with self._lock:
             self._torrents[ih] = entry
@@ -340,7 +371,7 @@ class Engine:
             live.setdefault(name, PeerStat(name, "", 0, 0, False)).downloaded = n
         return TorrentStatus(
             info_hash=ih.hex(),
-            name=s.name,
+            name=entry.file or s.name,
             state=_STATES.get(int(s.state), str(s.state)),
             progress=float(s.progress),
             total=entry.size,
@@ -352,6 +383,7 @@ class Engine:
             peers=sorted(live.values(), key=lambda p: p.name),
             failed_pieces=entry.failed_pieces,
             error=entry.error or (s.errc.message() if s.errc.value() else ""),
+            group=s.name,
             received_by_role=by_role,
         )
 
@@ -450,7 +482,7 @@ class Engine:
         if entry is None:
             return  # the `stopped` announce of the removal is answered the same: already gone
         ih = alert.handle.info_hashes().v2.to_bytes()
-        name = entry.handle.status().name
+        name = entry.file or entry.handle.status().name
         self.retired.add(ih)
         self.remove(ih)
         log.info("layer sha256:%s retired by the tracker (its images were removed): no longer seeded", name)

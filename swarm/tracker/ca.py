@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import hmac
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,8 +94,10 @@ class CertificateAuthority:
         )
         return hmac.new(der, b"swarm/" + purpose.encode(), hashlib.sha256).digest()
 
-    def sign_csr(self, csr_pem: str, name: str, lifetime_s: int) -> IssuedCertificate:
-        """Issue a certificate for the CSR's key: CN=name, SAN DNS "*", server+client auth."""
+    def sign_csr(self, csr_pem: str, name: str, lifetime_s: int, dns_names: Sequence[str]) -> IssuedCertificate:
+        """Issue a certificate for the CSR's key: CN=name, one SAN DNS name per entry of `dns_names`
+        (the ids of the holder's groups; none: no SAN, and the CN, a token name, names no torrent),
+        server+client auth."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode("utf-8", "surrogateescape"))
         except (ValueError, UnicodeError) as exc:
@@ -118,7 +121,7 @@ class CertificateAuthority:
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         not_after = now + dt.timedelta(seconds=lifetime_s)
         serial = x509.random_serial_number()
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
             .issuer_name(self.cert.subject)
@@ -127,8 +130,12 @@ class CertificateAuthority:
             .not_valid_before(now - BACKDATE)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("*")]), critical=False)
-            .add_extension(
+        )
+        if dns_names:
+            san = x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names])
+            builder = builder.add_extension(san, critical=False)
+        cert = (
+            builder.add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
             )
@@ -158,8 +165,8 @@ class CertificateAuthority:
 
         Hosts pin the CA by the fingerprint in their join token, so this is what
         lets a token cross the network only inside TLS. Host certificates carry
-        the SAN `*` only, which no TLS client accepts for a host name or an IP
-        address, so a host cannot pose as the tracker.
+        only group ids (`g` + 24 hex digits) as SAN names, which no host name
+        the tracker is dialled by looks like, so a host cannot pose as the tracker.
         """
         key = ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = []

@@ -27,10 +27,10 @@ from pathlib import Path
 
 from swarm.core import groups as grp
 from swarm.core.api import MAX_WATCH_TIMEOUT, RETIRED_TORRENT, EnrollResponse, ManifestEntry
-from swarm.core.digest import digest_hex
 from swarm.core.errors import (
     Forbidden,
     InvalidInput,
+    LegacyTorrent,
     NotFound,
     RateLimited,
     SwarmError,
@@ -208,6 +208,8 @@ class TrackerService:
         and may publish only into its `publish` patterns (default: any repository nobody owns)."""
         if not _NAME.fullmatch(name):
             raise InvalidInput(f"invalid token name {name!r}: letters, digits, '.', '_', '-' (up to 63)")
+        if grp.is_group_id(name):  # the certificate's CN: libtorrent would match it to that group's torrents
+            raise InvalidInput(f"invalid token name {name!r}: it looks like a group id (g + 24 hex digits)")
         if role not in ROLES:
             raise InvalidInput(f"invalid role {role!r}: expected one of {', '.join(ROLES)}")
         if role == "builder" and builder_key is None:
@@ -373,11 +375,20 @@ class TrackerService:
         record = self.authenticate(secret, ip)
         if record.role == "admin":
             raise Forbidden(f"token {record.name!r} has role admin: it reads fleet state and joins no swarm")
-        issued = self.ca.sign_csr(csr_pem, record.name, self.cert_lifetime)
+        if grp.is_group_id(record.name):  # libtorrent matches the CN too: it must name no torrent
+            raise Forbidden(f"token {record.name!r} is named like a group id: make a token with another name")
+        issued = self.ca.sign_csr(csr_pem, record.name, self.cert_lifetime, self.certificate_names(record))
         self.storage.record_certificate(issued.serial, record.name, issued.not_after)
         self.metrics.certificates.inc()
         log.info("issued a certificate to %s, valid until %d", record.name, issued.not_after)
         return EnrollResponse(issued.pem, self.ca.cert_pem, issued.not_after, record.name, record.role)
+
+    def certificate_names(self, record: TokenRecord) -> list[str]:
+        """The SAN names of `record`'s certificate: the ids of the groups whose torrents it may join.
+        A host's (and a relay's) groups; a builder's, the groups its publish patterns reach."""
+        if record.role == "builder":
+            return grp.certificate_names(grp.reachable_groups(record.publish, self.storage.group_patterns()))
+        return grp.certificate_names(self.token_groups(record.name))
 
     # manifests
 
@@ -415,10 +426,16 @@ class TrackerService:
             )
         if manifest.expired(int(time.time() * 1000)):
             raise InvalidInput(f"manifest for {manifest.ref} has expired")
-        for layer in manifest.layers:
-            check_layer_torrent(
-                layer.torrent, layer.info_hash, digest_hex(layer.blob), layer.blob_size, self.ca.cert_pem
-            )
+        group = self.group_of(manifest.repository)
+        gid = grp.group_id(group)
+        try:
+            for layer in manifest.layers:
+                check_layer_torrent(layer.torrent, layer.info_hash, layer.blob_size, self.ca.cert_pem, gid)
+        except LegacyTorrent as exc:
+            raise InvalidInput(
+                f"the layer torrents of {manifest.ref} must be named after its group {group!r} ({gid}), "
+                "not by digest: prepare it with a swarm agent that knows host groups"
+            ) from exc
         entry = self.storage.publish(
             str(manifest.ref),
             signed.to_bytes(),
@@ -426,7 +443,7 @@ class TrackerService:
             record.name,
             manifest.created_ms,
             [(layer.announce_hash, layer.blob) for layer in manifest.layers],
-            group=self.group_of(manifest.repository),
+            group=group,
         )
         log.info("%s published %s (seq %d)", record.name, entry.ref, entry.seq)
         if self.keep is not None:

@@ -2,7 +2,7 @@
 
     python -m tests.e2e.peertools steal    --torrent F --peer IP:PORT... --listen IP [--cert C --key K | --self-signed]
     python -m tests.e2e.peertools enroll   --tracker URL --token T --data DIR
-    python -m tests.e2e.peertools liar     --torrent F... --blobs-dir D --cert C --key K --tracker URL --token T --listen IP:PORT
+    python -m tests.e2e.peertools liar     --torrent <blob hex>.torrent... --blobs-dir D --cert C --key K --tracker URL --token T --listen IP:PORT
     python -m tests.e2e.peertools announce --tracker URL --token T --info-hash HEX --port N
     python -m tests.e2e.peertools fetch    --url URL
 
@@ -140,23 +140,27 @@ def liar(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, on_term)
     session = _session(args.listen, args.name)
     blobs_dir = Path(args.blobs_dir)
-    handles = []
+    handles, files = [], []
     for torrent in args.torrent:
+        # layer torrents are named after their group: the blob is the file named like the .torrent
+        blob = Path(torrent).name.removesuffix(".torrent")
         atp = lt.add_torrent_params()
         atp.ti = lt.torrent_info(Path(torrent).read_bytes())
         atp.save_path = str(blobs_dir)
+        atp.renamed_files = {0: blob}
         atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         h = session.add_torrent(atp)
         h.set_ssl_certificate(args.cert, args.key, dh_params_path())
         handles.append(h)
+        files.append(blobs_dir / blob)
     deadline = time.monotonic() + 60
     while not all(h.status().is_seeding for h in handles):
         if time.monotonic() > deadline:
             raise SystemExit("liar: the honest copies did not check out")
         session.wait_for_alert(100)
         session.pop_alerts()
-    for h in handles:
-        corrupt(blobs_dir / h.status().name)
+    for path in files:
+        corrupt(path)
     url = _announce_url(args.tracker, args.token)
     for h in handles:
         h.add_tracker({"url": url})

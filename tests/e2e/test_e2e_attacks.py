@@ -105,7 +105,7 @@ def test_lying_peer_is_detected_banned_and_every_host_gets_the_right_image(
             "--tracker", fleet.url, "--token", token, "--listen", f"{liar.ip}:{PEER_PORT}"]
     for layer in manifest.layers:  # an honest copy first: the liar's libtorrent checks it, then it is spoiled
         shutil.copyfile(fleet.agent("builder").data / "blobs" / layer.blob[7:], blobs_dir / layer.blob[7:])
-        path = testbed.dir / f"{layer.blob[7:19]}.torrent"
+        path = testbed.dir / f"{layer.blob[7:]}.torrent"  # the liar serves the blob named like the file
         path.write_bytes(layer.torrent)
         args += ["--torrent", str(path)]
     proc = testbed.spawn("liar", "liar", [sys.executable, "-m", "tests.e2e.peertools", *args])

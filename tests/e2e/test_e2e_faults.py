@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import libtorrent as lt
 import pytest
@@ -58,16 +59,17 @@ def test_builder_dies_once_one_full_copy_is_out(fleet_factory: Callable[..., Fle
             assert sum(v for peer, v in fleet.received_from(name).items() if peer != "builder") > 0, name
 
 
-def verified_on_disk(torrents: list[bytes], save_dir: Path, timeout: float = 60) -> int:
+def verified_on_disk(layers: list[Any], save_dir: Path, timeout: float = 60) -> int:
     """Bytes of whole pieces in `save_dir` that pass the torrents' hash checks (a scratch
     libtorrent session that only reads: no peers, no tracker, upload mode)."""
     session = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False, "enable_lsd": False,
                           "enable_upnp": False, "enable_natpmp": False})
     handles = []
-    for metainfo in torrents:
+    for layer in layers:
         atp = lt.add_torrent_params()
-        atp.ti = lt.torrent_info(metainfo)
+        atp.ti = lt.torrent_info(layer.torrent)
         atp.save_path = str(save_dir)
+        atp.renamed_files = {0: layer.blob[7:]}  # named after its group, stored under its digest
         atp.flags = lt.torrent_flags.upload_mode
         handles.append(session.add_torrent(atp))
     checking = (lt.torrent_status.states.checking_files, lt.torrent_status.states.checking_resume_data)
@@ -102,7 +104,7 @@ def test_agent_killed_halfway_resumes_without_downloading_verified_pieces_again(
     assert shown_before < total, "h1 finished before it was killed"
     assert job.wait(30).returncode != 0  # the client saw its agent die
     # what the dead agent left on disk that passes the hash check: that must never come again
-    on_disk = verified_on_disk([layer.torrent for layer in manifest.layers], fleet.agent("h1").data / "blobs")
+    on_disk = verified_on_disk(list(manifest.layers), fleet.agent("h1").data / "blobs")
     assert on_disk >= 0.3 * total, f"only {on_disk} of {total} bytes were usable after the kill"
 
     testbed.restart_agent("h1")

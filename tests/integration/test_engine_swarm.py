@@ -76,11 +76,11 @@ async def test_download_from_a_certified_seed_is_attributed_and_rate_limited(swa
     seeder.start(loop)
     leecher.start(loop)
     try:
-        seeder.add(layer.torrent, swarm.seed_dir, seed_url, seed=True)
+        seeder.add(layer.torrent, swarm.seed_dir, seed_url, seed=True, file_name=layer.blob[7:])
         down = tmp_path / "down"
         down.mkdir()
         started = time.monotonic()
-        ih = leecher.add(layer.torrent, down, leech_url, seed=False)
+        ih = leecher.add(layer.torrent, down, leech_url, seed=False, file_name=layer.blob[7:])
         await asyncio.wait_for(leecher.wait_finished(ih), timeout=60)
         elapsed = time.monotonic() - started
         assert file_digest(down / layer.blob[7:]) == layer.blob

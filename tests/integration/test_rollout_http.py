@@ -156,7 +156,7 @@ async def test_signed_receipts_verify_and_forged_ones_are_refused(rig: Rig) -> N
     # a certificate from another CA, for the right name
     other_ca = CertificateAuthority.load_or_create(rig.service.data_dir.parent / "other-ca")
     key = new_private_key()
-    foreign = other_ca.sign_csr(make_csr(key, "x"), "h1", 600).pem
+    foreign = other_ca.sign_csr(make_csr(key, "x"), "h1", 600, []).pem
     now = time.time()
     forged["a foreign CA's certificate"] = replace(good, receipt=sign_receipt(
         key, foreign, LoadClaim("h1", "demo/app:v1", rig.image_id, int(now))))

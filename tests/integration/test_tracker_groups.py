@@ -79,8 +79,10 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
     service.map_pattern("shop/*", "web")
     key = SigningKey.generate()
     builder = service.create_token("b1", "builder", key.public_raw)
-    web_m = make_signed_manifest(tmp_path, service.ca.cert_pem, key, "shop/front", "v1", [b"web layer\n"])
-    pci_m = make_signed_manifest(tmp_path, service.ca.cert_pem, key, "payments/api", "v1", [b"pci layer\n"])
+    web_m = make_signed_manifest(tmp_path, service.ca.cert_pem, key, "shop/front", "v1", [b"web layer\n"],
+                                 group="web")
+    pci_m = make_signed_manifest(tmp_path, service.ca.cert_pem, key, "payments/api", "v1", [b"pci layer\n"],
+                                 group="pci")
     assert service.publish(builder.secret, web_m.to_bytes()).group == "web"
     assert service.publish(builder.secret, pci_m.to_bytes()).group == "pci"
     try:
@@ -219,11 +221,12 @@ async def test_builder_publishes_only_into_groups_its_patterns_reach(fleet: Flee
     key = SigningKey.generate()
     shop = fleet.service.create_token("b-shop", "builder", key.public_raw, ("shop/*",))
     into_pci = make_signed_manifest(
-        tmp_path, fleet.service.ca.cert_pem, key, "payments/other", "v1", publisher="b-shop"
+        tmp_path, fleet.service.ca.cert_pem, key, "payments/other", "v1", publisher="b-shop", group="pci"
     )
     with pytest.raises(Forbidden):
         fleet.service.publish(shop.secret, into_pci.to_bytes())
-    into_web = make_signed_manifest(tmp_path, fleet.service.ca.cert_pem, key, "shop/cart", "v1", publisher="b-shop")
+    into_web = make_signed_manifest(tmp_path, fleet.service.ca.cert_pem, key, "shop/cart", "v1", publisher="b-shop",
+                                    group="web")
     assert fleet.service.publish(shop.secret, into_web.to_bytes()).group == "web"
     status, body = await fleet.get(fleet.web, "/v1/manifests")
     assert status == 200 and sorted(m["ref"] for m in body["manifests"]) == ["shop/cart:v1", "shop/front:v1"]

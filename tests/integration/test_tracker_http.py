@@ -265,6 +265,7 @@ async def test_real_libtorrent_announce(tracker_server: Tracker, tmp_path: Path)
     atp = lt.add_torrent_params()
     atp.ti = lt.torrent_info(layer.torrent)
     atp.save_path = str(t.workdir)
+    atp.renamed_files = {0: layer.blob[7:]}  # named after its group, stored under its digest
     atp.flags |= lt.torrent_flags.seed_mode
     atp.trackers = [f"{t.url}/announce/{t.host.secret}"]
     handle = ses.add_torrent(atp)

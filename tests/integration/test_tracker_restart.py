@@ -77,10 +77,12 @@ async def test_restart_in_the_middle_of_a_distribution(tmp_path: Path) -> None:
                 return e
             seeder = engine("seeder", upload_limit=1_000_000)
             leecher = engine("leecher")
-            seeder.add(layer.torrent, seed_dir, f"{tracker.url}/announce/{tokens['seeder'].secret}", seed=True)
+            seeder.add(layer.torrent, seed_dir, f"{tracker.url}/announce/{tokens['seeder'].secret}", seed=True,
+                       file_name=layer.blob[7:])
             down = tmp_path / "down"
             down.mkdir()
-            ih = leecher.add(layer.torrent, down, f"{tracker.url}/announce/{tokens['leecher'].secret}", seed=False)
+            ih = leecher.add(layer.torrent, down, f"{tracker.url}/announce/{tokens['leecher'].secret}", seed=False,
+                             file_name=layer.blob[7:])
 
             async def midway() -> bool:
                 st = leecher.status(ih)
@@ -108,7 +110,8 @@ async def test_restart_in_the_middle_of_a_distribution(tmp_path: Path) -> None:
             late = engine("late")
             late_dir = tmp_path / "late-down"
             late_dir.mkdir()
-            ih2 = late.add(layer.torrent, late_dir, f"{tracker.url}/announce/{tokens['late'].secret}", seed=False)
+            ih2 = late.add(layer.torrent, late_dir, f"{tracker.url}/announce/{tokens['late'].secret}", seed=False,
+                           file_name=layer.blob[7:])
             await asyncio.wait_for(late.wait_finished(ih2), 60)
             assert file_digest(late_dir / layer.blob[7:]) == layer.blob
             # certificates issued before the restart are on record

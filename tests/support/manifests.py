@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from swarm.core import groups
 from swarm.core.digest import sha256_digest
 from swarm.core.manifest import Layer, Manifest
 from swarm.core.signing import SignedManifest, SigningKey
@@ -15,12 +16,13 @@ from swarm.core.torrent import inspect_torrent
 from swarm.engine.metainfo import make_torrent
 
 
-def make_layer(workdir: Path, ca_pem: str, payload: bytes) -> Layer:
-    """A layer whose blob is `payload` itself (compression "none"), written to workdir/<sha256 hex>."""
+def make_layer(workdir: Path, ca_pem: str, payload: bytes, group: str = groups.DEFAULT) -> Layer:
+    """A layer whose blob is `payload` itself (compression "none"), written to workdir/<sha256 hex>;
+    its torrent is named after `group`'s id (add it with `file_name=` the blob's hex digest)."""
     blob_hex = hashlib.sha256(payload).hexdigest()
     path = workdir / blob_hex
     path.write_bytes(payload)
-    torrent = make_torrent(path, ca_pem)
+    torrent = make_torrent(path, ca_pem, groups.group_id(group))
     return Layer(diff_id=sha256_digest(payload), size=len(payload), blob="sha256:" + blob_hex,
                  blob_size=len(payload), compression="none", info_hash=inspect_torrent(torrent).info_hash,
                  torrent=torrent)
@@ -38,9 +40,11 @@ def created_now_ms() -> int:
 
 def make_signed_manifest(workdir: Path, ca_pem: str, key: SigningKey, repository: str = "demo/app",
                          tag: str = "latest", payloads: Sequence[bytes] = (b"layer one\n",),
-                         publisher: str = "b1", created_ms: int | None = None) -> SignedManifest:
-    """Signed by `key` for builder token `publisher` (the tracker takes it only from that token)."""
-    layers = tuple(make_layer(workdir, ca_pem, p) for p in payloads)
+                         publisher: str = "b1", created_ms: int | None = None,
+                         group: str = groups.DEFAULT) -> SignedManifest:
+    """Signed by `key` for builder token `publisher` (the tracker takes it only from that token); its
+    torrents named after `group`, which must be the repository's group on the tracker it goes to."""
+    layers = tuple(make_layer(workdir, ca_pem, p, group) for p in payloads)
     config = json.dumps({"architecture": "amd64", "os": "linux",
                          "rootfs": {"type": "layers", "diff_ids": [la.diff_id for la in layers]}},
                         sort_keys=True).encode()

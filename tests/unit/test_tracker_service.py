@@ -17,7 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from swarm.core.certs import ca_fingerprint, load_cert, make_csr, new_private_key
+from swarm.core.certs import ca_fingerprint, dns_names, load_cert, make_csr, new_private_key
+from swarm.core.groups import group_id
 from swarm.core.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from swarm.core.signing import SignedManifest, SigningKey
 from swarm.core.tokens import hash_secret
@@ -117,6 +118,48 @@ def test_token_lifecycle_and_hashes_only(service: TrackerService) -> None:
         assert bytes.fromhex(secret) not in raw
 
 
+def test_certificates_name_the_groups_of_the_token(service: TrackerService) -> None:
+    for g in ("web", "pci", "base"):
+        service.add_group(g)
+    service.map_pattern("payments/*", "pci")
+    service.map_pattern("shop/*", "web")
+    service.map_pattern("base", "base")
+
+    def names(token_name: str) -> frozenset[str]:
+        token = next(t for t in tokens if t[0] == token_name)[1]
+        return dns_names(service.enroll(token.secret, make_csr(new_private_key(), "x")).certificate)
+
+    builder_key = SigningKey.generate().public_raw
+    tokens = [
+        ("web-01", service.create_token("web-01", "host", groups=("web",))),
+        ("both-01", service.create_token("both-01", "host", groups=("web", "pci"))),
+        ("relay-01", service.create_token("relay-01", "host", groups=("pci", "base"))),
+        ("b-shop", service.create_token("b-shop", "builder", builder_key, ("shop/*",))),
+        ("b-pay", service.create_token("b-pay", "builder", builder_key, ("payments/cards", "tools/*"))),
+        ("b-any", service.create_token("b-any", "builder", builder_key)),
+    ]
+    assert names("web-01") == {group_id("web")}
+    assert names("both-01") == {group_id("web"), group_id("pci")}
+    assert names("relay-01") == {group_id("pci"), group_id("base")}
+    assert names("b-shop") == {group_id("web")}  # shop/* lies inside the web mapping: no default
+    assert names("b-pay") == {group_id("pci"), group_id("default")}  # tools/* is unmapped
+    assert names("b-any") == {group_id(g) for g in ("web", "pci", "base", "default")}
+    # membership changes show in the next certificate
+    service.change_memberships("both-01", [], ["pci"])
+    assert names("both-01") == {group_id("web")}
+    service.change_memberships("web-01", [], ["web"])
+    cert = load_cert(service.enroll(tokens[0][1].secret, make_csr(new_private_key(), "x")).certificate)
+    with pytest.raises(x509.ExtensionNotFound):  # in no group: no SAN, and its CN names no torrent
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+
+
+def test_token_names_that_look_like_group_ids_are_refused(service: TrackerService) -> None:
+    # libtorrent accepts a certificate whose CN (the token name) equals the torrent name
+    with pytest.raises(InvalidInput, match="looks like a group id"):
+        service.create_token(group_id("pci"), "host")
+    service.create_token("g" + "0" * 23, "host")  # one digit short: not an id
+
+
 def test_enroll_certificate(service: TrackerService) -> None:
     tok = service.create_token("host-7", "host")
     key = new_private_key()
@@ -124,8 +167,9 @@ def test_enroll_certificate(service: TrackerService) -> None:
     assert (resp.name, resp.role, resp.ca) == ("host-7", "host", service.ca.cert_pem)
     cert = load_cert(resp.certificate)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "host-7"
+    # one SAN per group of the token (here `default`), never `*`: libtorrent admits it to those torrents only
     assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.DNSName) == ["*"]
+        x509.DNSName) == [group_id("default")]
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     assert abs(resp.not_after - (time.time() + 600)) < 5
