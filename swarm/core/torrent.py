@@ -114,8 +114,8 @@ def check_layer_torrent(
         raise InvalidInput("layer torrent does not describe its blob")
     if not is_group_id(facts.name):
         raise LegacyTorrent(
-            f"layer torrent named {facts.name[:64]!r}, not after a host group: published before host groups, "
-            "it must be seeded again (`swarm seed`)"
+            f"layer torrent named {facts.name[:12]!r}..., not after a host group: published before host groups, "
+            "the image must be seeded again (`swarm seed`)"
         )
     if group_id is not None and facts.name != group_id:
         raise InvalidInput(f"layer torrent named {facts.name!r}, not after its repository's group ({group_id})")

@@ -9,6 +9,7 @@ torrent, the seed's address and whatever CA-signed certificate it was given).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,9 +30,11 @@ import pytest
 from swarm.agent.paths import AgentPaths
 from swarm.agent.store import ManifestStore
 from swarm.core.certs import dns_names, load_cert, make_csr, new_private_key, private_key_pem
+from swarm.core.errors import InvalidInput
 from swarm.core.groups import group_id
 from swarm.core.manifest import Layer, Manifest
 from swarm.core.tokens import JoinToken
+from swarm.core.torrent import inspect_torrent
 from swarm.images.synthetic import build_image, payload, run_image
 from swarm.tracker.ca import CertificateAuthority
 from tests.support.dockerd import Dockerd, stop_all
@@ -232,6 +235,53 @@ def test_a_host_removed_from_pci(bed: Bed, tmp_path: Path) -> None:
     assert cut["downloaded"] == 0 and cut["refused"] == 1, cut
     web = steal(web_layer.torrent, bed.builder.peer_port, cert_file, key_file, tmp_path / "s3", until=1)
     assert web["downloaded"] > 0, web
+
+
+def test_an_image_published_before_groups_fails_in_one_line(bed: Bed, tmp_path: Path) -> None:
+    """Upgrade: a tracker keeps manifests published before host groups, their torrents named by digest.
+    No certificate names such a torrent, so no peer would serve it: a pull says so (re-seed it) at once,
+    and a new publication of one is refused."""
+    from swarm.core.signing import SignedManifest, SigningKey
+    from swarm.engine.metainfo import make_torrent
+    from swarm.tracker.options import ServeOptions
+    from swarm.tracker.server import open_service
+    from tests.support.manifests import created_now_ms, make_signed_manifest
+
+    data = b"a layer from before groups\n"
+    blob_hex = hashlib.sha256(data).hexdigest()
+    (tmp_path / blob_hex).write_bytes(data)
+    key = SigningKey.load(bed.root / "builder.key")
+    service = open_service(ServeOptions(bed.tracker.data))
+
+    def legacy(repository: str, publisher: str) -> tuple[Manifest, SignedManifest]:
+        torrent = make_torrent(tmp_path / blob_hex, service.ca.cert_pem, blob_hex)  # the old naming: by digest
+        layer = Layer(diff_id="sha256:" + blob_hex, size=len(data), blob="sha256:" + blob_hex, blob_size=len(data),
+                      compression="none", info_hash=inspect_torrent(torrent).info_hash, torrent=torrent)
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}}).encode()
+        manifest = Manifest(repository=repository, tag="1", config=config, layers=(layer,), key_id=key.key_id,
+                            created_ms=created_now_ms(), publisher=publisher)
+        return manifest, key.sign(manifest)
+
+    try:
+        old, signed = legacy("legacy/app", "builder1")
+        # what the database of an upgraded tracker holds (publish refuses such a manifest now, see below)
+        service.storage.publish("legacy/app:1", signed.to_bytes(), old.image_id, "builder1", old.created_ms,
+                                [(la.announce_hash, la.blob) for la in old.layers])
+        builder2 = JoinToken.parse(bed.tracker.token("builder2", "builder", "--key", key.public_text))
+        with pytest.raises(InvalidInput, match=r"must be named after its group .default.*not by digest"):
+            service.publish(builder2.secret, legacy("legacy/other", "builder2")[1].to_bytes())
+        wrong = make_signed_manifest(tmp_path, service.ca.cert_pem, key, "legacy/new", publisher="builder2",
+                                     group="web")
+        with pytest.raises(InvalidInput, match="not after its repository's group"):
+            service.publish(builder2.secret, wrong.to_bytes())
+    finally:
+        service.close()
+    host = bed.relay("default1", ("default",))
+    pulled = host.swarm("pull", "legacy/app:1", check=False)
+    assert pulled.returncode == 1 and "Traceback" not in pulled.stderr
+    assert "published before host groups" in pulled.stderr and "seeded again" in pulled.stderr, pulled.stderr
+    assert len([line for line in pulled.stderr.splitlines() if line.startswith("error:")]) == 1, pulled.stderr
 
 
 def _received(agent: Agent) -> dict[str, dict[str, int]]:
