@@ -239,3 +239,72 @@ def test_revoked_host_gets_nothing_and_is_out_after_certificate_expiry(
     assert result.returncode == 1
     # and the rest of the fleet still works: a fresh pull of app:2 on h1
     fleet.pull_all("app:2", names=["h1"])
+
+
+# -- 10. host groups: no byte of a pci image reaches a web-only host -------------------------
+
+
+def test_two_groups_across_four_hosts_no_pci_bytes_reach_a_web_only_host(
+        fleet_factory: Callable[..., Fleet], testbed: Testbed) -> None:
+    """h1, h2 in web; h3 in web and pci; h4 in pci. Memberships change after every agent enrolled, so
+    the builder and each host also renew their certificate for the new group SANs on their own."""
+    web, pci = "shop/front:1", "payments/api:1"
+    fleet = fleet_factory(hosts=4)
+    assert fleet.tracker is not None
+    data = str(fleet.tracker.data)
+    for group in ("web", "pci"):
+        run_swarm("tracker", "group", "add", group, "--data", data)
+    run_swarm("tracker", "group", "map", "shop/*", "web", "--data", data)
+    run_swarm("tracker", "group", "map", "payments/*", "pci", "--data", data)
+    members = {"h1": ["web"], "h2": ["web"], "h3": ["web", "pci"], "h4": ["pci"]}
+    for host, groups in members.items():
+        adds = [a for g in groups for a in ("--add", g)]
+        run_swarm("tracker", "token", "groups", host, *adds, "--remove", "default", "--data", data)
+    marker = b"SWARM-E2E-PCI-ONLY-" + secrets.token_hex(8).encode()
+    ids = {web: fleet.build(web, app_layers(big=8 * MiB, seed=3), CMD),
+           pci: fleet.build(pci, [{"/cards.bin": marker_layer(marker, 6 * MiB)}, {"/hello.txt": HELLO}], CMD)}
+    cap = testbed.capture("groups")
+    fleet.seed(web, pci)
+    jobs = [fleet.start_pull("h1", web), fleet.start_pull("h2", web), fleet.start_pull("h3", web, pci),
+            fleet.start_pull("h4", pci)]
+    for job in jobs:
+        job.ok()
+    cap.stop()
+    assert cap.dropped == 0, f"tcpdump dropped {cap.dropped} packets"
+    for host, groups in members.items():
+        for ref, group in ((web, "web"), (pci, "pci")):
+            if group in groups:
+                assert fleet.api(host).inspect_image(ref)["Id"] == ids[ref]
+    refused = fleet.agent("h1").swarm("pull", pci, check=False)
+    assert refused.returncode == 1 and "unknown image" in refused.stderr, refused.stderr
+
+    # every peer connection opens with a TLS ClientHello whose SNI is the torrent's announce hash
+    streams = capture.tcp_streams(cap.path)
+    opened = capture.tls_server_names(streams)
+    hashes = {ref: {layer.announce_hash.hex() for layer in fleet.manifest(ref).layers} for ref in (web, pci)}
+    ip = {name: fleet.host(name).ip for name in members}
+    web_only = {ip["h1"], ip["h2"]}
+
+    def reverse(flow: capture.Flow) -> capture.Flow:
+        return (flow[2], flow[3], flow[0], flow[1])
+
+    def sni(flow: capture.Flow) -> str | None:
+        return opened.get(flow) or opened.get(reverse(flow))
+
+    received: dict[tuple[str, str], int] = {}  # (host ip, ref) -> payload bytes towards it
+    for flow, stream in streams.items():
+        if PEER_PORT not in (flow[1], flow[3]) or not stream:
+            continue
+        name = sni(flow)
+        ref = next((r for r, hs in hashes.items() if name in hs), None)
+        assert ref is not None, f"a peer connection {flow} without a known torrent's SNI ({name})"
+        received[(flow[2], ref)] = received.get((flow[2], ref), 0) + len(stream)
+    # not one connection of a pci torrent touched a web-only host, in either direction
+    pci_links = [f for f in opened if opened[f] in hashes[pci]]
+    assert pci_links and not [f for f in pci_links if {f[0], f[2]} & web_only], pci_links
+    assert all(received.get((h, pci), 0) == 0 for h in web_only), received
+    # controls: the same capture code sees each image reach its group's hosts, at least its blobs' size
+    sizes = {ref: sum(layer.blob_size for layer in fleet.manifest(ref).layers) for ref in (web, pci)}
+    assert received.get((ip["h4"], pci), 0) + received.get((ip["h3"], pci), 0) >= sizes[pci], received
+    assert all(received.get((h, web), 0) > 0 for h in web_only), received
+    assert capture.find(cap.path, marker) == []

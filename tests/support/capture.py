@@ -181,3 +181,35 @@ def find(path: Path, needle: bytes) -> list[str]:
         if needle in data:
             where.append("%s:%d->%s:%d" % flow)
     return where
+
+
+def tls_server_names(streams: dict[Flow, bytes]) -> dict[Flow, str]:
+    """The SNI of each stream that opens with a TLS ClientHello (libtorrent's SSL torrents send the
+    torrent's info-hash in hex there: the first 20 bytes of the v2 hash for a v2-only torrent)."""
+    names = {}
+    for flow, data in streams.items():
+        name = _client_hello_sni(data)
+        if name is not None:
+            names[flow] = name
+    return names
+
+
+def _client_hello_sni(data: bytes) -> str | None:
+    if len(data) < 44 or data[0] != 0x16 or data[5] != 0x01:  # handshake record, ClientHello
+        return None
+    pos = 9 + 2 + 32  # record (5) + handshake header (4), client version, random
+    try:
+        pos += 1 + data[pos]  # session id
+        pos += 2 + struct.unpack("!H", data[pos:pos + 2])[0]  # cipher suites
+        pos += 1 + data[pos]  # compression methods
+        end = pos + 2 + struct.unpack("!H", data[pos:pos + 2])[0]
+        pos += 2
+        while pos + 4 <= end:
+            kind, size = struct.unpack("!HH", data[pos:pos + 4])
+            if kind == 0:  # server_name: list length (2), name type (1), name length (2), name
+                (length,) = struct.unpack("!H", data[pos + 7:pos + 9])
+                return data[pos + 9:pos + 9 + length].decode("ascii", "replace")
+            pos += 4 + size
+    except (IndexError, struct.error):
+        return None
+    return None
