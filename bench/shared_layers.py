@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import libtorrent as lt
 
@@ -44,51 +45,56 @@ def disk_bytes(root: Path) -> int:
     return total
 
 
-def seeding(session: object, handle: object, timeout: float = 120) -> None:
+def seeding(session: Any, handle: Any, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while not handle.status().is_seeding:  # type: ignore[attr-defined]
+    while not handle.status().is_seeding:
         if time.monotonic() > deadline:
             raise RuntimeError("the torrent did not reach seeding")
-        session.wait_for_alert(20)  # type: ignore[attr-defined]
-        session.pop_alerts()  # type: ignore[attr-defined]
+        session.wait_for_alert(20)
+        session.pop_alerts()
+
+
+def add_seed(session: Any, metainfo: bytes, save_dir: Path, file_name: str) -> Any:
+    """A seed-mode torrent whose one file is `save_dir/file_name` (as `Engine.add(file_name=...)`)."""
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(metainfo)
+    atp.save_path = str(save_dir)
+    atp.renamed_files = {0: file_name}
+    atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+    atp.flags |= lt.torrent_flags.seed_mode
+    return session.add_torrent(atp)
 
 
 def run(variant: str, blob: Path, torrents: tuple[bytes, bytes]) -> tuple[float, int]:
-    session = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False, "enable_lsd": False,
-                          "enable_upnp": False, "enable_natpmp": False, "alert_mask": lt.alert_category.status})
-    try:
-        handles = []
-
-        def add(metainfo: bytes, file_name: str) -> object:
-            atp = lt.add_torrent_params()
-            atp.ti = lt.torrent_info(metainfo)
-            atp.save_path = str(blob.parent)
-            atp.renamed_files = {0: file_name}
-            atp.flags = (atp.flags & ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)) \
-                | lt.torrent_flags.seed_mode
-            h = session.add_torrent(atp)
-            handles.append(h)
-            return h
-
-        seeding(session, add(torrents[0], blob.name))
-        started = time.perf_counter()
-        second = blob.name
-        if variant == "hardlink":
-            second = blob.name + ".pci"
-            os.link(blob, blob.parent / second)
-        elif variant == "copy":
-            second = blob.name + ".pci"
-            shutil.copyfile(blob, blob.parent / second)
-            os.sync()
-        seeding(session, add(torrents[1], second))
-        elapsed = time.perf_counter() - started
-        used = disk_bytes(blob.parent)
-        for h in handles:
-            session.remove_torrent(h)
-        (blob.parent / (blob.name + ".pci")).unlink(missing_ok=True)
-        return elapsed, used
-    finally:
-        del session
+    """(seconds until the second group's torrent seeds, disk bytes both use) for one variant."""
+    settings = {
+        "listen_interfaces": "127.0.0.1:0",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "alert_mask": lt.alert_category.status,
+    }
+    session = lt.session(settings)
+    first = add_seed(session, torrents[0], blob.parent, blob.name)
+    seeding(session, first)
+    started = time.perf_counter()
+    second = blob.name
+    if variant == "hardlink":
+        second = blob.name + ".pci"
+        os.link(blob, blob.parent / second)
+    elif variant == "copy":
+        second = blob.name + ".pci"
+        shutil.copyfile(blob, blob.parent / second)
+        os.sync()
+    other = add_seed(session, torrents[1], blob.parent, second)
+    seeding(session, other)
+    elapsed = time.perf_counter() - started
+    used = disk_bytes(blob.parent)
+    session.remove_torrent(first)
+    session.remove_torrent(other)
+    (blob.parent / (blob.name + ".pci")).unlink(missing_ok=True)
+    return elapsed, used
 
 
 def main() -> None:
