@@ -96,3 +96,28 @@ def test_log_records_are_redacted_whoever_logs_them(caplog: pytest.LogCaptureFix
             log.exception("failed")
     assert caplog.records and secret not in caplog.text and "my-own-secret" not in caplog.text
     assert redact.escape_path("a\nb") == "a\\nb"
+
+
+def test_libtorrent_must_match_certificate_names_exactly() -> None:
+    from swarm.engine.session import check_libtorrent
+
+    check_libtorrent()  # the installed one
+    check_libtorrent("2.0.13.0")
+    for old in ("2.0.12.0", "1.2.19.0"):
+        with pytest.raises(UsageError, match="by prefix"):
+            check_libtorrent(old)
+
+
+def test_groups_a_builder_may_reach() -> None:
+    from swarm.core.groups import may_overlap, reachable_groups
+
+    assert may_overlap("payments/*", "pay*") and may_overlap("a*z", "ab*") and may_overlap("shop", "s*")
+    assert not may_overlap("payments/*", "shop/*") and not may_overlap("a*x", "b*y") and not may_overlap("a", "b")
+    mappings = {"payments/*": "pci", "payments/public": "web", "shop/*": "web", "base": "base"}
+    assert reachable_groups(["shop/*"], mappings) == {"web"}
+    assert reachable_groups(["payments/cards"], mappings) == {"pci"}
+    assert reachable_groups(["payments/*"], mappings) == {"pci", "web"}  # payments/public is web's
+    assert reachable_groups(["pay*"], mappings) == {"pci", "web", "default"}  # payroll is unmapped
+    assert reachable_groups(["base:prod-*"], mappings) == {"base"}  # a tag part names the repository before it
+    assert reachable_groups(["*"], mappings) == {"pci", "web", "base", "default"}
+    assert reachable_groups([], mappings) == set()
