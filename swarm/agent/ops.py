@@ -175,6 +175,8 @@ class AgentOps:
         manifests = []
         try:
             for image in request.images:
+                if not request.archive and self.docker is None:
+                    raise UsageError(f"{image}: this agent is a relay, no Docker to export from (--from-archive)")
                 _group, group_id = await self.tracker.resolve_group(ImageRef.parse(image).repository)
                 await self.identity.ensure_name(group_id, image)
                 if request.archive:
@@ -189,8 +191,6 @@ class AgentOps:
                         progress,
                         group_id,
                     )
-                elif self.docker is None:
-                    raise UsageError(f"{image}: this agent is a relay, no Docker to export from (--from-archive)")
                 else:
                     m = await asyncio.to_thread(
                         prepare_image,

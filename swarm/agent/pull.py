@@ -131,6 +131,8 @@ class Puller:
         self._trust_resume = trust_resume
         self.ca_pem = ca_pem
         self._active: dict[str, tuple[PullState, asyncio.Task[str]]] = {}
+        #: blob -> resolved once it is on disk (True) or its download failed (False), while a pull fetches it
+        self._fetching: dict[str, asyncio.Future[bool]] = {}
         self.observer: PullObserver | None = None
 
     def start(self, ref: ImageRef, seed: bool = False) -> tuple[PullState, asyncio.Task[str]]:
@@ -256,27 +258,62 @@ class Puller:
         missing = [layer for b, layer in unique.items() if b not in state.cached]
         self._check_room(manifest, missing)
         self._cache.reserve(str(manifest.ref), {layer.blob: layer.blob_size for layer in missing})
+        # a blob another pull is downloading through another group's torrent is not fetched twice:
+        # this pull waits for that download, then seeds its own torrent over the same file
+        borrowed = {
+            layer.blob: self._fetching[layer.blob]
+            for layer in missing
+            if layer.blob in self._fetching and not self._engine.has(layer.info_hash)
+        }
+        loop = asyncio.get_running_loop()
         for layer in unique.values():
-            # blobs already here are seeded too: this host serves what it holds
-            self._engine.add(
-                layer.torrent,
-                self._blobs.blobs_dir,
-                self._tracker.announce_url,
-                seed=layer.blob in state.cached,
-                trust_resume=self._trust_resume,
-                file_name=digest_hex(layer.blob),
-            )
+            if layer.blob not in borrowed:  # blobs already here are seeded too: this host serves what it holds
+                self._add(layer, seed=layer.blob in state.cached)
+        for layer in missing:
+            if layer.blob not in borrowed:  # before any await: a pull starting now sees it
+                self._fetching.setdefault(layer.blob, loop.create_future())
         state.set_stage("downloading")
         try:
-            await asyncio.gather(*(self._engine.wait_finished(layer.info_hash) for layer in missing))
+            await asyncio.gather(*(self._download(layer, borrowed.get(layer.blob)) for layer in missing))
             state.set_stage("verifying")
             for layer in missing:
                 await self._blobs.verify(layer.blob)
+                if layer.blob in borrowed:
+                    self._add(layer, seed=True)
         except (TorrentError, SwarmError, OSError) as exc:
             self._discard(missing)
             if isinstance(exc, TorrentError) and "space" in str(exc).lower():
                 raise TorrentError(f"no space left on device for the layers of {manifest.ref}") from exc
             raise
+
+    def _add(self, layer: Layer, seed: bool) -> None:
+        self._engine.add(
+            layer.torrent,
+            self._blobs.blobs_dir,
+            self._tracker.announce_url,
+            seed=seed,
+            trust_resume=self._trust_resume,
+            file_name=digest_hex(layer.blob),
+        )
+
+    async def _download(self, layer: Layer, other: asyncio.Future[bool] | None) -> None:
+        """Until the blob is on disk: through this layer's torrent, or through the torrent another
+        pull is downloading it with (`other`: resolved when that one ends; then this layer's own if
+        that download failed)."""
+        if other is not None:
+            if await asyncio.shield(other):
+                return
+            self._add(layer, seed=False)
+        done = self._fetching.setdefault(layer.blob, asyncio.get_running_loop().create_future())
+        try:
+            await self._engine.wait_finished(layer.info_hash)
+            if not done.done():
+                done.set_result(True)
+        finally:
+            if not done.done():
+                done.set_result(False)
+            if self._fetching.get(layer.blob) is done:
+                del self._fetching[layer.blob]
 
     def _check_room(self, manifest: Manifest, missing: list[Layer]) -> None:
         """Refuse up front a pull whose blobs cannot fit (libtorrent writes sparse files)."""

@@ -294,6 +294,22 @@ def _received(agent: Agent) -> dict[str, dict[str, int]]:
     return out
 
 
+def test_two_pulls_at_once_fetch_a_shared_layer_once(bed: Bed) -> None:
+    """A host in both groups pulling both images at once (one `swarm pull`, two pulls in flight):
+    each shared blob crosses the network through one group's torrent; the other's seeds the file."""
+    host = bed.relay("both2", ("web", "pci"))
+    host.swarm("pull", WEB, PCI, timeout=240)
+    web_m, pci_m = bed.manifest(WEB), bed.manifest(PCI)
+    shared = {la.blob: la.blob_size for la in web_m.layers if la.blob in {p.blob for p in pci_m.layers}}
+    assert shared
+    torrents = host.status()["torrents"]
+    for blob, size in shared.items():
+        mine = [t for t in torrents if t["blob"] == blob]
+        assert len(mine) == 2 and {t["state"] for t in mine} == {"seeding"}, mine
+        got = sorted(sum(p["downloaded"] for p in t["peers"]) for t in mine)
+        assert got == [0, size], (blob, got)
+
+
 def test_a_two_group_host_stores_a_shared_layer_once_and_serves_both_swarms(bed: Bed) -> None:
     both = bed.host("both1", ("web", "pci"), "--docker-host", bed.engines["both1"].host)
     for ref in (WEB, PCI):
