@@ -15,6 +15,7 @@ import pytest
 
 from swarm.core.certs import make_csr, new_private_key, private_key_pem
 from swarm.core.digest import file_digest
+from swarm.core.groups import group_id
 from swarm.core.manifest import Manifest
 from swarm.engine.session import Engine, peer_name, peer_tag
 from swarm.core.signing import SigningKey
@@ -92,3 +93,45 @@ async def test_download_from_a_certified_seed_is_attributed_and_rate_limited(swa
     finally:
         # closing announces `stopped` to the tracker, which runs on this same loop
         await asyncio.gather(asyncio.to_thread(leecher.close), asyncio.to_thread(seeder.close))
+
+
+async def test_one_blob_two_groups_one_file_and_eviction_stops_both(tmp_path: Path) -> None:
+    """The same blob in a web and a pci image: two torrents over one file in a real session; the
+    cache's eviction of the blob stops both torrents and deletes the one file."""
+    from swarm.agent.cache import CacheKeeper
+    from swarm.agent.metrics import AgentMetrics
+    from swarm.agent.paths import AgentPaths
+    from swarm.agent.store import BlobStore, ManifestStore
+    from tests.support.outsider import self_signed
+
+    paths = AgentPaths(tmp_path / "agent")
+    paths.create()
+    key = SigningKey.generate()
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    shared = os.urandom(300 * 1024)
+    envelopes = [make_signed_manifest(paths.blobs_dir, ca, key, f"{g}/app", payloads=[shared], group=g)
+                 for g in ("web", "pci")]
+    blobs, manifests = BlobStore(paths), ManifestStore(paths)
+    for envelope in envelopes:
+        manifests.save(envelope)
+    (layer_web,), (layer_pci,) = (Manifest.from_bytes(e.manifest).layers for e in envelopes)
+    assert layer_web.blob == layer_pci.blob and layer_web.info_hash != layer_pci.info_hash
+    blobs.mark_verified(layer_web.blob)
+    (tmp_path / "cert").mkdir()
+    cert, cert_key = self_signed(tmp_path / "cert")
+    engine = Engine("127.0.0.1:0", "both", cert, cert_key)
+    engine.start(asyncio.get_running_loop())
+    try:
+        for layer in (layer_web, layer_pci):
+            engine.add(layer.torrent, paths.blobs_dir, "http://127.0.0.1:9/announce", seed=True,
+                       file_name=layer.blob[7:])
+        assert os.listdir(paths.blobs_dir) == [layer_web.blob[7:]]
+        statuses = [engine.status(la.info_hash) for la in (layer_web, layer_pci)]
+        assert {s.name for s in statuses} == {layer_web.blob[7:]}  # the file on disk, for `swarm status`
+        assert {s.group for s in statuses} == {group_id("web"), group_id("pci")}
+        cache = CacheKeeper(1, 0, blobs, manifests, engine, AgentMetrics())
+        assert cache.evict() == [layer_web.blob]
+        assert not engine.has(layer_web.info_hash) and not engine.has(layer_pci.info_hash)
+        assert os.listdir(paths.blobs_dir) == []
+    finally:
+        await asyncio.to_thread(engine.close)
