@@ -281,7 +281,7 @@ class Agent:
             return
         left = [ih for ih in engine.info_hashes() if engine.status(ih).group not in names]
         for ih in left:
-            engine.remove(ih)
+            engine.remove(ih, "this host is no longer in the group of that image")
         if left:
             log.info("stopped %d torrent(s) of groups this host's new certificate no longer names", len(left))
 

@@ -50,7 +50,7 @@ RETIRED_TORRENT = "retired torrent"
 
 @dataclass(frozen=True)
 class EnrollResponse:
-    certificate: str  # PEM, signed by the swarm CA, SAN DNS "*"
+    certificate: str  # PEM, signed by the swarm CA, one SAN DNS name per group id of the token
     ca: str  # PEM of the swarm CA
     not_after: int  # unix seconds
     name: str  # the token's name, also the certificate CN

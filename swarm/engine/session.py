@@ -266,14 +266,17 @@ class Engine:
         self._apply_cert(entry.handle)
         return ih
 
-    def remove(self, ih: bytes) -> None:
-        """Stop a torrent (libtorrent announces `stopped`) and forget its resume data."""
+    def remove(self, ih: bytes, reason: str = "its torrent was stopped") -> None:
+        """Stop a torrent (libtorrent announces `stopped`) and forget its resume data; a download
+        still waited for fails with `reason` rather than wait forever."""
         with self._lock:
             entry = self._torrents.pop(ih, None)
         if entry is not None:
             s = entry.handle.status()
             self._removed_uploaded += int(s.total_payload_upload)
             self._session.remove_torrent(entry.handle)
+            entry.error = entry.error or reason
+            self._signal(entry)
         if self._resume_dir is not None:
             (self._resume_dir / f"{ih.hex()}.resume").unlink(missing_ok=True)
 
