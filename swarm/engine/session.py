@@ -26,7 +26,7 @@ from swarm.core.addresses import format_host, parse_listen
 from swarm.core.api import RETIRED_TORRENT
 from swarm.core.errors import TorrentError, UsageError
 from swarm.core.files import write_atomic
-from swarm.core.peerid import peer_identity
+from swarm.core.peerid import PeerIdentity, peer_identity
 from swarm.core.peerid import peer_name as peer_name
 from swarm.core.peerid import peer_tag as peer_tag
 from swarm.core.redact import redact
@@ -42,6 +42,22 @@ class EngineObserver(Protocol):
     def block_received(self, source_role: str, nbytes: int) -> None: ...
 
     def piece_failed(self) -> None: ...
+
+
+class PeerResolver(Protocol):
+    """Who a peer connection is (its name and role), for the per-peer stats and byte counts.
+
+    Called from the alert thread with `wait=True` (may block briefly to look a new peer up) and
+    from `status()` with `wait=False` (must not block). swarm/agent/peer_names.py asks the tracker."""
+
+    def identify(self, info_hash: bytes, ip: str, port: int, pid: bytes, wait: bool) -> PeerIdentity: ...
+
+
+class ClaimedNames:
+    """Believes the peer id (a claim anyone can make): for engines with no tracker to ask (tests, tools)."""
+
+    def identify(self, info_hash: bytes, ip: str, port: int, pid: bytes, wait: bool) -> PeerIdentity:
+        return peer_identity(pid)
 
 
 def dh_params_path() -> str:
@@ -102,6 +118,7 @@ class Engine:
         role: str = "host",
         resume_dir: Path | None = None,
         observer: EngineObserver | None = None,
+        names: PeerResolver | None = None,
     ) -> None:
         self._listen = parse_listen(listen) if isinstance(listen, str) else listen
         self._cert = cert_path
@@ -109,6 +126,7 @@ class Engine:
         self._tag = peer_tag(host_name, role)
         self._resume_dir = resume_dir
         self._observer = observer
+        self._names = names or ClaimedNames()
         self._resume_pending = 0
         self._resume_done = threading.Condition()
         #: payload bytes sent by torrents already removed, so the total never goes backwards
@@ -330,7 +348,7 @@ class Engine:
         s = entry.handle.status()
         live: dict[str, PeerStat] = {}
         for p in entry.handle.get_peer_info():
-            name = peer_name(p.pid.to_bytes())
+            name = self._names.identify(ih, p.ip[0], p.ip[1], p.pid.to_bytes(), wait=False).name
             stat = live.setdefault(name, PeerStat(name, f"{p.ip[0]}:{p.ip[1]}", 0, 0, True))
             stat.uploaded += p.total_upload
         with self._lock:
@@ -390,7 +408,8 @@ class Engine:
         if isinstance(alert, lt.block_finished_alert):
             entry = self._entry_for(alert)
             if entry is not None:
-                who = peer_identity(alert.pid.to_bytes())
+                ih, (ip, port) = alert.handle.info_hashes().v2.to_bytes(), alert.endpoint
+                who = self._names.identify(ih, ip, port, alert.pid.to_bytes(), wait=True)
                 nbytes = self._block_size(entry, alert)
                 with self._lock:
                     entry.from_peer[who.name] += nbytes
