@@ -97,11 +97,12 @@ class TrackerPeerNames:
             known = self._labels.get(key)
             if known is not None and known[0].role != "?":
                 return known[0]
-            if known is not None and listing is not None and known[1] == listing.version:
-                self._refresh_locked(ah)  # its entry may come: look again now and then, without waiting
-                return known[0]
-            who = attest(listing.entries, ip, port, pid) if listing is not None else None
+            # unverified so far (or never seen): its entry may have come since; look again now and then
+            seen = known is not None and listing is not None and known[1] == listing.version
+            who = attest(listing.entries, ip, port, pid) if listing is not None and not seen else None
             pending = None if who is not None else self._refresh_locked(ah)
+            if who is None and (pending is None or not wait) and known is not None:
+                return known[0]
         if who is None and pending is not None and wait:
             try:
                 pending.result(self._wait)
