@@ -8,13 +8,17 @@ entries with the token each belongs to. `TrackerPeerNames` keeps that list
 per torrent and labels each connection with `swarm.core.peerid.attest`;
 a connection no entry vouches for is `unverified` (role "?").
 
-Costs: one answer per (torrent, address, port, peer id) is remembered, so
-a block costs a dict lookup. A connection not in the cached list makes the
-list be fetched again, at most every `refresh_every` seconds per torrent;
-the libtorrent alert thread waits for that fetch (at most `wait` seconds)
-so that the first blocks of a new peer are not counted as unverified only
-because its entry had not been fetched yet. `status()` (the event loop's
-thread) never waits. Both caches are bounded.
+When: a peer announces before it connects, so a list whose fetch began
+after a peer's first block arrived holds that peer's entry. The first block
+of a connection the cached list does not vouch for therefore waits (in the
+libtorrent alert thread, at most `wait` seconds) for such a list; every new
+connection of one batch of alerts shares one fetch. A connection left
+unverified after that is looked at again every `refresh_every` seconds
+without waiting; `status()` (the event loop's thread) never waits.
+
+Costs: one label per (torrent, address, port, peer id) is remembered, so a
+block costs a dict lookup; known peers cost no fetch at all. Both caches
+are bounded.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,7 +38,7 @@ from swarm.core.peerid import PeerIdentity, attest, unverified
 
 log = logging.getLogger(__name__)
 
-#: at most this many connections' answers and torrents' lists are kept (then the oldest go)
+#: at most this many connections' labels and torrents' lists are kept (then the oldest go)
 MAX_CONNECTIONS = 8192
 MAX_TORRENTS = 1024
 REFRESH_EVERY = 5.0
@@ -51,8 +54,9 @@ class PeerSource(Protocol):
 @dataclass
 class _Listing:
     entries: list[PeerEntry]
-    fetched_at: float  # the clock's time of the last attempt, answered or not
-    version: int  # grows with every answer: an unverified label is reconsidered after one
+    version: int = 0  # grows with every answer: an unverified label is reconsidered after one
+    tried_at: float = float("-inf")  # when the last fetch began (answered or not)
+    answered_at: float = float("-inf")  # when the fetch of `entries` began
     pending: Future[None] | None = None
 
 
@@ -71,7 +75,7 @@ class TrackerPeerNames:
         wait: float = WAIT,
         max_connections: int = MAX_CONNECTIONS,
         max_torrents: int = MAX_TORRENTS,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._tracker = tracker
         self._loop = loop
@@ -84,60 +88,80 @@ class TrackerPeerNames:
         self._listings: dict[bytes, _Listing] = {}
         #: (announce hash, ip, port, peer id) -> (label, listing version it was decided on)
         self._labels: dict[tuple[bytes, str, int, bytes], tuple[PeerIdentity, int]] = {}
-        #: tracker answers fetched (for tests and logs)
+        #: tracker answers received (for tests)
         self.fetches = 0
 
     # PeerResolver
 
-    def identify(self, info_hash: bytes, ip: str, port: int, pid: bytes, wait: bool) -> PeerIdentity:
+    def identify(self, info_hash: bytes, ip: str, port: int, pid: bytes, seen_at: float | None) -> PeerIdentity:
         ah = announce_hash(info_hash)
         key = (ah, ip, port, pid)
         with self._lock:
-            listing = self._listings.get(ah)
+            listing = self._listing(ah)
             known = self._labels.get(key)
-            if known is not None and known[0].role != "?":
+            if known is not None and (known[0].role != "?" or known[1] == listing.version):
+                if known[0].role == "?":
+                    self._fetch_locked(ah, listing, self._refresh_every)  # its entry may come yet
                 return known[0]
-            # unverified so far (or never seen): its entry may have come since; look again now and then
-            seen = known is not None and listing is not None and known[1] == listing.version
-            who = attest(listing.entries, ip, port, pid) if listing is not None and not seen else None
-            pending = None if who is not None else self._refresh_locked(ah)
-            if who is None and (pending is None or not wait) and known is not None:
-                return known[0]
-        if who is None and pending is not None and wait:
-            try:
-                pending.result(self._wait)
-            except (FutureTimeout, Exception):  # no answer in time: unverified for now, looked up again later
-                pass
-            with self._lock:
-                listing = self._listings.get(ah)
-                who = attest(listing.entries, ip, port, pid) if listing is not None else None
+            who = attest(listing.entries, ip, port, pid)
+            version = listing.version
+            if who is None and (seen_at is None or known is not None):
+                self._fetch_locked(ah, listing, self._refresh_every)
+        if who is None and seen_at is not None and known is None:
+            who, version = self._attest_after(ah, seen_at, ip, port, pid)
+        if who is None and seen_at is None:
+            return unverified(pid)  # not remembered: the alert thread's first look still waits for a list
+        label = who or unverified(pid)
         with self._lock:
-            listing = self._listings.get(ah)
-            label = who or unverified(pid)
-            self._remember(key, label, listing.version if listing is not None else 0)
+            if key not in self._labels and len(self._labels) >= self._max_connections:
+                del self._labels[next(iter(self._labels))]
+            self._labels[key] = (label, version)
         return label
 
-    # the tracker's list
+    def _attest_after(
+        self, ah: bytes, seen_at: float, ip: str, port: int, pid: bytes
+    ) -> tuple[PeerIdentity | None, int]:
+        """Attest against a list fetched after `seen_at` (waiting for one, at most `wait` seconds)."""
+        deadline = time.monotonic() + self._wait
+        while True:
+            with self._lock:
+                listing = self._listing(ah)
+                if listing.answered_at >= seen_at:
+                    return attest(listing.entries, ip, port, pid), listing.version
+                pending = listing.pending if listing.pending is not None and not listing.pending.done() else None
+                if pending is None and listing.tried_at >= seen_at:
+                    return None, listing.version  # that fetch failed: no waiting for another
+                pending = pending or self._fetch_locked(ah, listing, 0.0)
+            remaining = deadline - time.monotonic()
+            if pending is None or remaining <= 0:
+                return None, listing.version
+            try:
+                pending.result(remaining)
+            except Exception:  # too slow: unverified for now, looked at again later
+                return None, listing.version
 
-    def _refresh_locked(self, ah: bytes) -> Future[None] | None:
-        """The fetch to wait for (a new one unless the list is fresh); None: fresh, nothing to wait for."""
+    # the tracker's lists
+
+    def _listing(self, ah: bytes) -> _Listing:
         listing = self._listings.get(ah)
-        if listing is not None and listing.pending is not None and not listing.pending.done():
-            return listing.pending
-        now = self._clock()
-        if listing is not None and now - listing.fetched_at < self._refresh_every:
-            return None
         if listing is None:
             if len(self._listings) >= self._max_torrents:
                 del self._listings[next(iter(self._listings))]
-            listing = self._listings[ah] = _Listing([], now, 0)
-        listing.fetched_at = now
-        if self._loop.is_closed():
+            listing = self._listings[ah] = _Listing([])
+        return listing
+
+    def _fetch_locked(self, ah: bytes, listing: _Listing, max_age: float) -> Future[None] | None:
+        """The fetch under way, or a new one if the last began more than `max_age` ago (else None)."""
+        if listing.pending is not None and not listing.pending.done():
+            return listing.pending
+        now = self._clock()
+        if now - listing.tried_at < max_age or self._loop.is_closed():
             return None
-        listing.pending = asyncio.run_coroutine_threadsafe(self._fetch(ah), self._loop)
+        listing.tried_at = now
+        listing.pending = asyncio.run_coroutine_threadsafe(self._fetch(ah, now), self._loop)
         return listing.pending
 
-    async def _fetch(self, ah: bytes) -> None:
+    async def _fetch(self, ah: bytes, started: float) -> None:
         try:
             entries = await self._tracker.peers(ah)
         except SwarmError as exc:
@@ -149,11 +173,6 @@ class TrackerPeerNames:
         with self._lock:
             self.fetches += 1
             listing = self._listings.get(ah)
-            if listing is not None:
-                listing.entries = entries
+            if listing is not None and started >= listing.answered_at:
+                listing.entries, listing.answered_at = entries, started
                 listing.version += 1
-
-    def _remember(self, key: tuple[bytes, str, int, bytes], label: PeerIdentity, version: int) -> None:
-        if key not in self._labels and len(self._labels) >= self._max_connections:
-            del self._labels[next(iter(self._labels))]
-        self._labels[key] = (label, version)

@@ -6,11 +6,13 @@ id: the BitTorrent handshake carries whatever the peer sends, and libtorrent
 does not tell which certificate a connection presented. So a peer id is a
 claim only. The agent labels its per-peer statistics from the tracker's peer
 store instead (`attest` below, fed by GET /v1/peers through
-swarm/agent/peer_names.py): an entry records the address and peer id a token
-announced with, so a connection is vouched for by the entry at its exact
-address and port (connections we opened), or by the entry with its address
-and peer id (connections the peer opened). A peer nothing vouches for is
-labelled `unverified`: role "?", never "builder".
+swarm/agent/peer_names.py): an entry records the address, port and peer id a
+token announced with. A connection we opened is vouched for by the entry at
+its exact address and port; one the peer opened (from a random port) by an
+entry of its address whose peer id makes the same claim (libtorrent 2.1
+sends a fresh random suffix on every connection, so only the tag, role and
+name, can be compared). A peer nothing vouches for is `unverified`: role "?",
+never "builder".
 """
 
 from __future__ import annotations
@@ -69,20 +71,23 @@ def canonical_ip(ip: str) -> str:
 def attest(entries: Iterable[PeerEntry], ip: str, port: int, pid: bytes) -> PeerIdentity | None:
     """Who the tracker says the peer at `ip`:`port` sending `pid` is; None if no entry vouches for it.
 
-    The entry at exactly (ip, port) wins (a connection we opened reaches the address its owner
-    announced, whatever peer id comes back); else the entry of that address with that peer id
-    (a connection the peer opened comes from a random port)."""
+    The entry at exactly (ip, port) wins: a connection we opened reaches the address its owner
+    announced, whatever peer id comes back. Else an entry of that address whose announced peer id
+    makes the same swarm claim (role and name) as `pid`: a connection the peer opened."""
     try:
         ip = canonical_ip(ip)
     except InvalidInput:
         return None
-    same_id: PeerEntry | None = None
+    claim = peer_identity(pid)
+    same_claim: PeerEntry | None = None
     for e in entries:
-        if e.ip == ip and e.port == port:
+        if e.ip != ip:
+            continue
+        if e.port == port:
             return PeerIdentity(e.role, e.token)
-        if e.ip == ip and e.peer_id == pid:
-            same_id = e
-    return PeerIdentity(same_id.role, same_id.token) if same_id is not None else None
+        if claim.role != "?" and peer_identity(e.peer_id) == claim:
+            same_claim = e
+    return PeerIdentity(same_claim.role, same_claim.token) if same_claim is not None else None
 
 
 def peer_name(pid: bytes) -> str:

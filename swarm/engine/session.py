@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
@@ -47,16 +48,17 @@ class EngineObserver(Protocol):
 class PeerResolver(Protocol):
     """Who a peer connection is (its name and role), for the per-peer stats and byte counts.
 
-    Called from the alert thread with `wait=True` (may block briefly to look a new peer up) and
-    from `status()` with `wait=False` (must not block). swarm/agent/peer_names.py asks the tracker."""
+    Called from the alert thread with `seen_at`, a time (time.time()) after its data arrived: it
+    may block briefly to look a new peer up as of then; from `status()` with None: it must not
+    block. swarm/agent/peer_names.py asks the tracker."""
 
-    def identify(self, info_hash: bytes, ip: str, port: int, pid: bytes, wait: bool) -> PeerIdentity: ...
+    def identify(self, info_hash: bytes, ip: str, port: int, pid: bytes, seen_at: float | None) -> PeerIdentity: ...
 
 
 class ClaimedNames:
     """Believes the peer id (a claim anyone can make): for engines with no tracker to ask (tests, tools)."""
 
-    def identify(self, info_hash: bytes, ip: str, port: int, pid: bytes, wait: bool) -> PeerIdentity:
+    def identify(self, info_hash: bytes, ip: str, port: int, pid: bytes, seen_at: float | None) -> PeerIdentity:
         return peer_identity(pid)
 
 
@@ -127,6 +129,7 @@ class Engine:
         self._resume_dir = resume_dir
         self._observer = observer
         self._names = names or ClaimedNames()
+        self._popped_at = 0.0
         self._resume_pending = 0
         self._resume_done = threading.Condition()
         #: payload bytes sent by torrents already removed, so the total never goes backwards
@@ -348,7 +351,7 @@ class Engine:
         s = entry.handle.status()
         live: dict[str, PeerStat] = {}
         for p in entry.handle.get_peer_info():
-            name = self._names.identify(ih, p.ip[0], p.ip[1], p.pid.to_bytes(), wait=False).name
+            name = self._names.identify(ih, p.ip[0], p.ip[1], p.pid.to_bytes(), None).name
             stat = live.setdefault(name, PeerStat(name, f"{p.ip[0]}:{p.ip[1]}", 0, 0, True))
             stat.uploaded += p.total_upload
         with self._lock:
@@ -398,7 +401,9 @@ class Engine:
             if session is None:
                 return
             session.wait_for_alert(250)
-            for alert in session.pop_alerts():
+            alerts = session.pop_alerts()
+            self._popped_at = time.time()  # every alert of the batch happened before this
+            for alert in alerts:
                 try:
                     self._on_alert(alert)
                 except Exception:  # an alert must never kill the pump
@@ -409,7 +414,7 @@ class Engine:
             entry = self._entry_for(alert)
             if entry is not None:
                 ih, (ip, port) = alert.handle.info_hashes().v2.to_bytes(), alert.endpoint
-                who = self._names.identify(ih, ip, port, alert.pid.to_bytes(), wait=True)
+                who = self._names.identify(ih, ip, port, alert.pid.to_bytes(), seen_at=self._popped_at)
                 nbytes = self._block_size(entry, alert)
                 with self._lock:
                     entry.from_peer[who.name] += nbytes

@@ -9,7 +9,7 @@ as the builder. tests/e2e/test_e2e_attacks.py runs it with real agents and peers
 from __future__ import annotations
 
 import asyncio
-import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from swarm.tracker.service import TrackerService
 from tests.support.bt import announce_query, bt
 from tests.support.manifests import make_signed_manifest
 from tests.support.redis import RedisServer
+from tests.support.threadloop import loop_in_thread
 
 
 def pid_of(name: str, role: str = "host") -> bytes:
@@ -140,14 +141,8 @@ async def test_peers_answer_only_tokens_entitled_to_the_torrent(env: Env) -> Non
 
 @pytest.fixture
 def names_loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """An event loop in its own thread, as the agent's is to libtorrent's alert thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with loop_in_thread() as loop:
+        yield loop
 
 
 async def test_an_insider_sending_the_builders_peer_id_is_not_named_the_builder(
@@ -158,10 +153,11 @@ async def test_an_insider_sending_the_builders_peer_id_is_not_named_the_builder(
     await env.announce("mallory", 8001, pid_of("mallory"), left=0)
     client = asyncio.run_coroutine_threadsafe(_client(env), names_loop).result(10)
     names = TrackerPeerNames(client, names_loop)
+    batch = time.time()  # these blocks all came in one batch of alerts, after every announce
 
     def identify(ip: str, port: int, pid: bytes) -> PeerIdentity:
         # the alert thread's call (it may wait for the tracker), from a thread that is not the loop's
-        return names.identify(env.ih + bytes(12), ip, port, pid, wait=True)
+        return names.identify(env.ih + bytes(12), ip, port, pid, seen_at=batch)
 
     try:
         # a connection to mallory's address: mallory, whatever peer id it sends
@@ -172,7 +168,7 @@ async def test_an_insider_sending_the_builders_peer_id_is_not_named_the_builder(
         assert await asyncio.to_thread(identify, "127.0.0.1", 6001, builder_pid) == PeerIdentity("builder", "b1")
         assert await asyncio.to_thread(identify, "::ffff:127.0.0.1", 51000, builder_pid) == PeerIdentity(
             "builder", "b1")
-        assert names.fetches == 1, "one tracker answer served every label"
+        assert names.fetches == 1, "one tracker answer served the whole batch"
     finally:
         asyncio.run_coroutine_threadsafe(client.close(), names_loop).result(10)
 
