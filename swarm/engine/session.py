@@ -6,7 +6,9 @@ only, no DHT/LSD/UPnP/NAT-PMP, no queueing, an SSL listen socket only),
 attaches the host certificate to every torrent, turns alerts into events for
 asyncio, and keeps per-peer byte counts that survive disconnects (libtorrent
 forgets a peer's counters when the connection closes, so bytes are counted
-from `block_finished_alert`, which names the sending peer).
+from `block_finished_alert`, which names the sending peer). Who a peer is
+(its name and role in those counts) is decided by a `PeerResolver`, never by
+the peer id alone in an agent (swarm/agent/peer_names.py asks the tracker).
 """
 
 from __future__ import annotations
