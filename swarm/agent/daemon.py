@@ -19,6 +19,7 @@ from swarm.agent.identity import Identity
 from swarm.agent.metrics import AgentMetrics, serve_metrics
 from swarm.agent.ops import AgentOps
 from swarm.agent.paths import AGENT_UMASK, AgentPaths
+from swarm.agent.peer_names import TrackerPeerNames
 from swarm.agent.pull import Puller
 from swarm.agent.reporter import Reporter, agent_version, receipt_signer
 from swarm.agent.server import SocketServer
@@ -133,6 +134,8 @@ class Agent:
                 role=identity.role,
                 resume_dir=paths.resume,
                 observer=metrics,
+                # per-peer names and "bytes from the builder" as the tracker attests them, not as peers claim
+                names=TrackerPeerNames(tracker, asyncio.get_running_loop()),
             )
             engine.start(asyncio.get_running_loop())
             undo.callback(engine.close)

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 
 from swarm.core import wire
-from swarm.core.api import MAX_BODY, MSGPACK, EnrollResponse, ManifestEntry, ReportBatch
+from swarm.core.api import MAX_BODY, MAX_PEER_ENTRIES, MSGPACK, EnrollResponse, ManifestEntry, PeerEntry, ReportBatch
 from swarm.core.certs import ca_fingerprint
 from swarm.core.errors import (
     InvalidInput,
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 3.0
 #: the largest answer read from a tracker (an impostor must not make the agent buffer more)
 MAX_ANSWER = MAX_BODY
+#: the largest /v1/peers answer read (MAX_PEER_ENTRIES entries of ~110 bytes fit in it)
+MAX_PEERS_ANSWER = 2 * 1024 * 1024
 #: sequence numbers are signed 64-bit on the tracker
 MAX_SEQ = 2**63 - 1
 
@@ -89,6 +91,7 @@ class TrackerClient:
         authenticated: bool = True,
         verify: bool = True,
         timeout: float | None = None,
+        limit: int = MAX_ANSWER,
     ) -> bytes:
         url = self.base_url + path
         if authenticated and self.https and self._ssl is None:
@@ -107,7 +110,7 @@ class TrackerClient:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout) if timeout else None,
             ) as resp:
-                data = await _read_bounded(resp, MAX_ANSWER)
+                data = await _read_bounded(resp, limit)
                 if resp.status >= 400:
                     raise self._error(resp.status, data)
                 return data
@@ -166,6 +169,25 @@ class TrackerClient:
         if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
             raise InvalidInput("malformed watch answer: seq is not a sequence number")
         return seq, valid_entries(data.get("manifests"))
+
+    async def peers(self, announce_hash: bytes, timeout: float = 10.0) -> list[PeerEntry]:
+        """The tracker's entries for a torrent, each with the token it belongs to (GET /v1/peers)."""
+        data = wire.unpack_map(
+            await self._request(
+                "GET", "/v1/peers", params={"info_hash": announce_hash.hex()}, timeout=timeout, limit=MAX_PEERS_ANSWER
+            ),
+            MAX_PEERS_ANSWER,
+        )
+        raw = data.get("peers")
+        if not isinstance(raw, list) or len(raw) > MAX_PEER_ENTRIES:
+            raise InvalidInput("malformed peers answer: no peer list")
+        entries = []
+        for item in raw:
+            try:
+                entries.append(PeerEntry.from_map(item))
+            except InvalidInput:
+                log.warning("peers: skipping a malformed entry from the tracker: %.200r", item)
+        return entries
 
     # rollout view
 

@@ -20,6 +20,11 @@ announce/scrape errors are bencoded {"failure reason": ...} with status 200
                                          (long-poll: waits up to S seconds, max 60,
                                          for a publication after N)
   GET  /v1/keys        any role       -> SignedKeyDocument bytes (swarm/core/trust.py), 404 if none
+  GET  /v1/peers?info_hash=H          -> {"peers": [PeerEntry...]}: who the tracker saw announce
+                                      torrent H (the 20-byte announce hash, 40 hex digits), with the
+                                      token each entry belongs to; only for a token that may announce
+                                      H (else 404, as for an unknown torrent). Agents label per-peer
+                                      stats from it (swarm/agent/peer_names.py)
   GET  /v1/groups/resolve?repository=R  builder, admin -> {"group": name, "id": group id}
                                       (hosts see, in manifests, watch, announce and scrape, only
                                       the images of their groups: see swarm/core/groups.py)
@@ -40,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swarm.core.errors import InvalidInput
+from swarm.core.tokens import ROLES
 
 MSGPACK = "application/msgpack"
 MAX_BODY = 32 * 1024 * 1024
@@ -105,6 +111,45 @@ class ManifestEntry:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput("malformed manifest entry") from exc
+
+
+#: most entries one /v1/peers answer lists (a swarm holds at most this many entries per token anyway)
+MAX_PEER_ENTRIES = 10_000
+
+
+@dataclass(frozen=True)
+class PeerEntry:
+    """One peer-store entry as the tracker recorded it: the announcing address, the peer id it
+    announced with, and the token it announced with (attested by the tracker, not by the peer)."""
+
+    ip: str
+    port: int
+    peer_id: bytes
+    token: str  # the token name, also the name in the peer's certificate
+    role: str  # the token's role: "builder", "host" (or "admin")
+
+    def to_map(self) -> dict[str, Any]:
+        return {"ip": self.ip, "port": self.port, "peer_id": self.peer_id, "token": self.token, "role": self.role}
+
+    @classmethod
+    def from_map(cls, m: Any) -> PeerEntry:
+        if not isinstance(m, dict):
+            raise InvalidInput("malformed peer entry")
+        ip, port, pid, token, role = (m.get(k) for k in ("ip", "port", "peer_id", "token", "role"))
+        if (
+            not isinstance(ip, str)
+            or not 0 < len(ip) <= 64
+            or not isinstance(port, int)
+            or isinstance(port, bool)
+            or not 0 < port < 65536
+            or not isinstance(pid, bytes)
+            or len(pid) != 20
+            or not isinstance(token, str)
+            or not 0 < len(token) <= 63
+            or role not in ROLES
+        ):
+            raise InvalidInput("malformed peer entry")
+        return cls(ip, port, pid, token, str(role))
 
 
 # Rollout: agents report their pulls and a heartbeat; admins and builders read fleet state.

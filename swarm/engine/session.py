@@ -6,7 +6,9 @@ only, no DHT/LSD/UPnP/NAT-PMP, no queueing, an SSL listen socket only),
 attaches the host certificate to every torrent, turns alerts into events for
 asyncio, and keeps per-peer byte counts that survive disconnects (libtorrent
 forgets a peer's counters when the connection closes, so bytes are counted
-from `block_finished_alert`, which names the sending peer).
+from `block_finished_alert`, which names the sending peer). Who a peer is
+(its name and role in those counts) is decided by a `PeerResolver`, never by
+the peer id alone in an agent (swarm/agent/peer_names.py asks the tracker).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
@@ -26,7 +29,7 @@ from swarm.core.addresses import format_host, parse_listen
 from swarm.core.api import RETIRED_TORRENT
 from swarm.core.errors import TorrentError, UsageError
 from swarm.core.files import write_atomic
-from swarm.core.peerid import peer_identity
+from swarm.core.peerid import PeerIdentity, peer_identity
 from swarm.core.peerid import peer_name as peer_name
 from swarm.core.peerid import peer_tag as peer_tag
 from swarm.core.redact import redact
@@ -56,6 +59,23 @@ class EngineObserver(Protocol):
     def block_received(self, source_role: str, nbytes: int) -> None: ...
 
     def piece_failed(self) -> None: ...
+
+
+class PeerResolver(Protocol):
+    """Who a peer connection is (its name and role), for the per-peer stats and byte counts.
+
+    Called from the alert thread with `seen_at`, a time (time.time()) after its data arrived: it
+    may block briefly to look a new peer up as of then; from `status()` with None: it must not
+    block. swarm/agent/peer_names.py asks the tracker."""
+
+    def identify(self, info_hash: bytes, ip: str, port: int, pid: bytes, seen_at: float | None) -> PeerIdentity: ...
+
+
+class ClaimedNames:
+    """Believes the peer id (a claim anyone can make): for engines with no tracker to ask (tests, tools)."""
+
+    def identify(self, info_hash: bytes, ip: str, port: int, pid: bytes, seen_at: float | None) -> PeerIdentity:
+        return peer_identity(pid)
 
 
 def dh_params_path() -> str:
@@ -119,6 +139,7 @@ class Engine:
         role: str = "host",
         resume_dir: Path | None = None,
         observer: EngineObserver | None = None,
+        names: PeerResolver | None = None,
     ) -> None:
         self._listen = parse_listen(listen) if isinstance(listen, str) else listen
         self._cert = cert_path
@@ -126,6 +147,8 @@ class Engine:
         self._tag = peer_tag(host_name, role)
         self._resume_dir = resume_dir
         self._observer = observer
+        self._names = names or ClaimedNames()
+        self._popped_at = 0.0
         self._resume_pending = 0
         self._resume_done = threading.Condition()
         #: payload bytes sent by torrents already removed, so the total never goes backwards
@@ -364,7 +387,7 @@ class Engine:
         s = entry.handle.status()
         live: dict[str, PeerStat] = {}
         for p in entry.handle.get_peer_info():
-            name = peer_name(p.pid.to_bytes())
+            name = self._names.identify(ih, p.ip[0], p.ip[1], p.pid.to_bytes(), None).name
             stat = live.setdefault(name, PeerStat(name, f"{p.ip[0]}:{p.ip[1]}", 0, 0, True))
             stat.uploaded += p.total_upload
         with self._lock:
@@ -415,7 +438,9 @@ class Engine:
             if session is None:
                 return
             session.wait_for_alert(250)
-            for alert in session.pop_alerts():
+            alerts = session.pop_alerts()
+            self._popped_at = time.time()  # every alert of the batch happened before this
+            for alert in alerts:
                 try:
                     self._on_alert(alert)
                 except Exception:  # an alert must never kill the pump
@@ -425,7 +450,8 @@ class Engine:
         if isinstance(alert, lt.block_finished_alert):
             entry = self._entry_for(alert)
             if entry is not None:
-                who = peer_identity(alert.pid.to_bytes())
+                ih, (ip, port) = alert.handle.info_hashes().v2.to_bytes(), alert.endpoint
+                who = self._names.identify(ih, ip, port, alert.pid.to_bytes(), seen_at=self._popped_at)
                 nbytes = self._block_size(entry, alert)
                 with self._lock:
                     entry.from_peer[who.name] += nbytes

@@ -15,6 +15,7 @@ from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
 from swarm.core.errors import InvalidInput
+from swarm.core.peerid import canonical_ip
 from swarm.core.torrent import bencode
 from swarm.tracker.peers.base import MAX_NUMWANT, Peer, SwarmCounts
 
@@ -136,14 +137,8 @@ def _packed(ip: str) -> bytes:
 
 @lru_cache(maxsize=65536)
 def normalize_ip(remote: str) -> str:
-    """The peer address as announced: IPv4-mapped IPv6 addresses become IPv4."""
-    try:
-        addr = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError as exc:
-        raise InvalidInput("invalid peer address") from exc
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
+    """The peer address as announced: IPv4-mapped IPv6 addresses become IPv4 (InvalidInput if none)."""
+    return canonical_ip(remote)
 
 
 def announce_response(

@@ -198,6 +198,12 @@ async def key_document(request: web.Request) -> web.Response:
     return web.Response(body=envelope, content_type=MSGPACK)
 
 
+async def list_peers(request: web.Request) -> web.Response:
+    """GET /v1/peers?info_hash=H (a token that may announce H): the entries, with their tokens."""
+    entries = await request.app[SERVICE].list_peers(_secret(request), request.query.get("info_hash", ""), _ip(request))
+    return _msgpack({"peers": [e.to_map() for e in entries]})
+
+
 #: a sequence number as the storage keeps it (a signed 64-bit integer, never negative)
 _SEQ = re.compile(r"[0-9]{1,19}")
 MAX_SEQ = 2**63 - 1
@@ -282,6 +288,7 @@ def make_app(service: TrackerService, client_timeout: float = DEFAULT_CLIENT_TIM
     app.router.add_get("/v1/watch", watch)
     app.router.add_get("/v1/groups/resolve", resolve_group)
     app.router.add_get("/v1/keys", key_document)
+    app.router.add_get("/v1/peers", list_peers)
     app.router.add_get("/announce/{secret}", announce)
     app.router.add_get("/scrape/{secret}", scrape)
     # the same, for clients that find the scrape URL by the BEP 48 convention (replace "announce" in the

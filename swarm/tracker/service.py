@@ -26,7 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from swarm.core import groups as grp
-from swarm.core.api import MAX_WATCH_TIMEOUT, RETIRED_TORRENT, EnrollResponse, ManifestEntry
+from swarm.core.api import (
+    MAX_PEER_ENTRIES,
+    MAX_WATCH_TIMEOUT,
+    RETIRED_TORRENT,
+    EnrollResponse,
+    ManifestEntry,
+    PeerEntry,
+)
 from swarm.core.errors import (
     Forbidden,
     InvalidInput,
@@ -64,6 +71,7 @@ DEFAULT_TOKEN_CACHE_TTL = 5.0
 MAX_CACHED_ANSWERS = 500_000
 MAX_CACHED_HASHES = 100_000
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_ANNOUNCE_HASH = re.compile(r"[0-9a-fA-F]{40}")
 #: a builder token made without --publish may publish into any repository nobody owns yet
 DEFAULT_PUBLISH = ("*",)
 _UNAUTHORIZED = "missing, unknown or revoked token"
@@ -142,6 +150,8 @@ class TrackerService:
         self._hashes: dict[bytes, frozenset[str]] = {}
         #: token name -> its groups, reloaded whenever the `groups` counter moves
         self._members: tuple[dict[str, frozenset[str]], frozenset[str]] | None = None
+        #: token name -> role, reloaded with `_members` (a new token bumps the same counter)
+        self._roles: dict[str, str] | None = None
         self._answers: dict[_AnswerKey, tuple[float, bytes]] = {}
         self._revoked: set[str] = set()
         self._to_drop: set[str] = set()
@@ -267,6 +277,7 @@ class TrackerService:
             self._answers.clear()
         if old is None or gen.groups != old.groups:
             self._members = None
+            self._roles = None
 
     # groups
 
@@ -647,6 +658,32 @@ class TrackerService:
             self._answers[key] = (now, body)
             announces.labels("ok").inc()
         return body
+
+    async def list_peers(self, secret: str | None, info_hash: str, ip: str | None = None) -> list[PeerEntry]:
+        """The entries of torrent `info_hash` (announce hash, hex) with the token each belongs to:
+        what agents label their peers with, since a peer id in a handshake proves nothing.
+
+        Only for a token that may announce the torrent (another reads as unknown, as in announce),
+        and only entries the announce handout would show (not revoked, entitled now)."""
+        record = self.authenticate(secret, ip)
+        if not _ANNOUNCE_HASH.fullmatch(info_hash):
+            raise InvalidInput("info_hash must be 40 hex digits (the 20-byte announce hash)")
+        raw = bytes.fromhex(info_hash)
+        if not self._may_swarm(record, raw):
+            raise NotFound("unknown torrent")
+        await self._drop_revoked()
+        groups = self._hash_groups(raw)
+        roles = self._token_roles()
+        return [
+            PeerEntry(p.ip, p.port, p.peer_id, p.host, roles[p.host])
+            for p in await self.peers.entries(raw, MAX_PEER_ENTRIES)
+            if p.host in roles and p.host not in self._revoked and self._entitled(p.host, groups)
+        ]
+
+    def _token_roles(self) -> dict[str, str]:
+        if self._roles is None:
+            self._roles = {t.name: t.role for t in self.storage.tokens()}
+        return self._roles
 
     async def scrape(self, secret: str | None, raw_query: str, remote_ip: str | None = None) -> bytes:
         scrapes = self.metrics.scrapes

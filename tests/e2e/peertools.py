@@ -3,10 +3,12 @@
     python -m tests.e2e.peertools steal    --torrent F --peer IP:PORT... --listen IP [--cert C --key K | --self-signed]
     python -m tests.e2e.peertools enroll   --tracker URL --token T --data DIR
     python -m tests.e2e.peertools liar     --torrent <blob hex>.torrent... --blobs-dir D --cert C --key K --tracker URL --token T --listen IP:PORT
+    python -m tests.e2e.peertools impostor (the liar's options) --name OWN --claim NAME --claim-role builder
+                                           [--connect IP:PORT...]
     python -m tests.e2e.peertools announce --tracker URL --token T --info-hash HEX --port N
     python -m tests.e2e.peertools fetch    --url URL
 
-Each prints one JSON line with its result (the liar prints one per second
+Each prints one JSON line with its result (the liar and the impostor print one per second
 until SIGTERM, then a last one with "final": true). They are plain libtorrent
 and HTTP clients, not swarm agents: what an attacker (or a broken host) would
 run with the parts it has.
@@ -44,11 +46,11 @@ def _endpoint(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _session(listen: str, name: str) -> Any:
+def _session(listen: str, name: str, role: str = "host") -> Any:
     return lt.session({
         "listen_interfaces": f"{listen}s", "enable_dht": False, "enable_lsd": False, "enable_upnp": False,
         "enable_natpmp": False, "enable_outgoing_utp": False, "enable_incoming_utp": False,
-        "allow_multiple_connections_per_ip": True, "peer_fingerprint": peer_tag(name),
+        "allow_multiple_connections_per_ip": True, "peer_fingerprint": peer_tag(name, role),
         "active_downloads": -1, "active_seeds": -1, "active_limit": -1, "active_checking": -1,
         "alert_mask": lt.alert_category.error | lt.alert_category.peer | lt.alert_category.connect
         | lt.alert_category.status | lt.alert_category.tracker,
@@ -183,6 +185,51 @@ def liar(args: argparse.Namespace) -> None:
     _emit(_liar_stats(handles, replies, errors, len(peers_seen), final=True))
 
 
+def impostor(args: argparse.Namespace) -> None:
+    """A peer with a valid certificate that serves honest pieces under another peer's name.
+
+    It announces with its own token and its own peer id (the tracker refuses a peer id that
+    names another token), so hosts find it at its real address; but every BitTorrent handshake
+    it makes or answers carries `--claim`'s peer id, e.g. the builder's. It also dials the
+    `--connect` peers itself, so they see it on incoming connections too."""
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    session = _session(args.listen, args.claim, args.claim_role)
+    handles = []
+    for torrent in args.torrent:
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(Path(torrent).read_bytes())
+        atp.save_path = args.blobs_dir
+        atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+        atp.flags |= lt.torrent_flags.seed_mode
+        h = session.add_torrent(atp)
+        h.set_ssl_certificate(args.cert, args.key, dh_params_path())
+        handles.append(h)
+    own = peer_tag(args.name).encode()
+    own_pid = own + b"0" * (20 - len(own))
+    peers = [_endpoint(p) for p in args.connect]
+    replies = errors = 0
+    last = 0.0
+    while not stop:
+        session.wait_for_alert(200)
+        session.pop_alerts()
+        if time.monotonic() - last >= 2 or stop:
+            last = time.monotonic()
+            for h in handles:  # a fresh entry at the tracker, and another try at every --connect peer
+                answer = _announce(args.tracker, args.token, h.info_hashes().v2.to_bytes()[:20],
+                                   session.ssl_listen_port(), own_pid, left=0)
+                replies, errors = (replies + 1, errors) if "failure" not in answer else (replies, errors + 1)
+                for peer in peers:
+                    h.connect_peer(peer)
+            _emit(_liar_stats(handles, replies, errors, 0, final=False))
+    _emit(_liar_stats(handles, replies, errors, 0, final=True))
+
+
 def _liar_stats(handles: list[Any], replies: int, errors: int, peers_seen: int, final: bool) -> dict[str, Any]:
     uploaded = sum(int(h.status().total_payload_upload) for h in handles)
     connected = sum(len(h.get_peer_info()) for h in handles)
@@ -197,11 +244,16 @@ def _announce_url(tracker: str, token: str) -> str:
 
 def announce(args: argparse.Namespace) -> None:
     """One BitTorrent announce with the token: what peers would the tracker give us?"""
+    _emit(_announce(args.tracker, args.token, bytes.fromhex(args.info_hash)[:20], args.port,
+                    b"-PT0100-probe-000000"[:20], left=1))
+
+
+def _announce(tracker: str, token: str, info_hash: bytes, port: int, peer_id: bytes, left: int) -> dict[str, Any]:
     query = urllib.parse.urlencode({
-        "info_hash": bytes.fromhex(args.info_hash)[:20], "peer_id": b"-PT0100-probe-000000"[:20],
-        "port": args.port, "uploaded": 0, "downloaded": 0, "left": 1, "compact": 1, "event": "started",
+        "info_hash": info_hash, "peer_id": peer_id,
+        "port": port, "uploaded": 0, "downloaded": 0, "left": left, "compact": 1, "event": "started",
     })
-    url = f"{_announce_url(args.tracker, args.token)}?{query}"
+    url = f"{_announce_url(tracker, token)}?{query}"
     try:
         with urllib.request.urlopen(url, timeout=10) as resp:
             status, body = resp.status, resp.read()
@@ -216,7 +268,7 @@ def announce(args: argparse.Namespace) -> None:
         result["peers"] = len(peers) // 6 if isinstance(peers, bytes) else len(peers)
     else:
         result["body"] = body[:200].decode(errors="replace")
-    _emit(result)
+    return result
 
 
 def fetch(args: argparse.Namespace) -> None:
@@ -254,6 +306,19 @@ def main(argv: list[str]) -> None:
     p.add_argument("--listen", required=True)
     p.add_argument("--name", default="liar")
     p.set_defaults(fn=liar)
+    p = sub.add_parser("impostor")
+    p.add_argument("--torrent", action="append", required=True)
+    p.add_argument("--blobs-dir", required=True)
+    p.add_argument("--cert", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--tracker", required=True)
+    p.add_argument("--token", required=True)
+    p.add_argument("--listen", required=True)
+    p.add_argument("--name", required=True, help="the token's own name (its honest peer id, for the tracker)")
+    p.add_argument("--claim", required=True, help="the name its handshakes claim")
+    p.add_argument("--claim-role", default="builder")
+    p.add_argument("--connect", action="append", default=[])
+    p.set_defaults(fn=impostor)
     p = sub.add_parser("announce")
     p.add_argument("--tracker", required=True)
     p.add_argument("--token", required=True)

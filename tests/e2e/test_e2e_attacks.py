@@ -1,4 +1,4 @@
-"""Scenarios 6-9: revocation, an outsider, a lying peer, and what is on the wire.
+"""Scenarios 6-9: revocation, an outsider, a lying peer, an impostor, and what is on the wire.
 
 The attackers are real: plain libtorrent sessions and HTTP clients run inside
 their own host namespace on the fleet's bridge (tests/e2e/peertools.py), with
@@ -136,6 +136,87 @@ def test_lying_peer_is_detected_banned_and_every_host_gets_the_right_image(
     # banned at the first bad piece: the liar, with by far the fastest link, sent little
     total = sum(layer.blob_size for layer in manifest.layers)
     assert final["uploaded"] < 0.1 * total * len(fleet.host_names), (final, failed, from_liar)
+
+
+# -- 8b. an insider claiming the builder's name ----------------------------------------------
+
+METRICS_PORT = 9464
+
+
+def metric(bed: Testbed, host: str, name: str) -> float:
+    """One sample of the agent's /metrics, read from inside its host."""
+    text = bed.run(host, [sys.executable, "-c", "import sys, urllib.request; "
+                          "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
+                          f"http://{bed.host(host).ip}:{METRICS_PORT}/metrics"]).stdout
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in the metrics of {host}")
+
+
+def test_an_insider_claiming_the_builders_peer_id_is_not_counted_as_the_builder(
+        fleet_factory: Callable[..., Fleet], testbed: Testbed) -> None:
+    """Attack: mallory, with a valid host token and certificate, announces honestly (the tracker refuses
+    a peer id naming another token) but sends the builder's peer id in every handshake, on connections
+    the hosts open and on connections it opens itself. Its link is fast and the builder's slow, so the
+    hosts take most blocks from it. Hosts must label those bytes mallory's (or unverified), not the
+    builder's: in `swarm status` and in swarm_agent_received_bytes{source="builder"}."""
+    fleet = fleet_factory(hosts=2, builder_egress="24mbit",
+                          agent_args=("--metrics-listen", f"0.0.0.0:{METRICS_PORT}"),
+                          builder_args=("--metrics-listen", f"0.0.0.0:{METRICS_PORT}"))
+    builder_id = fleet.build("app:1", app_layers(), CMD)
+    fleet.seed("app:1")
+    manifest = fleet.manifest("app:1")
+    mallory = testbed.add_host("mallory", egress=None, ingress=None)
+    token = fleet.tracker.token("mallory", "host")  # type: ignore[union-attr]
+    ident = tool(testbed, "mallory", "enroll", "--tracker", fleet.url, "--token", token,
+                 "--data", str(testbed.dir / "mallory"))
+    blobs_dir = testbed.dir / "mallory-blobs"
+    blobs_dir.mkdir()
+    args = ["impostor", "--blobs-dir", str(blobs_dir), "--cert", ident["cert"], "--key", ident["key"],
+            "--tracker", fleet.url, "--token", token, "--listen", f"{mallory.ip}:{PEER_PORT}",
+            "--name", "mallory", "--claim", "builder", "--claim-role", "builder"]
+    for peer in peer_endpoints(fleet, fleet.host_names):
+        args += ["--connect", peer]
+    for layer in manifest.layers:
+        shutil.copyfile(fleet.agent("builder").data / "blobs" / layer.blob[7:], blobs_dir / layer.blob[7:])
+        path = testbed.dir / f"{layer.blob[7:19]}.torrent"
+        path.write_bytes(layer.torrent)
+        args += ["--torrent", str(path)]
+    proc = testbed.spawn("mallory", "impostor", [sys.executable, "-m", "tests.e2e.peertools", *args])
+
+    def impostor_stats() -> dict[str, Any]:
+        lines = [line for line in proc.text().splitlines() if line.startswith("{")]
+        if proc.popen is not None and proc.popen.poll() is not None and not lines:
+            raise AssertionError(f"the impostor died:\n{proc.text()[-2000:]}")
+        return json.loads(lines[-1]) if lines else {}
+
+    wait_for(lambda: impostor_stats().get("announce_replies", 0) >= len(manifest.layers), 60,
+             "the impostor to announce every layer")
+    assert impostor_stats()["announce_errors"] == 0, impostor_stats()
+
+    pulled = fleet.pull_all("app:1")
+    for name in fleet.host_names:
+        assert f"app:1 {builder_id}" in pulled[name]
+    proc.stop(signal.SIGTERM)
+    final = impostor_stats()
+    assert final.get("final"), final
+
+    received = {name: fleet.received_from(name) for name in fleet.host_names}
+    named_builder = sum(r.get("builder", 0) for r in received.values())
+    as_impostor = sum(n for r in received.values() for peer, n in r.items() if peer in ("mallory", "?builder"))
+    builder_sent = metric(testbed, "builder", "swarm_agent_sent_bytes_total")
+    metric_builder = sum(metric(testbed, name, 'swarm_agent_received_bytes_total{source="builder"}')
+                         for name in fleet.host_names)
+    total = sum(layer.blob_size for layer in manifest.layers) * len(fleet.host_names)
+    # control: the attack happened, at scale, and the hosts saw its bytes under mallory's name
+    assert final["uploaded"] > 0.25 * total, (final, received)
+    assert as_impostor > 0.25 * total, received
+    # the defence: nothing counted as the builder's beyond what the builder really sent
+    assert named_builder <= builder_sent, (named_builder, builder_sent, received)
+    assert metric_builder <= builder_sent, (metric_builder, builder_sent, received)
+    # and the honest builder is still named the builder
+    assert named_builder > 0 and metric_builder > 0, received
 
 
 # -- 9. nothing in clear on the wire -----------------------------------------------------

@@ -74,6 +74,9 @@ class PeerStore(Protocol):
 
     async def scrape(self, info_hashes: list[bytes]) -> dict[bytes, SwarmCounts]: ...
 
+    async def entries(self, info_hash: bytes, limit: int) -> list[Peer]:
+        """The torrent's live entries (at most `limit`), with the token that owns each (GET /v1/peers)."""
+
     async def drop_host(self, host: str) -> int:
         """Remove every peer announced under token `host` (revoked); returns how many went."""
 

@@ -120,6 +120,10 @@ class MemoryPeerStore:
     async def scrape(self, info_hashes: list[bytes]) -> dict[bytes, SwarmCounts]:
         return {h: self.counts(h) for h in info_hashes}
 
+    async def entries(self, info_hash: bytes, limit: int) -> list[Peer]:
+        swarm = self._live(info_hash)
+        return swarm.all()[: max(0, limit)] if swarm is not None else []
+
     async def drop_host(self, host: str) -> int:
         return self.remove_host(host)
 

@@ -167,6 +167,23 @@ return res
 """
 )
 
+_ENTRIES = (
+    _LIB
+    + r"""
+local h, limit = ARGV[2], tonumber(ARGV[4])
+expire(h, ARGV[3])
+local res = {}
+for _, kind in ipairs({'s', 'l'}) do
+  for _, p in ipairs(redis.call('ZRANGE', k(kind, h), 0, limit - 1)) do
+    if #res >= 3 * limit then return res end
+    local v = redis.call('HGET', k('d', h), p)
+    if v then table.insert(res, v); table.insert(res, p); table.insert(res, kind) end
+  end
+end
+return res
+"""
+)
+
 _DROP_HOST = (
     _LIB
     + r"""
@@ -212,6 +229,7 @@ class RedisPeerStore:
         )
         self._handle = self._redis.register_script(_HANDLE)
         self._scrape = self._redis.register_script(_SCRAPE)
+        self._entries = self._redis.register_script(_ENTRIES)
         self._drop_host = self._redis.register_script(_DROP_HOST)
         self._sweep = self._redis.register_script(_SWEEP)
 
@@ -263,6 +281,16 @@ class RedisPeerStore:
         return {
             h: SwarmCounts(int(res[3 * i]), int(res[3 * i + 1]), int(res[3 * i + 2])) for i, h in enumerate(info_hashes)
         }
+
+    async def entries(self, info_hash: bytes, limit: int) -> list[Peer]:
+        if limit <= 0:
+            return []
+        res = await self._run(self._entries, [info_hash, self._cutoff(), str(limit)])
+        peers = []
+        for pos in range(0, len(res), 3):
+            ip, port, host = bytes(res[pos]).decode().split("|", 2)
+            peers.append(Peer(ip, int(port), bytes(res[pos + 1]), 0 if bytes(res[pos + 2]) == b"s" else 1, host))
+        return peers
 
     async def drop_host(self, host: str) -> int:
         return int(await self._run(self._drop_host, [host]))
