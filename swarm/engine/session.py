@@ -110,6 +110,7 @@ class Engine:
         self._key = key_path
         self._tag = peer_tag(host_name, role)
         self._role = role
+        self._suggesting = _suggest_mode(role)
         self._resume_dir = resume_dir
         self._observer = observer
         self._resume_pending = 0
@@ -166,7 +167,7 @@ class Engine:
                 # over more peers and ask the builder for fewer pieces another host already has
                 "request_queue_time": 1,
                 "max_out_request_queue": 64,
-                "suggest_mode": _suggest_mode(self._role),
+                "suggest_mode": self._suggesting,
                 "stop_tracker_timeout": 2,
                 "alert_mask": (
                     lt.alert_category.error
@@ -224,6 +225,10 @@ class Engine:
         atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         if seed:
             atp.flags |= lt.torrent_flags.seed_mode
+        elif self._suggesting != _SUGGEST_DOWNLOADING:
+            # a builder that downloads counts its bytes like a host (see `_suggest_mode`)
+            self._suggesting = _SUGGEST_DOWNLOADING
+            self._session.apply_settings({"suggest_mode": _SUGGEST_DOWNLOADING})
         assert self._loop is not None
         # file 0 is the blob; v2 pads the tail, and padding is not payload
         entry = _Torrent(
@@ -482,7 +487,7 @@ class Engine:
 
 
 def _suggest_mode(role: str) -> int:
-    """The builder suggests nothing; every other peer keeps libtorrent's `suggest_read_cache`.
+    """The builder suggests nothing until it downloads; every other peer keeps `suggest_read_cache`.
 
     A seed in suggest mode advertises the pieces it has just read, so the
     builder, having sent a piece to one host, told the others to ask it for that
@@ -499,8 +504,11 @@ def _suggest_mode(role: str) -> int:
     unless suggest mode is on. With `suggest_mode=0` those blocks were never
     attributed: 0 of 192 at 1 MB/s, a quarter of 512 unthrottled.
     """
-    mode = lt.suggest_mode_t.no_piece_suggestions if role == "builder" else lt.suggest_mode_t.suggest_read_cache
-    return int(mode)
+    return _SUGGEST_SEEDING if role == "builder" else _SUGGEST_DOWNLOADING
+
+
+_SUGGEST_SEEDING = int(lt.suggest_mode_t.no_piece_suggestions)
+_SUGGEST_DOWNLOADING = int(lt.suggest_mode_t.suggest_read_cache)
 
 
 _RESUME_FLAGS = lt.save_resume_flags_t.only_if_modified | lt.save_resume_flags_t.flush_disk_cache

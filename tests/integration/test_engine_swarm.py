@@ -148,3 +148,27 @@ async def test_a_connection_that_closes_early_is_counted_and_every_byte_is_attri
         assert status.received_by_role == {"builder": by_name["origin"], "host": by_name["hostseed"]}
     finally:
         await asyncio.gather(*(asyncio.to_thread(e.close) for e in engines.values()))
+
+
+async def test_a_builder_that_downloads_attributes_every_byte(swarm: Swarm, tmp_path: Path) -> None:
+    """The builder's session makes no piece suggestions, which would silence block alerts of a
+    download; its first download turns suggestions back on, so its bytes are counted like a host's."""
+    loop = asyncio.get_running_loop()
+    layer = swarm.manifest.layers[0]
+    seed_url, seed_cert, seed_key = enrolled(swarm, "hostseed", tmp_path / "a")
+    down_url, down_cert, down_key = enrolled(swarm, "origin", tmp_path / "b", "builder")
+    seeder = Engine("127.0.0.1:0", "hostseed", seed_cert, seed_key, upload_limit=1_000_000)
+    builder = Engine("127.0.0.1:0", "origin", down_cert, down_key, role="builder")
+    seeder.start(loop)
+    builder.start(loop)
+    try:
+        seeder.add(layer.torrent, swarm.seed_dir, seed_url, seed=True)
+        down = tmp_path / "down"
+        down.mkdir()
+        ih = builder.add(layer.torrent, down, down_url, seed=False)
+        await asyncio.wait_for(builder.wait_finished(ih), timeout=60)
+        status = builder.status(ih)
+        assert {p.name: p.downloaded for p in status.peers if p.downloaded} == {"hostseed": layer.blob_size}
+        assert status.received_by_role == {"host": layer.blob_size}
+    finally:
+        await asyncio.gather(asyncio.to_thread(builder.close), asyncio.to_thread(seeder.close))
