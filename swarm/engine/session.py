@@ -6,9 +6,11 @@ only, no DHT/LSD/UPnP/NAT-PMP, no queueing, an SSL listen socket only),
 attaches the host certificate to every torrent, turns alerts into events for
 asyncio, and keeps per-peer byte counts that survive disconnects (libtorrent
 forgets a peer's counters when the connection closes, so bytes are counted
-from `block_finished_alert`, which names the sending peer). Who a peer is
-(its name and role in those counts) is decided by a `PeerResolver`, never by
-the peer id alone in an agent (swarm/agent/peer_names.py asks the tracker).
+from `block_finished_alert`, which names the sending peer, for every block of
+every connection however short: see `_suggest_mode` for the one setting that
+would silence it). Who a peer is (its name and role in those counts) is decided
+by a `PeerResolver`, never by the peer id alone in an agent
+(swarm/agent/peer_names.py asks the tracker).
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ class Engine:
         self._cert = cert_path
         self._key = key_path
         self._tag = peer_tag(host_name, role)
+        self._role = role
+        self._suggesting = _suggest_mode(role)
         self._resume_dir = resume_dir
         self._observer = observer
         self._names = names or ClaimedNames()
@@ -199,6 +203,12 @@ class Engine:
                 "max_failcount": 10,
                 "min_reconnect_time": 2,
                 "min_announce_interval": 5,
+                # measured in bench/results/fleet-findings.md: hosts that keep one second of
+                # requests in flight per peer (not 3 s, not 1500 blocks) spread their requests
+                # over more peers and ask the builder for fewer pieces another host already has
+                "request_queue_time": 1,
+                "max_out_request_queue": 64,
+                "suggest_mode": self._suggesting,
                 "stop_tracker_timeout": 2,
                 "alert_mask": (
                     lt.alert_category.error
@@ -266,6 +276,10 @@ class Engine:
         atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         if seed:
             atp.flags |= lt.torrent_flags.seed_mode
+        elif self._suggesting != _SUGGEST_DOWNLOADING:
+            # a builder that downloads counts its bytes like a host (see `_suggest_mode`)
+            self._suggesting = _SUGGEST_DOWNLOADING
+            self._session.apply_settings({"suggest_mode": _SUGGEST_DOWNLOADING})
         if file_name is not None and file_name != ti.name():
             atp.renamed_files = {0: file_name}
         assert self._loop is not None
@@ -531,6 +545,31 @@ class Engine:
     def _signal(self, entry: _Torrent) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(entry.finished.set)
+
+
+def _suggest_mode(role: str) -> int:
+    """The builder suggests nothing until it downloads; every other peer keeps `suggest_read_cache`.
+
+    A seed in suggest mode advertises the pieces it has just read, so the
+    builder, having sent a piece to one host, told the others to ask it for that
+    same piece: duplicates on the one uplink that matters (fleet-findings.md).
+
+    A downloader must keep suggest mode, or it loses the byte attribution.
+    libtorrent posts `block_finished_alert` from
+    `peer_connection::on_disk_write_complete`, which returns first when the
+    torrent has no piece picker. 2.1's default disk back end (`pread_disk_io`)
+    keeps received blocks in a write-back cache and completes their writes when
+    it flushes, mostly after the last piece has passed its hash check (3 MiB at
+    1 MB/s: all 192 block alerts came after `torrent_finished_alert`), and
+    `torrent::maybe_done_flushing` drops the picker once every piece passed
+    unless suggest mode is on. With `suggest_mode=0` those blocks were never
+    attributed: 0 of 192 at 1 MB/s, a quarter of 512 unthrottled.
+    """
+    return _SUGGEST_SEEDING if role == "builder" else _SUGGEST_DOWNLOADING
+
+
+_SUGGEST_SEEDING = int(lt.suggest_mode_t.no_piece_suggestions)
+_SUGGEST_DOWNLOADING = int(lt.suggest_mode_t.suggest_read_cache)
 
 
 _RESUME_FLAGS = lt.save_resume_flags_t.only_if_modified | lt.save_resume_flags_t.flush_disk_cache

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -51,8 +52,9 @@ async def swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
         service.close()
 
 
-def enrolled(swarm: Swarm, name: str, workdir: Path) -> tuple[str, Path, Path]:
-    token = swarm.service.create_token(name, "host")
+def enrolled(swarm: Swarm, name: str, workdir: Path, role: str = "host") -> tuple[str, Path, Path]:
+    key = SigningKey.generate().public_raw if role == "builder" else None
+    token = swarm.service.create_token(name, role, key)
     key = new_private_key()
     answer = swarm.service.enroll(token.secret, make_csr(key, name))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -135,3 +137,81 @@ async def test_one_blob_two_groups_one_file_and_eviction_stops_both(tmp_path: Pa
         assert os.listdir(paths.blobs_dir) == []
     finally:
         await asyncio.to_thread(engine.close)
+
+
+class FirstBlockFrom:
+    """An engine observer that notes when the first block from a given role arrives."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.seen = threading.Event()
+
+    def block_received(self, source_role: str, nbytes: int) -> None:
+        if source_role == self.role:
+            self.seen.set()
+
+    def piece_failed(self) -> None:
+        pass
+
+
+async def test_a_connection_that_closes_early_is_counted_and_every_byte_is_attributed(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    """A host seed leaves right after its first block, then the builder sends the rest at full
+    speed: with the session's real settings every byte is attributed, none twice, none lost
+    (a fast tail is where libtorrent stops posting block alerts if the piece picker goes)."""
+    loop = asyncio.get_running_loop()
+    layer = swarm.manifest.layers[0]
+    first_from_host = FirstBlockFrom("host")
+    engines: dict[str, Engine] = {}
+    urls: dict[str, str] = {}
+    for name, role in (("origin", "builder"), ("hostseed", "host"), ("leecher", "host")):
+        urls[name], cert, key = enrolled(swarm, name, tmp_path / name, role)
+        if name == "leecher":
+            engines[name] = Engine("127.0.0.1:0", name, cert, key, role=role, observer=first_from_host)
+        else:
+            engines[name] = Engine("127.0.0.1:0", name, cert, key, upload_limit=500_000, role=role)
+        engines[name].start(loop)
+    try:
+        for name in ("origin", "hostseed"):
+            engines[name].add(layer.torrent, swarm.seed_dir, urls[name], seed=True, file_name=layer.blob[7:])
+        down = tmp_path / "down"
+        down.mkdir()
+        ih = engines["leecher"].add(layer.torrent, down, urls["leecher"], seed=False, file_name=layer.blob[7:])
+        assert await asyncio.to_thread(first_from_host.seen.wait, 60), "no block came from the host seed"
+        engines["hostseed"].remove(ih)  # its connection closes now, long before the download ends
+        engines["origin"].set_rate_limits(0, 0)
+        await asyncio.wait_for(engines["leecher"].wait_finished(ih), timeout=60)
+        assert file_digest(down / layer.blob[7:]) == layer.blob
+        status = engines["leecher"].status(ih)
+        by_name = {p.name: p.downloaded for p in status.peers}
+        assert by_name.get("hostseed", 0) > 0, by_name
+        assert by_name.get("origin", 0) > 0, by_name
+        assert sum(by_name.values()) == layer.blob_size, by_name
+        assert status.received_by_role == {"builder": by_name["origin"], "host": by_name["hostseed"]}
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(e.close) for e in engines.values()))
+
+
+async def test_a_builder_that_downloads_attributes_every_byte(swarm: Swarm, tmp_path: Path) -> None:
+    """The builder's session makes no piece suggestions, which would silence block alerts of a
+    download; its first download turns suggestions back on, so its bytes are counted like a host's."""
+    loop = asyncio.get_running_loop()
+    layer = swarm.manifest.layers[0]
+    seed_url, seed_cert, seed_key = enrolled(swarm, "hostseed", tmp_path / "a")
+    down_url, down_cert, down_key = enrolled(swarm, "origin", tmp_path / "b", "builder")
+    seeder = Engine("127.0.0.1:0", "hostseed", seed_cert, seed_key, upload_limit=1_000_000)
+    builder = Engine("127.0.0.1:0", "origin", down_cert, down_key, role="builder")
+    seeder.start(loop)
+    builder.start(loop)
+    try:
+        seeder.add(layer.torrent, swarm.seed_dir, seed_url, seed=True, file_name=layer.blob[7:])
+        down = tmp_path / "down"
+        down.mkdir()
+        ih = builder.add(layer.torrent, down, down_url, seed=False, file_name=layer.blob[7:])
+        await asyncio.wait_for(builder.wait_finished(ih), timeout=60)
+        status = builder.status(ih)
+        assert {p.name: p.downloaded for p in status.peers if p.downloaded} == {"hostseed": layer.blob_size}
+        assert status.received_by_role == {"host": layer.blob_size}
+    finally:
+        await asyncio.gather(asyncio.to_thread(builder.close), asyncio.to_thread(seeder.close))
