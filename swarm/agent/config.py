@@ -36,5 +36,7 @@ class AgentConfig:
     tracker_wait: float = 0.0
     #: a relay: no Docker; pulls download, verify and seed into the cache, ending "cached"
     relay: bool = False
+    #: load each layer into Docker as soon as it and those below it are verified (downloading in image order)
+    load_while_downloading: bool = True
     #: debug, info, warning, error (swarm.core.logs)
     log_level: str = "info"

@@ -153,6 +153,7 @@ class Agent:
                 identity.ca_pem,
                 metrics,
                 trust_resume=clean,
+                load_while_downloading=config.load_while_downloading,
             )
             reporter = Reporter(
                 tracker,
