@@ -268,9 +268,14 @@ class Puller:
         for layer in unique.values():
             if staged is None or layer.blob in state.cached:
                 self._start(layer, seed=layer.blob in state.cached)  # blobs here are seeded: this host serves them
-        state.set_stage("downloading")
         ready = set(state.cached)
         pending = list(missing)  # lowest first
+        if staged is not None:
+            first = set(download_window([(la.blob, la.blob_size) for la in pending]))
+            for layer in pending:
+                if layer.blob in first:
+                    self._start(layer, seed=False)
+        state.set_stage("downloading")
         state.queued = {layer.blob for layer in missing} if staged is not None else set()
         progress = asyncio.Condition()
         downloaded = 0
