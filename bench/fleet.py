@@ -413,7 +413,8 @@ def top_layer_tarball(full: Path, out: Path, top_hex: str) -> None:
 def machine_facts() -> dict[str, Any]:
     import libtorrent as lt
     docker_version = subprocess.run(["dockerd", "--version"], capture_output=True, text=True).stdout.strip()
-    registry_version = subprocess.run([REGISTRY_BIN, "--version"], capture_output=True, text=True).stdout.strip()
+    registry_version = (subprocess.run([REGISTRY_BIN, "--version"], capture_output=True, text=True).stdout.strip()
+                        if os.path.exists(REGISTRY_BIN) else "not installed")  # --no-registry runs need none
     return {"nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
             "libtorrent": lt.__version__, "dockerd": docker_version, "registry": registry_version,
             "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
