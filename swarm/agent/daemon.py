@@ -154,6 +154,7 @@ class Agent:
                 metrics,
                 trust_resume=clean,
                 load_while_downloading=config.load_while_downloading,
+                load_window=config.load_window,
             )
             reporter = Reporter(
                 tracker,

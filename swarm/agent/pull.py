@@ -38,7 +38,7 @@ from swarm.core.errors import (
     SwarmError,
     TorrentError,
 )
-from swarm.core.layer_order import download_window, loadable_prefix
+from swarm.core.layer_order import WINDOW_BYTES, download_window, loadable_prefix
 from swarm.core.manifest import Layer, Manifest
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
@@ -125,6 +125,7 @@ class Puller:
         metrics: AgentMetrics,
         trust_resume: bool = False,
         load_while_downloading: bool = True,
+        load_window: int = WINDOW_BYTES,
     ) -> None:
         self._engine = engine
         self._cache = cache
@@ -136,6 +137,7 @@ class Puller:
         self._metrics = metrics
         self._trust_resume = trust_resume
         self._load_while_downloading = load_while_downloading
+        self._load_window = load_window
         self.ca_pem = ca_pem
         self._active: dict[str, tuple[PullState, asyncio.Task[str]]] = {}
         self.observer: PullObserver | None = None
@@ -270,8 +272,12 @@ class Puller:
                 self._start(layer, seed=layer.blob in state.cached)  # blobs here are seeded: this host serves them
         ready = set(state.cached)
         pending = list(missing)  # lowest first
+
+        def window() -> list[str]:
+            return download_window([(la.blob, la.blob_size) for la in pending], min_bytes=self._load_window)
+
         if staged is not None:
-            first = set(download_window([(la.blob, la.blob_size) for la in pending]))
+            first = set(window())
             for layer in pending:
                 if layer.blob in first:
                     self._start(layer, seed=False)
@@ -280,14 +286,11 @@ class Puller:
         progress = asyncio.Condition()
         downloaded = 0
 
-        def in_window(layer: Layer) -> bool:
-            return layer.blob in download_window([(la.blob, la.blob_size) for la in pending])
-
         async def get(layer: Layer) -> None:
             nonlocal downloaded
             if staged is not None:
                 async with progress:
-                    await progress.wait_for(lambda: in_window(layer))
+                    await progress.wait_for(lambda: layer.blob in window())
                 self._start(layer, seed=False)
                 state.queued.discard(layer.blob)
             await self._engine.wait_finished(layer.info_hash)

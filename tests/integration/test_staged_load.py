@@ -78,7 +78,7 @@ def _layers_in_docker(engine: Dockerd) -> list[str]:
 def test_lower_layers_are_in_docker_while_the_upper_ones_download(bed: Bed, tall: str,
                                                                   dockerd_factory: Any) -> None:
     engine = dockerd_factory()
-    host = bed.host("stager", engine, "--download-limit", "2MB/s")
+    host = bed.host("stager", engine, "--download-limit", "2MB/s", "--load-window", "4MiB")
     blobs = [layer.blob for layer in _manifest(bed, tall).layers]
     pull = subprocess.Popen([*SWARM, "pull", tall, "--data", str(host.data)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -116,7 +116,7 @@ def test_a_layer_failing_its_diff_id_leaves_docker_without_the_image(bed: Bed, t
     index = 2 if where == "middle" else DATA_LAYERS  # layer 0 is busybox
     bad = _publish_with_a_wrong_diff_id(bed, f"bad-{where}", index)
     engine = dockerd_factory()
-    host = bed.host(f"refuser-{where}", engine, "--download-limit", "4MB/s")
+    host = bed.host(f"refuser-{where}", engine, "--download-limit", "4MB/s", "--load-window", "4MiB")
     res = subprocess.run([*SWARM, "pull", bad, "--data", str(host.data)], capture_output=True, text=True,
                          timeout=180)
     assert res.returncode == 1, res

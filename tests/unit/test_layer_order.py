@@ -14,13 +14,13 @@ MIB = 1024 * 1024
 
 
 def test_window_holds_two_layers_when_they_are_big_enough() -> None:
-    pending = [("a", 20 * MIB), ("b", 20 * MIB), ("c", 20 * MIB)]
+    pending = [("a", 30 * MIB), ("b", 30 * MIB), ("c", 30 * MIB)]
     assert download_window(pending) == ["a", "b"]
 
 
 def test_window_takes_small_layers_until_it_holds_enough_bytes() -> None:
     pending = [("a", MIB), ("b", 2 * MIB), ("c", 3 * MIB), ("d", 4 * MIB), ("e", 4 * MIB)]
-    assert download_window(pending) == ["a", "b", "c", "d"]
+    assert download_window(pending, min_bytes=8 * MIB) == ["a", "b", "c", "d"]
 
 
 def test_window_of_the_last_layer_and_of_nothing() -> None:
