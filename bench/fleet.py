@@ -468,7 +468,10 @@ def write_report(r: dict[str, Any], stem: str) -> None:
     s = summarize(r)
     r["summary"] = s
     (RESULTS / f"{stem}.json").write_text(json.dumps(r, indent=1, sort_keys=True) + "\n")
-    plot(r, s, RESULTS / f"{stem}.png")
+    try:
+        plot(r, s, RESULTS / f"{stem}.png")
+    except ModuleNotFoundError as exc:  # matplotlib: `scripts/setup.sh --bench`
+        print(f"no plot: {exc}", file=sys.stderr)
     a, m, sw = r["args"], r["machine"], r["swarm"]
     lines = [f"# Fleet benchmark: {a['hosts']} hosts, {a['size_mib']} MiB {a['variant']} image, {a['rate']} links",
              "",

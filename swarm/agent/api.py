@@ -105,7 +105,7 @@ class LayerProgress(Message):
     done: int
     rate: int  # bytes/s
     peers: int  # connected now
-    state: str  # cached, waiting, or the torrent's state
+    state: str  # cached, waiting, queued (below in image order first), in-docker, or the torrent's state
 
 
 @dataclass(frozen=True)

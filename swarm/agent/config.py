@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from swarm.core.layer_order import WINDOW_BYTES
 from swarm.core.tokens import JoinToken
 
 
@@ -36,5 +37,9 @@ class AgentConfig:
     tracker_wait: float = 0.0
     #: a relay: no Docker; pulls download, verify and seed into the cache, ending "cached"
     relay: bool = False
+    #: load each layer into Docker as soon as it and those below it are verified (downloading in image order)
+    load_while_downloading: bool = True
+    #: bytes of the lowest unfinished layers downloaded at once when loading while downloading
+    load_window: int = WINDOW_BYTES
     #: debug, info, warning, error (swarm.core.logs)
     log_level: str = "info"

@@ -159,6 +159,8 @@ class Agent:
                 metrics,
                 trust_resume=clean,
                 ensure_name=identity.ensure_name,
+                load_while_downloading=config.load_while_downloading,
+                load_window=config.load_window,
             )
             reporter = Reporter(
                 tracker,

@@ -5,6 +5,11 @@ key (swarm/agent/trust.py: pinned or delegated by the root, and not older than
 the newest this host accepted for the tag), every torrent is exactly the one the manifest names and is bound to this
 swarm's CA, and every blob's sha256 matches. A pull in flight is recorded in
 the agent's state, so an agent that died resumes it when it starts again.
+
+A host with Docker loads while it downloads: its layers are downloaded in image
+order (a window of the lowest unfinished ones wanted, the rest at piece priority
+0, `swarm.core.layer_order`), and each time the verified bottom of the image
+grows it is loaded into Docker as a stage (swarm/agent/staged_load.py).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Protocol
 from swarm.agent.api import LayerProgress, PullProgress
 from swarm.agent.cache import CacheKeeper
 from swarm.agent.metrics import AgentMetrics
+from swarm.agent.staged_load import StagedLoad
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
 from swarm.agent.trust import HostTrust
@@ -33,6 +39,7 @@ from swarm.core.errors import (
     SwarmError,
     TorrentError,
 )
+from swarm.core.layer_order import WINDOW_BYTES, download_window, loadable_prefix
 from swarm.core.manifest import Layer, Manifest
 from swarm.core.refs import ImageRef
 from swarm.core.signing import SignedManifest
@@ -54,6 +61,8 @@ class PullState:
     manifest: Manifest | None = None
     started: float = field(default_factory=time.monotonic)
     cached: set[str] = field(default_factory=set)  # blobs that were already here
+    in_docker: set[str] = field(default_factory=set)  # blobs a stage loaded while the rest downloads
+    queued: set[str] = field(default_factory=set)  # blobs waiting for the layers below them to download
     note: str = ""
     #: fetch the blobs even when Docker already holds the image, to seed them
     seed: bool = False
@@ -117,6 +126,8 @@ class Puller:
         metrics: AgentMetrics,
         trust_resume: bool = False,
         ensure_name: Callable[[str, str], Awaitable[None]] | None = None,
+        load_while_downloading: bool = True,
+        load_window: int = WINDOW_BYTES,
     ) -> None:
         self._engine = engine
         #: (group id, what for): make sure the certificate names that group (identity.ensure_name)
@@ -129,6 +140,8 @@ class Puller:
         self._docker = docker
         self._metrics = metrics
         self._trust_resume = trust_resume
+        self._load_while_downloading = load_while_downloading
+        self._load_window = load_window
         self.ca_pem = ca_pem
         self._active: dict[str, tuple[PullState, asyncio.Task[str]]] = {}
         #: blob -> resolved once it is on disk (True) or its download failed (False), while a pull fetches it
@@ -206,10 +219,18 @@ class Puller:
         if in_docker and (self._all_verified(manifest) or not state.seed):
             self._serve_cached(manifest, state)
             state.outcome, state.note = "already-in-docker", "already in Docker"
-        else:
+        elif in_docker or not self._load_while_downloading:
             await self._fetch(manifest, state)
             if not in_docker:
-                await self._load_with_retry(manifest, state)
+                await self._load_with_retry(manifest, state, StagedLoad(self._docker, manifest, self._blobs.path))
+        else:
+            staged = StagedLoad(self._docker, manifest, self._blobs.path)
+            try:
+                await self._fetch(manifest, state, staged)
+                await self._load_with_retry(manifest, state, staged)
+            finally:
+                # loaded: the image holds the layers now; failed: Docker drops them with the partial images
+                await asyncio.shield(staged.clear())
         return self._done(ref, envelope, manifest, state)
 
     def _done(self, ref: ImageRef, envelope: SignedManifest, manifest: Manifest, state: PullState) -> str:
@@ -252,7 +273,13 @@ class Puller:
         except DockerUnreachable:
             return None  # the load stage waits for Docker
 
-    async def _fetch(self, manifest: Manifest, state: PullState) -> None:
+    async def _fetch(self, manifest: Manifest, state: PullState, staged: StagedLoad | None = None) -> None:
+        """Download and verify the blobs not here; with `staged`, in image order, loading as they verify.
+
+        In image order, a layer's torrent is added when it enters the download window (a torrent at
+        piece priority 0 is "finished" to libtorrent, which drops its seeds and does not find them
+        again when the priority rises), so the host asks the swarm for the lowest layers first.
+        """
         unique = {layer.blob: layer for layer in manifest.layers}
         state.cached = {b for b in unique if self._blobs.is_verified(b)}
         missing = [layer for b, layer in unique.items() if b not in state.cached]
@@ -267,24 +294,79 @@ class Puller:
         }
         loop = asyncio.get_running_loop()
         for layer in unique.values():
-            if layer.blob not in borrowed:  # blobs already here are seeded too: this host serves what it holds
-                self._add(layer, seed=layer.blob in state.cached)
+            if layer.blob in borrowed:
+                continue
+            if staged is None or layer.blob in state.cached:
+                self._add(layer, seed=layer.blob in state.cached)  # blobs here are seeded: this host serves them
         for layer in missing:
             if layer.blob not in borrowed:  # before any await: a pull starting now sees it
                 self._fetching.setdefault(layer.blob, loop.create_future())
+        ready = set(state.cached)
+        pending = list(missing)  # lowest first
+
+        def window() -> list[str]:
+            return download_window([(la.blob, la.blob_size) for la in pending], min_bytes=self._load_window)
+
+        if staged is not None:
+            first = set(window())
+            for layer in pending:
+                if layer.blob in first and layer.blob not in borrowed:
+                    self._add(layer, seed=False)
         state.set_stage("downloading")
+        state.queued = {layer.blob for layer in missing} if staged is not None else set()
+        progress = asyncio.Condition()
+        downloaded = 0
+
+        async def get(layer: Layer) -> None:
+            nonlocal downloaded
+            if staged is not None:
+                async with progress:
+                    await progress.wait_for(lambda: layer.blob in window())
+                if layer.blob not in borrowed:
+                    self._add(layer, seed=False)
+                state.queued.discard(layer.blob)
+            await self._download(layer, borrowed.get(layer.blob))
+            downloaded += 1
+            if downloaded == len(missing):
+                state.set_stage("verifying")
+            await self._blobs.verify(layer.blob)
+            if layer.blob in borrowed:
+                self._add(layer, seed=True)
+            ready.add(layer.blob)
+            pending.remove(layer)
+            async with progress:
+                progress.notify_all()
+
+        tasks = [asyncio.create_task(get(layer), name=f"fetch {layer.blob[:19]}") for layer in missing]
+        if staged is not None:
+            tasks.append(asyncio.create_task(self._load_stages(state, staged, ready, progress), name="stages"))
         try:
-            await asyncio.gather(*(self._download(layer, borrowed.get(layer.blob)) for layer in missing))
+            await _all_or_first_error(tasks)
             state.set_stage("verifying")
-            for layer in missing:
-                await self._blobs.verify(layer.blob)
-                if layer.blob in borrowed:
-                    self._add(layer, seed=True)
         except (TorrentError, SwarmError, OSError) as exc:
-            self._discard(missing)
+            self._discard(state, missing)
             if isinstance(exc, TorrentError) and "space" in str(exc).lower():
                 raise TorrentError(f"no space left on device for the layers of {manifest.ref}") from exc
             raise
+        finally:
+            state.queued = set()
+
+    async def _load_stages(
+        self, state: PullState, staged: StagedLoad, ready: set[str], progress: asyncio.Condition
+    ) -> None:
+        """Load the verified bottom of the image each time it grows; the top is the final load's."""
+        assert state.manifest is not None
+        blobs = [layer.blob for layer in state.manifest.layers]
+        while not staged.stopped:
+            count = loadable_prefix(blobs, ready)
+            if count == len(blobs):
+                return
+            if count > staged.loaded:
+                await staged.stage(count)
+                state.in_docker = set(blobs[: staged.loaded])
+                continue
+            async with progress:
+                await progress.wait_for(lambda: loadable_prefix(blobs, ready) > staged.loaded)
 
     def _add(self, layer: Layer, seed: bool) -> None:
         self._engine.add(
@@ -331,26 +413,27 @@ class Puller:
                 f"needs {human_bytes(need)}, {human_bytes(free)} free"
             )
 
-    def _discard(self, layers: list[Layer]) -> None:
-        """Drop what a failed pull left: torrents and unverified partial files, unless another pull needs them."""
+    def _discard(self, failed: PullState, layers: list[Layer]) -> None:
+        """Drop what a failed pull fetched (`layers`: the blobs it did not have, partial or verified
+        since: a full disk gets its space back), unless another pull needs them."""
         others = {
             layer.blob
             for state, _t in self._active.values()
-            if state.manifest and state.stage != "done"
+            if state is not failed and state.manifest and state.stage != "done"
             for layer in state.manifest.layers
-        } - {layer.blob for layer in layers}
+        }
         for layer in layers:
-            if layer.blob in others or self._blobs.is_verified(layer.blob):
+            if layer.blob in others:
                 continue
             self._engine.remove(layer.info_hash)
             self._blobs.forget(layer.blob, delete=True)
 
-    async def _load_with_retry(self, manifest: Manifest, state: PullState) -> None:
+    async def _load_with_retry(self, manifest: Manifest, state: PullState, staged: StagedLoad) -> None:
         delay, waited = 1.0, 0.0
         while True:
             state.set_stage("loading")
             try:
-                await self._load(manifest)
+                await self._load(manifest, staged)
                 state.note = ""
                 return
             except DockerUnreachable as exc:
@@ -362,12 +445,8 @@ class Puller:
                 waited += delay
                 delay = min(delay * 2, 30.0)
 
-    async def _load(self, manifest: Manifest) -> None:
-        layers = [
-            (layer.diff_id, layer.size, self._blobs.path(layer.blob), layer.compression) for layer in manifest.layers
-        ]
-        stream = docker_load.image_tar_stream(str(manifest.ref), manifest.config, layers)
-        await asyncio.to_thread(docker_load.load_image, self._docker, stream)
+    async def _load(self, manifest: Manifest, staged: StagedLoad) -> None:
+        await staged.finish()
         loaded = await asyncio.to_thread(docker_load.image_id, self._docker, str(manifest.ref))
         if loaded != manifest.image_id:
             raise DockerError(f"Docker holds {manifest.ref} as {loaded}, expected {manifest.image_id}")
@@ -386,6 +465,8 @@ class Puller:
     def _layer_progress(self, layer: Layer, state: PullState) -> LayerProgress:
         if layer.blob in state.cached:
             return LayerProgress(layer.blob, layer.blob_size, layer.blob_size, 0, 0, "cached")
+        if layer.blob in state.in_docker and state.stage != "done":
+            return LayerProgress(layer.blob, layer.blob_size, layer.blob_size, 0, 0, "in-docker")
         if self._engine.has(layer.info_hash):
             st = self._engine.status(layer.info_hash)
             return LayerProgress(
@@ -396,7 +477,9 @@ class Puller:
                 sum(1 for p in st.peers if p.connected),
                 st.state,
             )
-        return LayerProgress(layer.blob, layer.blob_size, 0, 0, 0, "waiting")
+        return LayerProgress(
+            layer.blob, layer.blob_size, 0, 0, 0, "queued" if layer.blob in state.queued else "waiting"
+        )
 
     def progress_all(self) -> list[PullProgress]:
         """The progress of every pull under way."""
@@ -406,3 +489,14 @@ class Puller:
         """Stop every pull (the agent is stopping): each stays pending and resumes on restart."""
         for _state, task in list(self._active.values()):
             task.cancel()
+
+
+async def _all_or_first_error(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for every task; at the first failure cancel the others and raise it."""
+    try:
+        for done in asyncio.as_completed(tasks):
+            await done
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -198,6 +198,22 @@ LOG_FORMAT = click.option(
     show_envvar=True,
     help="Run without Docker: pulls download, verify and seed into the cache (a local seeder).",
 )
+@click.option(
+    "--load-while-downloading/--load-after-download",
+    default=AgentConfig.load_while_downloading,
+    envvar="SWARM_LOAD_WHILE_DOWNLOADING",
+    show_envvar=True,
+    help="Download layers in image order and load each into Docker once verified (default), "
+    "or load the image once every layer is here.",
+)
+@click.option(
+    "--load-window",
+    type=SIZE,
+    default=AgentConfig.load_window,
+    envvar="SWARM_LOAD_WINDOW",
+    show_envvar=True,
+    help="Loading while downloading: fetch the lowest unfinished layers, at least two and this many bytes, at once.",
+)
 @LOG_LEVEL
 @LOG_FORMAT
 def agent(**params: Any) -> None:
@@ -228,6 +244,8 @@ def agent_config(params: dict[str, Any]) -> AgentConfig:
         metrics_listen=params["metrics_listen"],
         tracker_wait=params["tracker_wait"],
         relay=params["relay"],
+        load_while_downloading=params["load_while_downloading"],
+        load_window=params["load_window"],
         log_level=params["log_level"],
     )
 

@@ -46,6 +46,10 @@ def layer_words(layer: LayerProgress, stage: str) -> str:
     """What a layer is doing, in swarm's words rather than libtorrent's state names."""
     if layer.state == "cached":
         return "cached"
+    if layer.state == "in-docker":
+        return "loaded"
+    if layer.state == "queued":
+        return "queued (lower layers first)"
     downloaded = layer.total > 0 and layer.done >= layer.total
     if downloaded or layer.state in ("finished", "seeding"):
         return {"verifying": "verifying", "loading": "loading", "done": "done"}.get(stage, "downloaded")

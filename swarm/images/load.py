@@ -4,7 +4,9 @@
 `tarfile.TarInfo.tobuf`, each layer.tar decompressed from its zstd blob on the
 fly), so it never exists whole on disk or in memory; `load_image` posts that
 generator as the body of `POST /images/load`. Every layer is sent, even those
-the engine already has: `docker load` wants all layer files present.
+the engine already has (`docker load` opens a layer file whenever it lacks the
+layer), except the ones `in_docker` names: layers this pull registered in an
+earlier stage (swarm/agent/staged_load.py), which Docker skips by chain ID.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ BLOCK = 512
 LayerSource = tuple[str, int, Path, str]
 
 
-def image_tar_stream(repo_tag: str, config: bytes, layers: Sequence[LayerSource]) -> Iterator[bytes]:
-    """A `docker save`-style (legacy layout) tarball of one image, in chunks.
+def image_tar_stream(
+    repo_tag: str, config: bytes, layers: Sequence[LayerSource], in_docker: frozenset[str] = frozenset()
+) -> Iterator[bytes]:
+    """A `docker save`-style (legacy layout) tarball of one image, in chunks; the layer
+    files of the diff_ids in `in_docker` are left out (Docker must already hold that chain).
 
     Raises DigestMismatch (from the generator) when a blob does not decompress
     to its diff_id / size; the consumer then sees a truncated upload.
@@ -50,12 +55,14 @@ def image_tar_stream(repo_tag: str, config: bytes, layers: Sequence[LayerSource]
             "Layers": [f"{digest_hex(diff_id)}/layer.tar" for diff_id, _s, _p, _c in layers],
         }
     ]
-    return _generate(config_name, config, json.dumps(manifest).encode(), layers)
+    return _generate(config_name, config, json.dumps(manifest).encode(), layers, in_docker)
 
 
-def _generate(config_name: str, config: bytes, manifest: bytes, layers: Sequence[LayerSource]) -> Iterator[bytes]:
+def _generate(
+    config_name: str, config: bytes, manifest: bytes, layers: Sequence[LayerSource], in_docker: frozenset[str]
+) -> Iterator[bytes]:
     yield from _small_file(config_name, config)
-    sent: set[str] = set()
+    sent = {digest_hex(diff_id) for diff_id in in_docker}
     for diff_id, size, path, compression in layers:
         hex_ = digest_hex(diff_id)
         if hex_ in sent:  # a layer used twice is stored once
@@ -167,6 +174,18 @@ def image_id(api: Any, ref: str) -> str | None:
             raise DockerError(f"docker inspect {ref}: {api_error_message(exc)}") from exc
     value = info.get("Id") if isinstance(info, dict) else None
     return value if isinstance(value, str) else None
+
+
+def remove_untagged(api: Any, image: str) -> bool:
+    """Delete image ID `image` if it exists and no tag names it; True if it was deleted."""
+    with docker_errors(api, f"docker rmi {image[:19]}"):
+        try:
+            if api.inspect_image(image).get("RepoTags"):
+                return False
+            api.remove_image(image)
+        except docker.errors.NotFound:
+            return False
+    return True
 
 
 def has_image(api: Any, ref: str) -> bool:

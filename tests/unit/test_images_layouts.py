@@ -313,3 +313,14 @@ def test_image_tar_stream_corrupt_blob(tmp_path: Path) -> None:
 def test_image_tar_stream_missing_blob(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="missing"):
         b"".join(image_tar_stream("demo/x:1", config_for([L1]), [(sha(L1), len(L1), tmp_path / "nope", "zstd")]))
+
+
+def test_image_tar_stream_leaves_out_the_layers_docker_holds(tmp_path: Path) -> None:
+    image = exported(tmp_path, [L1, L2, L3])
+    layers = [(x.diff_id, x.size, x.path, x.compression) for x in image.layers]
+    data = b"".join(image_tar_stream("demo/x:1", image.config, layers, frozenset({sha(L1), sha(L2)})))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        files = [n for n in tar.getnames() if n.endswith("/layer.tar")]
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    assert files == [f"{sha(L3)[7:]}/layer.tar"]
+    assert manifest[0]["Layers"] == [f"{sha(x)[7:]}/layer.tar" for x in (L1, L2, L3)]  # every layer is named
