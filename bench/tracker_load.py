@@ -92,6 +92,32 @@ def info_hash(t: int) -> bytes:
 
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a tracker's worker processes)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the processes, from /proc/PID/stat (threads included)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def wait_port(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -113,6 +139,13 @@ class Result:
     p99_ms: float
     errors: int
     active_peers: str
+    tracker_cpu: float = float("nan")  # seconds, every tracker process
+    redis_cpu: float = 0.0  # seconds, redis-server
+
+    @property
+    def cpu_per_1000(self) -> float:
+        """CPU milliseconds per 1,000 announces: tracker processes plus redis-server."""
+        return (self.tracker_cpu + self.redis_cpu) / self.requests * 1e6
 
     @property
     def rate(self) -> float:
@@ -163,7 +196,7 @@ def metric(url: str, name: str) -> str:
 
 
 class Swarm:
-    def __init__(self, workdir: Path, workers: int, redis_url: str | None) -> None:
+    def __init__(self, workdir: Path, workers: int, redis_url: str | None, tree: Path = ROOT) -> None:
         self.data = workdir / f"swarm-{workers}"
         service = open_service(ServeOptions(self.data))
         self.secrets = [service.create_token(f"h{i}", "host").secret for i in range(TOKENS)]
@@ -177,8 +210,8 @@ class Swarm:
         if redis_url:
             args += ["--redis", redis_url]
         self.log = open(workdir / f"swarm-{workers}.log", "wb")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, cwd=ROOT,
-                                     env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, cwd=tree,
+                                     env=dict(os.environ, PYTHONPATH=str(tree)), start_new_session=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         if "listening" not in line:
@@ -246,13 +279,15 @@ def main() -> None:
     ap.add_argument("--peers", default="1000,10000,50000")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tracker-load.md")
-    ap.add_argument("--targets", default="swarm-1,swarm-2-redis,opentracker")
+    ap.add_argument("--baseline", help="git revision: run each swarm target from it too (TARGET@REV), A/B")
+    ap.add_argument("--targets", default="swarm-1,swarm-1-redis,swarm-2-redis,opentracker")
     args = ap.parse_args()
-    for binary in ("wrk", "opentracker", "redis-server"):
-        if shutil.which(binary) is None:
-            sys.exit(f"{binary} is missing: apt-get install {binary if binary != 'redis-server' else 'redis-server'}")
-    peer_counts = [int(p) for p in args.peers.split(",")]
+    args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     targets = args.targets.split(",")
+    for binary in ("wrk", "redis-server", *(["opentracker"] if "opentracker" in targets else [])):
+        if shutil.which(binary) is None:
+            sys.exit(f"{binary} is missing: apt-get install {binary}")
+    peer_counts = [int(p) for p in args.peers.split(",")]
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="swarm-bench-") as tmp:
         work = Path(tmp)
@@ -261,8 +296,18 @@ def main() -> None:
         redis = RedisServer.start(work / "redis")
         redis_url = redis.url
         try:
-            for target in targets:
-                for peers in peer_counts:
+            trees = {"": ROOT}
+            if args.baseline:  # A/B: each swarm target from the baseline tree, then from this one
+                base = work / "baseline-tree"
+                base.mkdir()
+                archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline], check=True,
+                                         capture_output=True).stdout
+                subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+                trees = {f"@{args.baseline}": base, "": ROOT}
+            runs = [(t + suffix, t, tree) for t in targets for suffix, tree in
+                    (trees.items() if t != "opentracker" else [("", ROOT)])]
+            for peers in peer_counts:  # A and B alternate at each peer count
+                for label, target, tree in runs:
                     if target == "opentracker":
                         server: Swarm | OpenTracker = OpenTracker(work / f"ot-{peers}")
                         (work / f"ot-{peers}").mkdir(exist_ok=True)
@@ -270,23 +315,29 @@ def main() -> None:
                         prefix, secrets = server.url + "/announce", []
                     else:
                         subprocess.run(["redis-cli", "-u", redis_url, "FLUSHALL"], capture_output=True)
-                        workers = 2 if target == "swarm-2-redis" else 1
-                        sub = work / f"{target}-{peers}"
+                        workers = 2 if target.startswith("swarm-2") else 1
+                        sub = work / f"{label}-{peers}"
                         sub.mkdir()
-                        server = Swarm(sub, workers, redis_url if workers > 1 else None)
+                        server = Swarm(sub, workers, redis_url if target.endswith("-redis") else None, tree)
                         prefix, secrets = server.url + "/announce/", server.secrets
                     try:
-                        print(f"{target}: {peers} peers, {args.duration:.0f} s ...", flush=True)
+                        print(f"{label}: {peers} peers, {args.duration:.0f} s ...", flush=True)
+                        uses_redis = target.endswith("-redis")
+                        pids = process_tree(server.proc.pid)
+                        cpu0 = cpu_seconds(pids), cpu_seconds([redis.proc.pid])
                         n, secs, p50, p99, errors = run_wrk(prefix, secrets, peers, args.duration, args.connections,
                                                             script)
+                        cpu1 = cpu_seconds(pids), cpu_seconds([redis.proc.pid])
                         active = metric(server.url, "swarm_tracker_active_peers") if isinstance(server, Swarm) \
                             else "n/a"
                     finally:
                         server.stop()
-                    r = Result(target, peers, n, secs, p50, p99, errors, active)
+                    r = Result(label, peers, n, secs, p50, p99, errors, active, cpu1[0] - cpu0[0],
+                               cpu1[1] - cpu0[1] if uses_redis else 0.0)
                     results.append(r)
                     print(f"    {r.rate:,.0f} announces/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms  errors {errors}  "
-                          f"peers in store {active}", flush=True)
+                          f"peers in store {active}  CPU {r.cpu_per_1000:.0f} ms per 1,000 "
+                          f"(tracker {r.tracker_cpu:.1f} s, redis {r.redis_cpu:.1f} s)", flush=True)
         finally:
             redis.stop()
     write_report(args.out, results, args)
@@ -299,18 +350,25 @@ def write_report(path: Path, results: list[Result], args: argparse.Namespace) ->
         "",
         f"Run {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {platform.node()}: "
         f"{os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"`python bench/tracker_load.py --duration {args.duration:g} --peers {args.peers}` "
+        f"`python bench/tracker_load.py {' '.join(sys.argv[1:])}` "
         f"(wrk, 1 thread, {args.connections} keep-alive connections, 100 torrents, numwant 50, "
         "regular announces, min interval 0 so nothing is served from the cache).",
         "",
-        "| target | peers | announces/s | p50 ms | p99 ms | errors | peers in store at end |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"Load average before {args.load_before}, after {' '.join(f'{x:.2f}' for x in os.getloadavg())}.",
+        "",
+        "| target | peers | announces/s | p50 ms | p99 ms | errors | peers in store at end "
+        "| CPU ms per 1,000 (tracker + redis) | tracker s | redis s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
+        cpu = f"{r.cpu_per_1000:.0f} | {r.tracker_cpu:.1f} | {r.redis_cpu:.1f}" if r.target != "opentracker" \
+            else f"{r.cpu_per_1000:.0f} | {r.tracker_cpu:.1f} | -"
         lines.append(f"| {r.target} | {r.peers:,} | {r.rate:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | "
-                     f"{r.active_peers} |")
-    lines += ["", "swarm-1: one tracker process, in-memory peer store, uvloop. swarm-2-redis: two processes on one "
-              "port (SO_REUSEPORT) sharing a Redis peer store. opentracker: Debian's, whitelist of the 100 hashes, "
+                     f"{r.active_peers} | {cpu} |")
+    lines += ["", "swarm-1: one tracker process, in-memory peer store, uvloop. swarm-1-redis: one process, Redis peer "
+              "store. swarm-2-redis: two processes on one port (SO_REUSEPORT) sharing a Redis peer store. CPU: "
+              "utime+stime from /proc/PID/stat of every tracker process (and redis-server for the Redis targets) "
+              "over the run, per 1,000 announces answered. opentracker: Debian's, whitelist of the 100 hashes, "
               "no authentication; it closes the connection after each answer (wrk counts those as read errors; "
               "they are not failed announces). All share 2 cores with wrk (and redis-server). 'peers in store' "
               "below the peer count: the run ended before every peer had announced once.", ""]

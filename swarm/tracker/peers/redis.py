@@ -28,6 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from swarm.core.errors import SwarmError
+from swarm.tracker.peers import resp
 from swarm.tracker.peers.base import (
     ENDPOINT_TAKEN,
     MAX_NUMWANT,
@@ -37,6 +38,9 @@ from swarm.tracker.peers.base import (
     Peer,
     SwarmCounts,
 )
+
+#: handed-out Peer records kept for reuse (past that the cache starts over)
+MAX_CACHED_PEERS = 100_000
 
 _LIB = r"""
 local P = ARGV[1]
@@ -210,6 +214,11 @@ class RedisPeerStore:
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url, max_connections=max_connections, socket_connect_timeout=5, socket_timeout=10
         )
+        # announces, the hot path, go through one pipelined connection of their own
+        self._pipe = resp.Pipe(url) if resp.supported(url) else None
+        self._handle_source = _HANDLE.encode()
+        #: handed-out peers by their reply fields: most announces hand out peers seen before
+        self._peer_cache: dict[tuple[bytes, bytes, int], Peer] = {}
         self._handle = self._redis.register_script(_HANDLE)
         self._scrape = self._redis.register_script(_SCRAPE)
         self._drop_host = self._redis.register_script(_DROP_HOST)
@@ -230,10 +239,17 @@ class RedisPeerStore:
         except aioredis.RedisError as exc:
             raise SwarmError(f"cannot reach the peer store (redis): {exc}") from exc
 
+    async def _run_handle(self, args: list[Any]) -> Any:
+        if self._pipe is None:
+            return await self._run(self._handle, args)
+        try:
+            return await self._pipe.evalsha(self._handle_source, [self.prefix, *args])
+        except (OSError, ConnectionError, TimeoutError, resp.ReplyError) as exc:
+            raise SwarmError(f"peer store (redis) failed: {exc}") from exc
+
     async def handle(self, info_hash: bytes, peer: Peer, event: str, numwant: int) -> Handout:
         n = max(0, min(numwant, MAX_NUMWANT))
-        res = await self._run(
-            self._handle,
+        res = await self._run_handle(
             [
                 info_hash,
                 repr(self._clock()),
@@ -253,9 +269,16 @@ class RedisPeerStore:
         if nseeds < 0:
             return Handout([], counts, refused=PEER_ID_TAKEN if nseeds == -1 else ENDPOINT_TAKEN)
         peers = []
+        cache = self._peer_cache
         for i, pos in enumerate(range(4, len(res), 2)):
-            ip, port, host = bytes(res[pos]).decode().split("|", 2)
-            peers.append(Peer(ip, int(port), bytes(res[pos + 1]), 0 if i < nseeds else 1, host))
+            key = (bytes(res[pos]), bytes(res[pos + 1]), 0 if i < nseeds else 1)
+            known = cache.get(key)
+            if known is None:
+                ip, port, host = key[0].decode().split("|", 2)
+                if len(cache) >= MAX_CACHED_PEERS:
+                    cache.clear()
+                known = cache[key] = Peer(ip, int(port), key[1], key[2], host)
+            peers.append(known)
         return Handout(peers, counts)
 
     async def scrape(self, info_hashes: list[bytes]) -> dict[bytes, SwarmCounts]:
@@ -278,4 +301,6 @@ class RedisPeerStore:
         return (await self._sweep_counts())[1]
 
     async def aclose(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.aclose()
         await self._redis.aclose()
