@@ -43,18 +43,19 @@ async def measure(workdir: Path, layers: int, interval: int, window: float, redi
     url = f"http://127.0.0.1:{port}"
     engine: Engine | None = None
     try:
-        builder = service.create_token("b1", "builder")
+        key = SigningKey.generate()
+        builder = service.create_token("b1", "builder", key.public_raw)
         signed = make_signed_manifest(
             workdir,
             service.ca.cert_pem,
-            SigningKey.generate(),
+            key,
             payloads=[os.urandom(64 * 1024 + i) for i in range(layers)],
         )
         service.publish(builder.secret, signed.to_bytes())
         host = service.create_token("idle", "host")
-        key = new_private_key()
-        issued = service.enroll(host.secret, make_csr(key, "x"))
-        (workdir / "host.key").write_bytes(private_key_pem(key))
+        tls_key = new_private_key()
+        issued = service.enroll(host.secret, make_csr(tls_key, "x"))
+        (workdir / "host.key").write_bytes(private_key_pem(tls_key))
         (workdir / "host.pem").write_text(issued.certificate)
         engine = Engine("127.0.0.1:0", "idle", workdir / "host.pem", workdir / "host.key")
         engine.start(asyncio.get_running_loop())

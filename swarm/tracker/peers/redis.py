@@ -77,16 +77,6 @@ local function host_of(h, p)
   local _, _, host = split(v)
   return host
 end
-local function conflict(h, pid, ep, host)
-  local owner = host_of(h, pid)
-  if owner and owner ~= host then return 1 end
-  local holder = redis.call('HGET', k('e', h), ep)
-  if holder then
-    owner = host_of(h, holder)
-    if owner and owner ~= host then return 2 end
-  end
-  return 0
-end
 local function counts(h)
   return {redis.call('ZCARD', k('s', h)), redis.call('ZCARD', k('l', h)),
           tonumber(redis.call('GET', k('n', h)) or '0')}
@@ -100,32 +90,45 @@ local h, now, cutoff = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local pid, ip, port, left, host = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
 local event, numwant, per_host = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
 expire(h, cutoff)
+local d, e = k('d', h), k('e', h)
 local ep = ip .. '|' .. port
-local refused = conflict(h, pid, ep, host)
-if refused ~= 0 then
-  local c = counts(h)
-  return {c[1], c[2], c[3], -refused}
+local rec = ep .. '|' .. host
+-- ownership: the peer_id's entry and the endpoint's holder must be this host's (or nobody's)
+local prev = redis.call('HGET', d, pid)
+if prev then
+  local _, _, owner = split(prev)
+  if owner ~= host then
+    local c = counts(h)
+    return {c[1], c[2], c[3], -1}
+  end
 end
-local old = redis.call('HGET', k('e', h), ep)
-if old and old ~= pid then drop(h, old) end
+local holder = redis.call('HGET', e, ep)
+if holder and holder ~= pid then
+  local owner = host_of(h, holder)
+  if owner and owner ~= host then
+    local c = counts(h)
+    return {c[1], c[2], c[3], -2}
+  end
+  drop(h, holder)  -- this host's peer restarted with a new id on the same endpoint
+end
 if event == 'stopped' then
   drop(h, pid)
   local c = counts(h)
   return {c[1], c[2], c[3], 0}
 end
-local prev = redis.call('HGET', k('d', h), pid)
-if prev and prev ~= ip .. '|' .. port .. '|' .. host then drop(h, pid); prev = nil end
+if prev and prev ~= rec then drop(h, pid); prev = nil end
 local mine = k('o', h) .. host
 if not prev then
+  -- a new entry (a regular re-announce has all of these already)
   while redis.call('ZCARD', mine) >= per_host do
     drop(h, redis.call('ZRANGE', mine, 0, 0)[1])
   end
+  redis.call('HSET', d, pid, rec)
+  redis.call('HSET', e, ep, pid)
+  redis.call('SADD', P .. ':h:' .. host, h .. pid)
+  redis.call('SADD', P .. ':t', h)
 end
 redis.call('ZADD', mine, now, pid)
-redis.call('HSET', k('d', h), pid, ip .. '|' .. port .. '|' .. host)
-redis.call('HSET', k('e', h), ep, pid)
-redis.call('SADD', P .. ':h:' .. host, h .. pid)
-redis.call('SADD', P .. ':t', h)
 if left == 0 then
   redis.call('ZADD', k('s', h), now, pid); redis.call('ZREM', k('l', h), pid)
 else
@@ -139,11 +142,14 @@ local function pick(kind)
   if want <= 0 then return 0 end
   local got = 0
   local members = redis.call('ZRANDMEMBER', k(kind, h), want + 1)
+  local others = {}
   for _, p in ipairs(members) do
-    if p ~= pid and got < want then
-      local v = redis.call('HGET', k('d', h), p)
-      if v then table.insert(out, v); table.insert(out, p); got = got + 1 end
-    end
+    if p ~= pid and #others < want then table.insert(others, p) end
+  end
+  if #others == 0 then return 0 end
+  local recs = redis.call('HMGET', d, unpack(others))
+  for i, p in ipairs(others) do
+    if recs[i] then table.insert(out, recs[i]); table.insert(out, p); got = got + 1 end
   end
   want = want - got
   return got
