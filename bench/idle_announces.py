@@ -32,12 +32,14 @@ from tests.support.redis import RedisServer
 
 
 async def announces(http: aiohttp.ClientSession, url: str) -> float:
-    async with http.get(url + "/metrics") as resp:
+    async with http.get(url + "/metrics", timeout=aiohttp.ClientTimeout(total=30)) as resp:
         text = await resp.text()
     return sum(float(n) for n in re.findall(r"^swarm_tracker_announces_total\{[^}]*\} (\S+)$", text, re.M))
 
 
-async def measure(workdir: Path, layers: int, interval: int, window: float, redis_url: str | None) -> float:
+async def measure(
+    workdir: Path, layers: int, interval: int, window: float, redis_url: str | None, store: str
+) -> float:
     service = open_service(ServeOptions(workdir / "data", interval=interval, min_interval=1, redis=redis_url))
     runner, port = await start_tracker(service, "127.0.0.1", 0, client_timeout=5.0)
     url = f"http://127.0.0.1:{port}"
@@ -67,9 +69,12 @@ async def measure(workdir: Path, layers: int, interval: int, window: float, redi
                 if time.monotonic() > deadline:
                     raise RuntimeError("the first announces did not all arrive in 120 s")
                 await asyncio.sleep(0.2)
-            start = await announces(http, url)
-            await asyncio.sleep(window)
-            return (await announces(http, url) - start) / window
+            start, t0 = await announces(http, url), time.monotonic()
+            while (left := t0 + window - time.monotonic()) > 0:  # a line every 30 s: the schedule as it goes
+                await asyncio.sleep(min(30.0, left))
+                n = await announces(http, url) - start
+                print(f"  {store}: {time.monotonic() - t0:4.0f} s, {n:.0f} announces since the first round", flush=True)
+            return (await announces(http, url) - start) / (time.monotonic() - t0)
     finally:
         if engine is not None:
             await asyncio.to_thread(engine.close)
@@ -92,7 +97,7 @@ async def main() -> None:
                 (root / store).mkdir()
             # both at once, under the same load
             rates = await asyncio.gather(
-                *(measure(root / s, a.layers, a.interval, a.window, url) for s, url in stores.items())
+                *(measure(root / s, a.layers, a.interval, a.window, url, s) for s, url in stores.items())
             )
             for store, rate in zip(stores, rates, strict=True):
                 scaled = rate * a.interval / DEFAULT_INTERVAL

@@ -1,8 +1,13 @@
 """A PeerStore in Redis (redis-py's asyncio client), shared by tracker replicas: `--redis URL`.
 
 Every operation is one Lua script, so an announce is one round trip and is
-atomic with respect to other replicas. Keys, for a torrent whose raw 20-byte
-announce hash is H (keys are binary-safe) under the prefix P (default "swarm"):
+atomic with respect to other replicas. Announces go over a connection of
+their own, pipelined (resp.py: the announces of one event-loop turn are one
+write); the rare operations (scrape, sweep, revocation) use redis-py. The
+announce script reads each entry once, writes only what a re-announce
+changes (its times), and returns the handout as two strings, not two per
+peer. Keys, for a torrent whose raw 20-byte announce hash is H (keys are
+binary-safe) under the prefix P (default "swarm"):
 
   P:s:H   zset  complete peers (member: raw peer_id, score: last announce, unix s)
   P:l:H   zset  incomplete peers
@@ -135,7 +140,7 @@ else
   redis.call('ZADD', k('l', h), now, pid); redis.call('ZREM', k('s', h), pid)
 end
 if event == 'completed' then redis.call('INCR', k('n', h)) end
-local out = {}
+local recs, ids = {}, {}
 local nseeds = 0
 local want = numwant
 local function pick(kind)
@@ -147,9 +152,11 @@ local function pick(kind)
     if p ~= pid and #others < want then table.insert(others, p) end
   end
   if #others == 0 then return 0 end
-  local recs = redis.call('HMGET', d, unpack(others))
+  local found = redis.call('HMGET', d, unpack(others))
   for i, p in ipairs(others) do
-    if recs[i] then table.insert(out, recs[i]); table.insert(out, p); got = got + 1 end
+    if found[i] then
+      table.insert(recs, found[i]); table.insert(ids, string.char(#p) .. p); got = got + 1
+    end
   end
   want = want - got
   return got
@@ -157,9 +164,8 @@ end
 if left > 0 then nseeds = pick('s') end
 pick('l')
 local c = counts(h)
-local res = {c[1], c[2], c[3], nseeds}
-for _, v in ipairs(out) do table.insert(res, v) end
-return res
+-- two strings rather than two per peer: "ip|port|host" lines, and length-prefixed peer ids
+return {c[1], c[2], c[3], nseeds, table.concat(recs, '\n'), table.concat(ids)}
 """
 )
 
@@ -276,11 +282,15 @@ class RedisPeerStore:
             return Handout([], counts, refused=PEER_ID_TAKEN if nseeds == -1 else ENDPOINT_TAKEN)
         peers = []
         cache = self._peer_cache
-        for i, pos in enumerate(range(4, len(res), 2)):
-            key = (bytes(res[pos]), bytes(res[pos + 1]), 0 if i < nseeds else 1)
+        recs, ids = (bytes(res[4]), bytes(res[5])) if len(res) > 4 else (b"", b"")  # `stopped`: no handout
+        pos = 0
+        for i, rec in enumerate(recs.split(b"\n") if recs else ()):
+            end = pos + 1 + ids[pos]
+            key = (rec, ids[pos + 1 : end], 0 if i < nseeds else 1)
+            pos = end
             known = cache.get(key)
             if known is None:
-                ip, port, host = key[0].decode().split("|", 2)
+                ip, port, host = rec.decode().split("|", 2)
                 if len(cache) >= MAX_CACHED_PEERS:
                     cache.clear()
                 known = cache[key] = Peer(ip, int(port), key[1], key[2], host)
