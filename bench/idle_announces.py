@@ -74,12 +74,18 @@ async def measure(
                 await asyncio.sleep(min(30.0, left))
                 n = await announces(http, url) - start
                 print(f"  {store}: {time.monotonic() - t0:4.0f} s, {n:.0f} announces since the first round", flush=True)
-            return (await announces(http, url) - start) / (time.monotonic() - t0)
+            rate = (await announces(http, url) - start) / (time.monotonic() - t0)
+            print(f"  {store}: {rate:.2f} announces/s over the window", flush=True)
+            return rate
     finally:
-        if engine is not None:
-            await asyncio.to_thread(engine.close)
-        await runner.cleanup()
-        await service.aclose()
+        # bounded: a teardown step that hangs (seen once after a long window) must not eat the figures
+        steps = [("engine", asyncio.to_thread(engine.close) if engine is not None else asyncio.sleep(0)),
+                 ("http server", runner.cleanup()), ("service", service.aclose())]
+        for name, step in steps:
+            try:
+                await asyncio.wait_for(step, 60)
+            except TimeoutError:
+                print(f"  {store}: closing the {name} took over 60 s: left behind", flush=True)
 
 
 async def main() -> None:

@@ -33,6 +33,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -281,6 +282,7 @@ def main() -> None:
     ap.add_argument("--peers", default="1000,10000,50000")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tracker-load.md")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of every run, alternating (medians reported)")
     ap.add_argument("--baseline", help="git revision: run each swarm target from it too (TARGET@REV), A/B")
     ap.add_argument("--targets", default="swarm-1,swarm-1-redis,swarm-2-redis,opentracker")
     args = ap.parse_args()
@@ -308,38 +310,38 @@ def main() -> None:
                 trees = {f"@{args.baseline}": base, "": ROOT}
             runs = [(t + suffix, t, tree) for t in targets for suffix, tree in
                     (trees.items() if t != "opentracker" else [("", ROOT)])]
-            for peers in peer_counts:  # A and B alternate at each peer count
-                for label, target, tree in runs:
-                    if target == "opentracker":
-                        server: Swarm | OpenTracker = OpenTracker(work / f"ot-{peers}")
-                        (work / f"ot-{peers}").mkdir(exist_ok=True)
-                        check_opentracker(server.url)
-                        prefix, secrets = server.url + "/announce", []
-                    else:
-                        subprocess.run(["redis-cli", "-u", redis_url, "FLUSHALL"], capture_output=True)
-                        workers = 2 if target.startswith("swarm-2") else 1
-                        sub = work / f"{label}-{peers}"
-                        sub.mkdir()
-                        server = Swarm(sub, workers, redis_url if target.endswith("-redis") else None, tree)
-                        prefix, secrets = server.url + "/announce/", server.secrets
-                    try:
-                        print(f"{label}: {peers} peers, {args.duration:.0f} s ...", flush=True)
-                        uses_redis = target.endswith("-redis")
-                        pids = process_tree(server.proc.pid)
-                        cpu0 = cpu_seconds(pids), cpu_seconds([redis.proc.pid])
-                        n, secs, p50, p99, errors = run_wrk(prefix, secrets, peers, args.duration, args.connections,
-                                                            script)
-                        cpu1 = cpu_seconds(pids), cpu_seconds([redis.proc.pid])
-                        active = metric(server.url, "swarm_tracker_active_peers") if isinstance(server, Swarm) \
-                            else "n/a"
-                    finally:
-                        server.stop()
-                    r = Result(label, peers, n, secs, p50, p99, errors, active, cpu1[0] - cpu0[0],
-                               cpu1[1] - cpu0[1] if uses_redis else 0.0)
-                    results.append(r)
-                    print(f"    {r.rate:,.0f} announces/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms  errors {errors}  "
-                          f"peers in store {active}  CPU {r.cpu_per_1000:.0f} ms per 1,000 "
-                          f"(tracker {r.tracker_cpu:.1f} s, redis {r.redis_cpu:.1f} s)", flush=True)
+            rounds = [(peers, run) for _ in range(args.repeat) for peers in peer_counts for run in runs]
+            for peers, (label, target, tree) in rounds:  # A and B alternate at each peer count
+                if target == "opentracker":
+                    server: Swarm | OpenTracker = OpenTracker(work / f"ot-{peers}-{len(results)}")
+                    pass
+                    check_opentracker(server.url)
+                    prefix, secrets = server.url + "/announce", []
+                else:
+                    subprocess.run(["redis-cli", "-u", redis_url, "FLUSHALL"], capture_output=True)
+                    workers = 2 if target.startswith("swarm-2") else 1
+                    sub = work / f"{label}-{peers}-{len(results)}"
+                    sub.mkdir()
+                    server = Swarm(sub, workers, redis_url if target.endswith("-redis") else None, tree)
+                    prefix, secrets = server.url + "/announce/", server.secrets
+                try:
+                    print(f"{label}: {peers} peers, {args.duration:.0f} s ...", flush=True)
+                    uses_redis = target.endswith("-redis")
+                    pids = process_tree(server.proc.pid)
+                    cpu0 = cpu_seconds(pids), cpu_seconds([redis.proc.pid])
+                    n, secs, p50, p99, errors = run_wrk(prefix, secrets, peers, args.duration, args.connections,
+                                                        script)
+                    cpu1 = cpu_seconds(pids), cpu_seconds([redis.proc.pid])
+                    active = metric(server.url, "swarm_tracker_active_peers") if isinstance(server, Swarm) \
+                        else "n/a"
+                finally:
+                    server.stop()
+                r = Result(label, peers, n, secs, p50, p99, errors, active, cpu1[0] - cpu0[0],
+                           cpu1[1] - cpu0[1] if uses_redis else 0.0)
+                results.append(r)
+                print(f"    {r.rate:,.0f} announces/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms  errors {errors}  "
+                      f"peers in store {active}  CPU {r.cpu_per_1000:.0f} ms per 1,000 "
+                      f"(tracker {r.tracker_cpu:.1f} s, redis {r.redis_cpu:.1f} s)", flush=True)
         finally:
             redis.stop()
     write_report(args.out, results, args)
@@ -367,6 +369,19 @@ def write_report(path: Path, results: list[Result], args: argparse.Namespace) ->
             else f"{r.cpu_per_1000:.0f} | {r.tracker_cpu:.1f} | -"
         lines.append(f"| {r.target} | {r.peers:,} | {r.rate:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | "
                      f"{r.active_peers} | {cpu} |")
+    if args.repeat > 1:
+        lines += ["", f"Medians of the {args.repeat} rounds:", "",
+                  "| target | peers | announces/s | CPU ms per 1,000 (tracker + redis) | of swarm-1's |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        groups: dict[tuple[str, int], list[Result]] = {}
+        for r in results:
+            groups.setdefault((r.target, r.peers), []).append(r)
+        for (target, peers), rs in groups.items():
+            cpu = statistics.median(r.cpu_per_1000 for r in rs)
+            base = groups.get(("swarm-1", peers))
+            ratio = f"{cpu / statistics.median(r.cpu_per_1000 for r in base):.2f}x" if base else "-"
+            rate = statistics.median(r.rate for r in rs)
+            lines.append(f"| {target} | {peers:,} | {rate:,.0f} | {cpu:.0f} | {ratio} |")
     lines += ["", "swarm-1: one tracker process, in-memory peer store, uvloop. swarm-1-redis: one process, Redis peer "
               "store. swarm-2-redis: two processes on one port (SO_REUSEPORT) sharing a Redis peer store. CPU: "
               "utime+stime from /proc/PID/stat of every tracker process (and redis-server for the Redis targets) "

@@ -71,3 +71,8 @@ async def test_a_lost_redis_fails_announces_then_they_reconnect(tmp_path: Path) 
                 await down.handle(ih, Peer("10.0.0.3", 7003, b"c" * 20, 5, "h3"), "started", 50)
         finally:
             await down.aclose()
+
+
+def test_urls_with_options_are_left_to_redis_py() -> None:
+    assert resp.supported("redis://127.0.0.1:6379/0") and resp.supported("rediss://:pw@r.example:6380/2")
+    assert not resp.supported("redis://127.0.0.1:6379?db=1") and not resp.supported("redis+sentinel://x")

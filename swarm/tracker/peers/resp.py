@@ -31,7 +31,9 @@ class _Incomplete(Exception):
 
 
 def supported(url: str) -> bool:
-    return urlsplit(url).scheme in ("redis", "rediss", "unix")
+    """URLs this connection understands (options in a query string are left to redis-py)."""
+    u = urlsplit(url)
+    return u.scheme in ("redis", "rediss", "unix") and not u.query
 
 
 def encode(args: tuple[bytes | str | int, ...]) -> bytes:
