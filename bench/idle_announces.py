@@ -32,29 +32,32 @@ from tests.support.redis import RedisServer
 
 
 async def announces(http: aiohttp.ClientSession, url: str) -> float:
-    async with http.get(url + "/metrics") as resp:
+    async with http.get(url + "/metrics", timeout=aiohttp.ClientTimeout(total=30)) as resp:
         text = await resp.text()
     return sum(float(n) for n in re.findall(r"^swarm_tracker_announces_total\{[^}]*\} (\S+)$", text, re.M))
 
 
-async def measure(workdir: Path, layers: int, interval: int, window: float, redis_url: str | None) -> float:
+async def measure(
+    workdir: Path, layers: int, interval: int, window: float, redis_url: str | None, store: str
+) -> float:
     service = open_service(ServeOptions(workdir / "data", interval=interval, min_interval=1, redis=redis_url))
     runner, port = await start_tracker(service, "127.0.0.1", 0, client_timeout=5.0)
     url = f"http://127.0.0.1:{port}"
     engine: Engine | None = None
     try:
-        builder = service.create_token("b1", "builder")
+        key = SigningKey.generate()
+        builder = service.create_token("b1", "builder", key.public_raw)
         signed = make_signed_manifest(
             workdir,
             service.ca.cert_pem,
-            SigningKey.generate(),
+            key,
             payloads=[os.urandom(64 * 1024 + i) for i in range(layers)],
         )
         service.publish(builder.secret, signed.to_bytes())
         host = service.create_token("idle", "host")
-        key = new_private_key()
-        issued = service.enroll(host.secret, make_csr(key, "x"))
-        (workdir / "host.key").write_bytes(private_key_pem(key))
+        tls_key = new_private_key()
+        issued = service.enroll(host.secret, make_csr(tls_key, "x"))
+        (workdir / "host.key").write_bytes(private_key_pem(tls_key))
         (workdir / "host.pem").write_text(issued.certificate)
         engine = Engine("127.0.0.1:0", "idle", workdir / "host.pem", workdir / "host.key")
         engine.start(asyncio.get_running_loop())
@@ -66,14 +69,23 @@ async def measure(workdir: Path, layers: int, interval: int, window: float, redi
                 if time.monotonic() > deadline:
                     raise RuntimeError("the first announces did not all arrive in 120 s")
                 await asyncio.sleep(0.2)
-            start = await announces(http, url)
-            await asyncio.sleep(window)
-            return (await announces(http, url) - start) / window
+            start, t0 = await announces(http, url), time.monotonic()
+            while (left := t0 + window - time.monotonic()) > 0:  # a line every 30 s: the schedule as it goes
+                await asyncio.sleep(min(30.0, left))
+                n = await announces(http, url) - start
+                print(f"  {store}: {time.monotonic() - t0:4.0f} s, {n:.0f} announces since the first round", flush=True)
+            rate = (await announces(http, url) - start) / (time.monotonic() - t0)
+            print(f"  {store}: {rate:.2f} announces/s over the window", flush=True)
+            return rate
     finally:
-        if engine is not None:
-            await asyncio.to_thread(engine.close)
-        await runner.cleanup()
-        await service.aclose()
+        # bounded: a teardown step that hangs (seen once after a long window) must not eat the figures
+        steps = [("engine", asyncio.to_thread(engine.close) if engine is not None else asyncio.sleep(0)),
+                 ("http server", runner.cleanup()), ("service", service.aclose())]
+        for name, step in steps:
+            try:
+                await asyncio.wait_for(step, 60)
+            except TimeoutError:
+                print(f"  {store}: closing the {name} took over 60 s: left behind", flush=True)
 
 
 async def main() -> None:
@@ -91,7 +103,7 @@ async def main() -> None:
                 (root / store).mkdir()
             # both at once, under the same load
             rates = await asyncio.gather(
-                *(measure(root / s, a.layers, a.interval, a.window, url) for s, url in stores.items())
+                *(measure(root / s, a.layers, a.interval, a.window, url, s) for s, url in stores.items())
             )
             for store, rate in zip(stores, rates, strict=True):
                 scaled = rate * a.interval / DEFAULT_INTERVAL

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 import click
 from aiohttp import web
 
+from swarm.agent import allocator
 from swarm.agent.cache import CacheKeeper
 from swarm.agent.config import AgentConfig
 from swarm.agent.identity import Identity
@@ -262,6 +263,7 @@ class Agent:
             await asyncio.sleep(HOUSEKEEPING_EVERY)
             await asyncio.to_thread(self.engine.save_resume_data)
             self.cache.evict()
+            allocator.trim()
 
     def live_metrics(self) -> dict[str, float]:
         used, _count = self.blobs.usage()
@@ -408,4 +410,5 @@ async def serve(config: AgentConfig, reload: Callable[[], AgentConfig] | None = 
 def run_agent(config: AgentConfig, reload: Callable[[], AgentConfig] | None = None) -> None:
     """Logging is set up by the caller (swarm.core.logs.configure)."""
     os.umask(AGENT_UMASK)
+    allocator.limit_arenas()  # before the first thread
     asyncio.run(serve(config, reload))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from swarm.agent import allocator
 from swarm.agent.api import (
     CACHED,
     NOT_CACHED,
@@ -150,6 +151,7 @@ class AgentOps:
         for ref, image_id in zip(refs, ids, strict=True):
             check_pin(ref, image_id)  # a pull this request joined was started without its pin
         self.cache.evict()
+        allocator.trim()  # the buffers of the download and the load
         return PullResponse(
             tuple(
                 PulledImage(str(ref), image_id, state.outcome, self._all_cached(state.manifest))
@@ -208,6 +210,7 @@ class AgentOps:
                 manifests.append(m.to_bytes())
         finally:
             forwarder.cancel()
+            allocator.trim()  # the export's and the hashing's buffers
         return PrepareResponse(tuple(manifests))
 
     async def publish(self, request: PublishRequest, emit: Emit) -> PublishResponse:

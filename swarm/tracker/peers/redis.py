@@ -1,8 +1,13 @@
 """A PeerStore in Redis (redis-py's asyncio client), shared by tracker replicas: `--redis URL`.
 
 Every operation is one Lua script, so an announce is one round trip and is
-atomic with respect to other replicas. Keys, for a torrent whose raw 20-byte
-announce hash is H (keys are binary-safe) under the prefix P (default "swarm"):
+atomic with respect to other replicas. Announces go over a connection of
+their own, pipelined (resp.py: the announces of one event-loop turn are one
+write); the rare operations (scrape, sweep, revocation) use redis-py. The
+announce script reads each entry once, writes only what a re-announce
+changes (its times), and returns the handout as two strings, not two per
+peer. Keys, for a torrent whose raw 20-byte announce hash is H (keys are
+binary-safe) under the prefix P (default "swarm"):
 
   P:s:H   zset  complete peers (member: raw peer_id, score: last announce, unix s)
   P:l:H   zset  incomplete peers
@@ -28,6 +33,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from swarm.core.errors import SwarmError
+from swarm.tracker.peers import resp
 from swarm.tracker.peers.base import (
     ENDPOINT_TAKEN,
     MAX_NUMWANT,
@@ -37,6 +43,9 @@ from swarm.tracker.peers.base import (
     Peer,
     SwarmCounts,
 )
+
+#: handed-out Peer records kept for reuse (past that the cache starts over)
+MAX_CACHED_PEERS = 100_000
 
 _LIB = r"""
 local P = ARGV[1]
@@ -73,16 +82,6 @@ local function host_of(h, p)
   local _, _, host = split(v)
   return host
 end
-local function conflict(h, pid, ep, host)
-  local owner = host_of(h, pid)
-  if owner and owner ~= host then return 1 end
-  local holder = redis.call('HGET', k('e', h), ep)
-  if holder then
-    owner = host_of(h, holder)
-    if owner and owner ~= host then return 2 end
-  end
-  return 0
-end
 local function counts(h)
   return {redis.call('ZCARD', k('s', h)), redis.call('ZCARD', k('l', h)),
           tonumber(redis.call('GET', k('n', h)) or '0')}
@@ -96,49 +95,67 @@ local h, now, cutoff = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local pid, ip, port, left, host = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
 local event, numwant, per_host = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
 expire(h, cutoff)
+local d, e = k('d', h), k('e', h)
 local ep = ip .. '|' .. port
-local refused = conflict(h, pid, ep, host)
-if refused ~= 0 then
-  local c = counts(h)
-  return {c[1], c[2], c[3], -refused}
+local rec = ep .. '|' .. host
+-- ownership: the peer_id's entry and the endpoint's holder must be this host's (or nobody's)
+local prev = redis.call('HGET', d, pid)
+if prev then
+  local _, _, owner = split(prev)
+  if owner ~= host then
+    local c = counts(h)
+    return {c[1], c[2], c[3], -1}
+  end
 end
-local old = redis.call('HGET', k('e', h), ep)
-if old and old ~= pid then drop(h, old) end
+local holder = redis.call('HGET', e, ep)
+if holder and holder ~= pid then
+  local owner = host_of(h, holder)
+  if owner and owner ~= host then
+    local c = counts(h)
+    return {c[1], c[2], c[3], -2}
+  end
+  drop(h, holder)  -- this host's peer restarted with a new id on the same endpoint
+end
 if event == 'stopped' then
   drop(h, pid)
   local c = counts(h)
   return {c[1], c[2], c[3], 0}
 end
-local prev = redis.call('HGET', k('d', h), pid)
-if prev and prev ~= ip .. '|' .. port .. '|' .. host then drop(h, pid); prev = nil end
+if prev and prev ~= rec then drop(h, pid); prev = nil end
 local mine = k('o', h) .. host
 if not prev then
+  -- a new entry (a regular re-announce has all of these already)
   while redis.call('ZCARD', mine) >= per_host do
     drop(h, redis.call('ZRANGE', mine, 0, 0)[1])
   end
+  redis.call('HSET', d, pid, rec)
+  redis.call('HSET', e, ep, pid)
+  redis.call('SADD', P .. ':h:' .. host, h .. pid)
+  redis.call('SADD', P .. ':t', h)
 end
 redis.call('ZADD', mine, now, pid)
-redis.call('HSET', k('d', h), pid, ip .. '|' .. port .. '|' .. host)
-redis.call('HSET', k('e', h), ep, pid)
-redis.call('SADD', P .. ':h:' .. host, h .. pid)
-redis.call('SADD', P .. ':t', h)
 if left == 0 then
   redis.call('ZADD', k('s', h), now, pid); redis.call('ZREM', k('l', h), pid)
 else
   redis.call('ZADD', k('l', h), now, pid); redis.call('ZREM', k('s', h), pid)
 end
 if event == 'completed' then redis.call('INCR', k('n', h)) end
-local out = {}
+local recs, ids = {}, {}
 local nseeds = 0
 local want = numwant
 local function pick(kind)
   if want <= 0 then return 0 end
   local got = 0
   local members = redis.call('ZRANDMEMBER', k(kind, h), want + 1)
+  local others = {}
   for _, p in ipairs(members) do
-    if p ~= pid and got < want then
-      local v = redis.call('HGET', k('d', h), p)
-      if v then table.insert(out, v); table.insert(out, p); got = got + 1 end
+    if p ~= pid and #others < want then table.insert(others, p) end
+  end
+  if #others == 0 then return 0 end
+  local found = redis.call('HMGET', d, unpack(others))
+  for i, p in ipairs(others) do
+    if found[i] then
+      table.insert(recs, found[i]); table.insert(ids, string.char(#p) .. p); got = got + 1
     end
   end
   want = want - got
@@ -147,9 +164,8 @@ end
 if left > 0 then nseeds = pick('s') end
 pick('l')
 local c = counts(h)
-local res = {c[1], c[2], c[3], nseeds}
-for _, v in ipairs(out) do table.insert(res, v) end
-return res
+-- two strings rather than two per peer: "ip|port|host" lines, and length-prefixed peer ids
+return {c[1], c[2], c[3], nseeds, table.concat(recs, '\n'), table.concat(ids)}
 """
 )
 
@@ -227,6 +243,11 @@ class RedisPeerStore:
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url, max_connections=max_connections, socket_connect_timeout=5, socket_timeout=10
         )
+        # announces, the hot path, go through one pipelined connection of their own
+        self._pipe = resp.Pipe(url) if resp.supported(url) else None
+        self._handle_source = _HANDLE.encode()
+        #: handed-out peers by their reply fields: most announces hand out peers seen before
+        self._peer_cache: dict[tuple[bytes, bytes, int], Peer] = {}
         self._handle = self._redis.register_script(_HANDLE)
         self._scrape = self._redis.register_script(_SCRAPE)
         self._entries = self._redis.register_script(_ENTRIES)
@@ -248,10 +269,17 @@ class RedisPeerStore:
         except aioredis.RedisError as exc:
             raise SwarmError(f"cannot reach the peer store (redis): {exc}") from exc
 
+    async def _run_handle(self, args: list[Any]) -> Any:
+        if self._pipe is None:
+            return await self._run(self._handle, args)
+        try:
+            return await self._pipe.evalsha(self._handle_source, [self.prefix, *args])
+        except (OSError, ConnectionError, TimeoutError, resp.ReplyError) as exc:
+            raise SwarmError(f"peer store (redis) failed: {exc}") from exc
+
     async def handle(self, info_hash: bytes, peer: Peer, event: str, numwant: int) -> Handout:
         n = max(0, min(numwant, MAX_NUMWANT))
-        res = await self._run(
-            self._handle,
+        res = await self._run_handle(
             [
                 info_hash,
                 repr(self._clock()),
@@ -271,9 +299,20 @@ class RedisPeerStore:
         if nseeds < 0:
             return Handout([], counts, refused=PEER_ID_TAKEN if nseeds == -1 else ENDPOINT_TAKEN)
         peers = []
-        for i, pos in enumerate(range(4, len(res), 2)):
-            ip, port, host = bytes(res[pos]).decode().split("|", 2)
-            peers.append(Peer(ip, int(port), bytes(res[pos + 1]), 0 if i < nseeds else 1, host))
+        cache = self._peer_cache
+        recs, ids = (bytes(res[4]), bytes(res[5])) if len(res) > 4 else (b"", b"")  # `stopped`: no handout
+        pos = 0
+        for i, rec in enumerate(recs.split(b"\n") if recs else ()):
+            end = pos + 1 + ids[pos]
+            key = (rec, ids[pos + 1 : end], 0 if i < nseeds else 1)
+            pos = end
+            known = cache.get(key)
+            if known is None:
+                ip, port, host = rec.decode().split("|", 2)
+                if len(cache) >= MAX_CACHED_PEERS:
+                    cache.clear()
+                known = cache[key] = Peer(ip, int(port), key[1], key[2], host)
+            peers.append(known)
         return Handout(peers, counts)
 
     async def scrape(self, info_hashes: list[bytes]) -> dict[bytes, SwarmCounts]:
@@ -306,4 +345,6 @@ class RedisPeerStore:
         return (await self._sweep_counts())[1]
 
     async def aclose(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.aclose()
         await self._redis.aclose()
