@@ -29,7 +29,6 @@ from swarm.agent.tracker_client import TrackerClient
 from swarm.agent.trust import HostTrust, KeyDocumentFollower, TagHistory
 from swarm.core import logs, redact
 from swarm.core.api import Heartbeat, ManifestEntry
-from swarm.core.digest import digest_hex
 from swarm.core.errors import SwarmError, TrackerUnreachable
 from swarm.core.refs import ImageRef, matches
 from swarm.core.torrent import manifest_group_id
@@ -302,13 +301,7 @@ class Agent:
                 continue
             for layer in manifest.layers:
                 if self.blobs.is_verified(layer.blob):
-                    self.engine.add(
-                        layer.torrent,
-                        self.blobs.blobs_dir,
-                        self.tracker.announce_url,
-                        seed=True,
-                        file_name=digest_hex(layer.blob),
-                    )
+                    self.engine.add_layer(layer, self.blobs.blobs_dir, self.tracker.announce_url, seed=True)
         if legacy:
             log.warning(
                 "not seeding %d image(s) published before host groups (%s): the builder must seed them again",

@@ -36,7 +36,6 @@ from swarm.agent.server import Handler, RawEmit
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
 from swarm.builder.prepare import prepare_archive, prepare_image
-from swarm.core.digest import digest_hex
 from swarm.core.errors import SwarmError, UsageError
 from swarm.core.groups import group_id
 from swarm.core.manifest import Manifest
@@ -224,13 +223,7 @@ class AgentOps:
             entry = await self.tracker.publish(raw)
             self.manifests.save(envelope)
             for layer in manifest.layers:
-                self.engine.add(
-                    layer.torrent,
-                    self.blobs.blobs_dir,
-                    self.tracker.announce_url,
-                    seed=True,
-                    file_name=digest_hex(layer.blob),
-                )
+                self.engine.add_layer(layer, self.blobs.blobs_dir, self.tracker.announce_url, seed=True)
             self.blobs.touch([layer.blob for layer in manifest.layers])
             await emit(Note(f"published {entry.ref} ({entry.image_id[:19]}), seeding"))
             published.append(entry)

@@ -29,7 +29,6 @@ from swarm.agent.staged_load import StagedLoad
 from swarm.agent.store import BlobStore, ManifestStore
 from swarm.agent.tracker_client import TrackerClient
 from swarm.agent.trust import HostTrust
-from swarm.core.digest import digest_hex
 from swarm.core.errors import (
     DockerError,
     DockerUnreachable,
@@ -256,13 +255,7 @@ class Puller:
         state.cached = {layer.blob for layer in manifest.layers if self._blobs.is_verified(layer.blob)}
         for layer in manifest.layers:
             if layer.blob in state.cached:
-                self._engine.add(
-                    layer.torrent,
-                    self._blobs.blobs_dir,
-                    self._tracker.announce_url,
-                    seed=True,
-                    file_name=digest_hex(layer.blob),
-                )
+                self._add(layer, seed=True)
 
     def _all_verified(self, manifest: Manifest) -> bool:
         return all(self._blobs.is_verified(layer.blob) for layer in manifest.layers)
@@ -369,14 +362,7 @@ class Puller:
                 await progress.wait_for(lambda: loadable_prefix(blobs, ready) > staged.loaded)
 
     def _add(self, layer: Layer, seed: bool) -> None:
-        self._engine.add(
-            layer.torrent,
-            self._blobs.blobs_dir,
-            self._tracker.announce_url,
-            seed=seed,
-            trust_resume=self._trust_resume,
-            file_name=digest_hex(layer.blob),
-        )
+        self._engine.add_layer(layer, self._blobs.blobs_dir, self._tracker.announce_url, seed, self._trust_resume)
 
     async def _download(self, layer: Layer, other: asyncio.Future[bool] | None) -> None:
         """Until the blob is on disk: through this layer's torrent, or through the torrent another

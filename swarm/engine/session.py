@@ -29,8 +29,10 @@ import libtorrent as lt
 
 from swarm.core.addresses import format_host, parse_listen
 from swarm.core.api import RETIRED_TORRENT
+from swarm.core.digest import digest_hex
 from swarm.core.errors import TorrentError, UsageError
 from swarm.core.files import write_atomic
+from swarm.core.manifest import Layer
 from swarm.core.peerid import PeerIdentity, peer_identity
 from swarm.core.peerid import peer_name as peer_name
 from swarm.core.peerid import peer_tag as peer_tag
@@ -302,6 +304,12 @@ class Engine:
             raise TorrentError(f"cannot add torrent: {exc}") from exc
         self._apply_cert(entry.handle)
         return ih
+
+    def add_layer(
+        self, layer: Layer, blobs_dir: Path, tracker_url: str, seed: bool, trust_resume: bool = False
+    ) -> bytes:
+        """Start a layer's torrent over its blob, which is stored under its digest in `blobs_dir`."""
+        return self.add(layer.torrent, blobs_dir, tracker_url, seed, trust_resume, file_name=digest_hex(layer.blob))
 
     def remove(self, ih: bytes, reason: str = "its torrent was stopped") -> None:
         """Stop a torrent (libtorrent announces `stopped`) and forget its resume data; a download
