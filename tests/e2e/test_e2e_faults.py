@@ -96,10 +96,12 @@ def test_agent_killed_halfway_resumes_without_downloading_verified_pieces_again(
     job = fleet.start_pull("h1", "app:1")
 
     def halfway() -> int:
+        # 60 % verified in memory: libtorrent writes behind its hash checks, so under load the disk
+        # holds less than the status shows when the kill comes
         done, _ = fleet.layer_bytes("h1", {layer.blob for layer in manifest.layers})
-        return done if done >= total // 2 else 0
+        return done if done >= total * 3 // 5 else 0
 
-    shown_before = fleet.wait(halfway, 120, "h1 to have half of app:1")
+    shown_before = fleet.wait(halfway, 120, "h1 to have 60 % of app:1")
     fleet.agent("h1").proc.stop(signal.SIGKILL)
     assert shown_before < total, "h1 finished before it was killed"
     assert job.wait(30).returncode != 0  # the client saw its agent die
