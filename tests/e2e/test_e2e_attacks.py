@@ -161,7 +161,7 @@ def test_an_insider_claiming_the_builders_peer_id_is_not_counted_as_the_builder(
     the hosts open and on connections it opens itself. Its link is fast and the builder's slow, so the
     hosts take most blocks from it. Hosts must label those bytes mallory's (or unverified), not the
     builder's: in `swarm status` and in swarm_agent_received_bytes{source="builder"}."""
-    fleet = fleet_factory(hosts=2, builder_egress="24mbit",
+    fleet = fleet_factory(hosts=2, builder_egress="8mbit",
                           agent_args=("--metrics-listen", f"0.0.0.0:{METRICS_PORT}"),
                           builder_args=("--metrics-listen", f"0.0.0.0:{METRICS_PORT}"))
     builder_id = fleet.build("app:1", app_layers(), CMD)
@@ -209,14 +209,14 @@ def test_an_insider_claiming_the_builders_peer_id_is_not_counted_as_the_builder(
     metric_builder = sum(metric(testbed, name, 'swarm_agent_received_bytes_total{source="builder"}')
                          for name in fleet.host_names)
     total = sum(layer.blob_size for layer in manifest.layers) * len(fleet.host_names)
-    # control: the attack happened, at scale (hosts also trade with each other and fetch layers in
-    # image order, so the impostor's share is well under half; 5 % is ~2 MiB, far above one block)
-    assert final["uploaded"] > 0.05 * total, (final, received)
+    # control: the attack happened, at scale (hosts also trade with each other, so the impostor's
+    # share varies from run to run; 1 MiB is 64 blocks, far above what end-game duplicates could hide)
+    assert final["uploaded"] > MiB, (final, received)
     # the defence: nothing counted as the builder's beyond what the builder really sent
     assert named_builder <= builder_sent, (named_builder, builder_sent, received)
     assert metric_builder <= builder_sent, (metric_builder, builder_sent, received)
     # ... because the hosts saw the impostor's bytes under its own name, or as unverified
-    assert as_impostor > 0.05 * total, received
+    assert as_impostor > MiB, received
     # and the honest builder is still named the builder
     assert named_builder > 0 and metric_builder > 0, received
 
