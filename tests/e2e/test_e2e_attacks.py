@@ -209,14 +209,14 @@ def test_an_insider_claiming_the_builders_peer_id_is_not_counted_as_the_builder(
     metric_builder = sum(metric(testbed, name, 'swarm_agent_received_bytes_total{source="builder"}')
                          for name in fleet.host_names)
     total = sum(layer.blob_size for layer in manifest.layers) * len(fleet.host_names)
-    # control: the attack happened, at scale (hosts also trade with each other, so the impostor's
-    # share varies from run to run; 1 MiB is 64 blocks, far above what end-game duplicates could hide)
-    assert final["uploaded"] > MiB, (final, received)
+    # control: the attack happened (hosts also trade with each other, so the impostor's share varies
+    # from run to run, 0.8-4 MiB here; 256 KiB is 16 blocks)
+    assert final["uploaded"] > 256 * 1024, (final, received)
     # the defence: nothing counted as the builder's beyond what the builder really sent
     assert named_builder <= builder_sent, (named_builder, builder_sent, received)
     assert metric_builder <= builder_sent, (metric_builder, builder_sent, received)
     # ... because the hosts saw the impostor's bytes under its own name, or as unverified
-    assert as_impostor > MiB, received
+    assert as_impostor > 256 * 1024, received
     # and the honest builder is still named the builder
     assert named_builder > 0 and metric_builder > 0, received
 
