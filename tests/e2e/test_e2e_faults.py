@@ -165,7 +165,9 @@ def _cut_and_restore(fleet: Fleet, testbed: Testbed, victim: str) -> dict[str, P
     at_restore = fleet.fraction(victim, "app:1")  # the torrents are read before the tracker is asked
 
     assert at_cut < 1.0 and at_restore < 1.0, (at_cut, at_restore)
-    assert at_restore - at_cut < 0.05, f"{victim} kept receiving while cut off: {at_cut:.2f} -> {at_restore:.2f}"
+    # what was in flight at the cut still lands: up to 64 queued 16 KiB requests per peer (the engine's
+    # max_out_request_queue), so a few MiB of the image; a link that was not cut would go far beyond
+    assert at_restore - at_cut < 0.15, f"{victim} kept receiving while cut off: {at_cut:.2f} -> {at_restore:.2f}"
     return jobs
 
 
